@@ -1,0 +1,363 @@
+"""The ``fairsample`` command line: a thin typer shell over the SDK (STYLE.md §5).
+
+Streams: results go to stdout (``--format json`` prints exactly one JSON document); progress, warnings and hints go to
+stderr. Exit codes: 0 ok, 1 runtime failure (one line on stderr, no traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from fairsample._version import __version__
+from fairsample.errors import FairsampleError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="fairsample: fair synthetic medical images, fast. Start with `fairsample generate --output-dir out`.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Dataset folders: validate, count, build the demo dataset.")
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+class Format(str, Enum):
+    human = "human"
+    json = "json"
+    quiet = "quiet"
+
+
+class SchedulerName(str, Enum):
+    ddim = "ddim"
+    ddpm = "ddpm"
+    pndm = "pndm"
+    euler = "euler"
+    dpmsolver = "dpmsolver++"
+
+
+class MixedPrecision(str, Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class PredictionType(str, Enum):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
+
+
+class DemoSource(str, Enum):
+    auto = "auto"
+    mnist5k = "mnist5k"
+    digits = "digits"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="human (tables), json (one JSON document) or quiet.")]
+LabelColOpt = Annotated[str | None, typer.Option("--label-col", help="Label column (overrides fairsample.toml).")]
+GroupColOpt = Annotated[
+    list[str] | None, typer.Option("--group-col", help="Sensitive-attribute column; repeat for several.")
+]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", help="Native layout: fitzpatrick17k, ham10000, chexpert, nih.")
+]
+DropUnknownOpt = Annotated[
+    bool, typer.Option("--drop-unknown", help="Drop rows whose group value is unknown instead of failing.")
+]
+
+
+def _emit_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings as one line on stderr (no source excerpt)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map fairsample's errors (and missing extras) to one stderr line and exit code 1, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _emit_warning
+        try:
+            return fn(*args, **kwargs)
+        except FairsampleError as exc:
+            raise _fail(str(exc))
+        except ImportError as exc:
+            raise _fail(str(exc))
+        except KeyboardInterrupt:
+            raise _fail("interrupted; re-run the same command to continue where it stopped", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def parse_int_list(text: str) -> list[int]:
+    """``"0-3,10"`` → ``[0, 1, 2, 3, 10]`` (EDM's ``parse_int_list``); raises ``typer.BadParameter`` on bad input."""
+    out: list[int] = []
+    for part in text.split(","):
+        m = _RANGE_RE.match(part.strip())
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise typer.BadParameter(f"{text!r} is not a seed list like '0-63,100' (non-negative, ranges low-high)")
+        lo = int(m.group(1))
+        out.extend(range(lo, int(m.group(2)) + 1) if m.group(2) is not None else [lo])
+    return out
+
+
+def _load_dataset(root: Path, label_col: str | None, group_col: list[str] | None, preset: str | None,
+                  drop_unknown: bool) -> Any:
+    from fairsample.data.folder import load_folder
+
+    return load_folder(
+        root, label_col=label_col, group_cols=group_col or None, preset=preset, drop_unknown=drop_unknown or None
+    )
+
+
+@app.callback()
+def _main() -> None:
+    """fairsample command line."""
+
+
+# -- info ----------------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def info(fmt: FormatOpt = Format.human) -> None:
+    """Version, embedded model and installed extras.
+
+    Example: fairsample info --format json
+    """
+    import importlib.util
+
+    from fairsample.models.bundle import default_model_path, library_versions
+
+    doc = {
+        "versions": library_versions(),
+        "embedded_model": str(default_model_path()),
+        "embedded_model_present": (default_model_path() / "fairsample_config.json").is_file(),
+        "extras": {
+            name: importlib.util.find_spec(mod) is not None
+            for name, mod in [("ort", "onnxruntime"), ("train", "accelerate"), ("train:botorch", "botorch"),
+                              ("sd", "transformers"), ("tensorrt", "tensorrt")]
+        },
+    }
+    if fmt is Format.json:
+        _print_json(doc)
+    elif fmt is Format.human:
+        for k, v in doc.items():
+            print(f"{k}: {v}")
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+@data_app.command("check")
+@handle_errors
+def data_check(
+    root: Annotated[Path, typer.Argument(help="Dataset folder with metadata.csv/.jsonl (+ fairsample.toml).")],
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    preset: PresetOpt = None,
+    drop_unknown: DropUnknownOpt = False,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Validate a dataset folder and print the per-group × label count table.
+
+    Example: fairsample data check my_study --group-col sex --group-col race --format json
+    """
+    from fairsample.data.folder import check_report, format_count_table
+
+    ds = _load_dataset(root, label_col, group_col, preset, drop_unknown)
+    if fmt is Format.json:
+        _print_json(check_report(ds))
+    elif fmt is Format.human:
+        print(f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}")
+        print(format_count_table(ds))
+
+
+@data_app.command("demo")
+@handle_errors
+def data_demo(
+    out: Annotated[Path, typer.Argument(help="Folder to create.")],
+    seed: Annotated[int, typer.Option(help="Seed of the whole dataset.", min=0)] = 0,
+    source: Annotated[DemoSource, typer.Option(help="Digit source: auto (MNIST-5k if installed), mnist5k, digits.")]
+    = DemoSource.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Write the tone-digits demo dataset (synthetic grouping; Fitzpatrick-17k-like imbalance).
+
+    Example: fairsample data demo demo/ && fairsample data check demo/
+    """
+    from fairsample.data.demo import make_demo_dataset
+
+    info_ = make_demo_dataset(out, seed=seed, source=source.value, overwrite=overwrite)
+    doc = {"root": str(info_.root), "source": info_.source, "n_images": info_.n_images, "counts": info_.counts}
+    if fmt is Format.json:
+        _print_json(doc)
+    elif fmt is Format.human:
+        print(f"wrote {info_.n_images} images ({info_.source}) to {info_.root}")
+
+
+# -- train ---------------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Model bundle folder to write.")],
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON config ([train] table or top level).")] = None,
+    method: Annotated[str | None, typer.Option(help="Training method preset (vanilla).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step per process.", min=1)] = None,
+    gradient_accumulation_steps: Annotated[int | None, typer.Option(min=1, help="Micro-batches per step.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = None,
+    mixed_precision: Annotated[MixedPrecision | None, typer.Option(help="no, fp16 (CUDA) or bf16.")] = None,
+    prediction_type: Annotated[PredictionType | None, typer.Option(help="epsilon or v_prediction.")] = None,
+    ema: Annotated[bool | None, typer.Option("--ema/--no-ema", help="Keep and export EMA weights.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N steps (0: never).")]
+    = None,
+    architecture: Annotated[str | None, typer.Option(help="Built-in U-Net: tiny-32, small-32, test.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, help="Training resolution.")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="Fine-tune this bundle instead of a new model.")] = None,
+    split: Annotated[str | None, typer.Option(help="Train on this split: train, val, test or all.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="The one seed of the run.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output-dir.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    preset: PresetOpt = None,
+    drop_unknown: DropUnknownOpt = False,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Train a diffusion U-Net on a dataset folder and write a model bundle.
+
+    Example: fairsample train demo/ --output-dir runs/m --max-steps 200 --seed 0
+    """
+    from fairsample.config import TrainConfig, resolve
+    from fairsample.data.folder import format_count_table
+    from fairsample.train.loop import train as run_train
+
+    cfg = resolve(
+        TrainConfig, file=config, section="train", method=method, max_steps=max_steps, batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+        mixed_precision=mixed_precision.value if mixed_precision else None,
+        prediction_type=prediction_type.value if prediction_type else None, use_ema=ema,
+        checkpoint_every=checkpoint_every, architecture=architecture, image_size=image_size,
+        init_from=str(init_from) if init_from else None, split=split, seed=seed, device=device,
+    )
+    if dry_run:
+        _print_json(cfg.to_dict())
+        return
+    ds = _load_dataset(data, label_col, group_col, preset, drop_unknown)
+    if fmt is Format.human:
+        print(format_count_table(ds), file=sys.stderr)
+    result = run_train(ds, output_dir, cfg, resume=resume, progress=fmt is Format.human)
+    doc = {
+        "bundle": str(result.bundle_path), "steps": result.steps, "resumed_from": result.resumed_from,
+        "final_loss": result.final_loss, "log": str(result.log_path), "seconds": round(result.seconds, 2),
+    }
+    if fmt is Format.json:
+        _print_json(doc)
+    elif fmt is Format.human:
+        print(f"wrote model bundle {result.bundle_path} ({result.steps} steps, final loss {result.final_loss:.4f})")
+
+
+# -- generate ------------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def generate(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder to write images + metadata.csv.")],
+    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded tone-digits model).")]
+    = None,
+    cells: Annotated[
+        list[str] | None, typer.Option("--cells", help="Cell like tone=dark,label=3; repeat. Default: every cell.")
+    ] = None,
+    per_cell: Annotated[int | None, typer.Option(min=1, help="Images per cell (default 8).")] = None,
+    balanced: Annotated[int | None, typer.Option(min=1, help="Total images, split evenly over the cells.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seed list like 0-99,200 (default 0, 1, 2, ...).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON config ([generate] table or top level).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler: conditional.")] = None,
+    scheduler: Annotated[SchedulerName | None, typer.Option(help="Inference scheduler.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch (default 32).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Engine backend: torch.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a folder holding something else.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and plan, then exit.")]
+    = False,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Generate a set of images (a dataset folder) with a model bundle.
+
+    Re-running the same command after an interruption generates only the missing images.
+
+    Example: fairsample generate --cells tone=dark,label=3 --per-cell 16 --seeds 0-15 --output-dir out --format json
+    """
+    from fairsample.config import SampleConfig, resolve
+    from fairsample.models.bundle import ModelBundle
+    from fairsample.pipeline import FairSamplePipeline, GenerationPlan
+
+    cfg = resolve(
+        SampleConfig, file=config, section="generate", sampler=sampler,
+        scheduler=scheduler.value if scheduler else None, steps=steps, guidance_scale=guidance_scale,
+        batch_size=batch_size, backend=backend, device=device,
+    )
+    if per_cell is not None and balanced is not None:
+        raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
+    seed_list = parse_int_list(seeds) if seeds else None
+    bundle = ModelBundle.load(model, device=cfg.device) if model else ModelBundle.load_default(device=cfg.device)
+    cell_list = [bundle.parse_cell(c) for c in cells] if cells else bundle.cells()
+    if balanced is not None:
+        plan = GenerationPlan.balanced(cell_list, balanced, seed_list)
+    elif per_cell is None and seed_list is not None:
+        plan = GenerationPlan.balanced(cell_list, len(seed_list), seed_list)
+    else:
+        plan = GenerationPlan.per_cell(cell_list, per_cell or 8, seed_list)
+    label = bundle.label_name
+    summary_plan = {c.to_text(label): n for c, n in plan.counts().items()}
+    if dry_run:
+        _print_json({"config": cfg.to_dict(), "model": bundle.bundle_id, "n_images": len(plan), "plan": summary_plan})
+        return
+    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device)
+    if fmt is Format.human:
+        print(f"generating {len(plan)} images over {len(summary_plan)} cells into {output_dir}", file=sys.stderr)
+    result = pipe.generate_to_folder(output_dir, plan, cfg, overwrite=overwrite, progress=fmt is Format.human)
+    doc = {
+        "output_dir": str(result.output_dir), "n_images": result.n_images, "n_generated": result.n_generated,
+        "seconds": round(result.seconds, 2), "model": bundle.bundle_id, "config": cfg.to_dict(),
+        "plan": summary_plan, "files": result.files,
+    }
+    if fmt is Format.json:
+        _print_json(doc)
+    elif fmt is Format.human:
+        print(
+            f"wrote {result.n_images} images to {result.output_dir} "
+            f"({result.n_generated} generated now, {result.seconds:.1f} s); metadata: {result.output_dir}/metadata.csv"
+        )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,424 @@
+"""``FairSamplePipeline``: bundle + engine + scheduler → images, and generation plans written as dataset folders.
+
+A *generation plan* is a list of (cell, seed) items. Image k depends only on its cell and its seed (one CPU generator
+per image, STYLE.md rule 3), so the same plan gives byte-identical PNGs whatever the batch size, and an interrupted
+run can be re-run to fill in exactly the missing images.
+
+Output folder (STYLE.md §6.2), readable by ``fairsample data check`` and ``datasets``::
+
+    out/
+      images/000000.png ...     # {seed:06d}.png, lossless
+      metadata.csv              # file_name, <group cols>, <label>, seed, sampler, method_status (written last)
+      fairsample.toml           # which columns are groups / label
+      config.json               # resolved settings, plan hash, bundle, versions, "complete": true
+      plan.json                 # the plan (written first; lets a re-run resume)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fairsample.config import SampleConfig
+from fairsample.data.schema import CellKey
+from fairsample.engines import Engine, load_engine
+from fairsample.errors import ConfigError
+from fairsample.models.bundle import ModelBundle, library_versions
+from fairsample.samplers import get_sampler
+from fairsample.samplers.base import ConditioningPlan, initial_latents, make_generators
+from fairsample.samplers.schedulers import make_scheduler
+
+_TOO_FEW_SEEDS = "`seeds` gives {have} seeds but the plan needs {need} images; pass a longer --seeds range."
+_DUP_SEEDS = "`seeds` repeats seed(s) {dups}; every image needs its own seed (files are named by seed)."
+_BAD_COUNT = "`{name}` must be >= 1, got {value!r}."
+_BOTH_COUNTS = "give either --per-cell or --balanced, not both."
+_OTHER_PLAN = (
+    "`output_dir` {path} holds a different generation (plan {old} != {new}); choose a new --output-dir or pass "
+    "--overwrite to replace it."
+)
+_NOT_EMPTY = (
+    "`output_dir` {path} exists and is not a fairsample generation folder; choose a new --output-dir or pass "
+    "--overwrite."
+)
+_BAD_OUTPUT_TYPE = "`output_type` must be one of ['np', 'pil', 'pt'], got {value!r}."
+_BAD_STEPS = "`steps` must be >= 1, got {value!r}."
+_BAD_BATCH = "`batch_size` must be >= 1, got {value!r}."
+_NO_CELLS = "`cells` is empty; give at least one cell (e.g. --cells tone=dark,label=3) or omit it to use every cell."
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One image to generate."""
+
+    cell: CellKey
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """An ordered list of (cell, seed) items; seeds are unique (they name the files).
+
+    Example:
+        >>> cells = [CellKey((("tone", "dark"),), "0"), CellKey((("tone", "light"),), "0")]
+        >>> plan = GenerationPlan.per_cell(cells, 2)
+        >>> [(str(i.cell), i.seed) for i in plan.items]
+        [('tone=dark,label=0', 0), ('tone=dark,label=0', 1), ('tone=light,label=0', 2), ('tone=light,label=0', 3)]
+    """
+
+    items: tuple[PlanItem, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @staticmethod
+    def _assign(counts: Sequence[tuple[CellKey, int]], seeds: Sequence[int] | None) -> GenerationPlan:
+        need = sum(n for _, n in counts)
+        if seeds is None:
+            seeds = range(need)
+        seeds = [int(s) for s in seeds]
+        if len(seeds) < need:
+            raise ConfigError(_TOO_FEW_SEEDS.format(have=len(seeds), need=need))
+        seen: set[int] = set()
+        dups = sorted({s for s in seeds[:need] if s in seen or seen.add(s)})  # type: ignore[func-returns-value]
+        if dups:
+            raise ConfigError(_DUP_SEEDS.format(dups=dups[:5]))
+        items, k = [], 0
+        for cell, n in counts:
+            for _ in range(n):
+                items.append(PlanItem(cell, seeds[k]))
+                k += 1
+        return GenerationPlan(tuple(items))
+
+    @classmethod
+    def per_cell(cls, cells: Sequence[CellKey], n: int, seeds: Sequence[int] | None = None) -> GenerationPlan:
+        """``n`` images for every cell, seeds assigned cell after cell (default seeds 0, 1, 2, ...)."""
+        if n < 1:
+            raise ConfigError(_BAD_COUNT.format(name="per_cell", value=n))
+        if not cells:
+            raise ConfigError(_NO_CELLS)
+        return cls._assign([(c, n) for c in cells], seeds)
+
+    @classmethod
+    def balanced(cls, cells: Sequence[CellKey], total: int, seeds: Sequence[int] | None = None) -> GenerationPlan:
+        """``total`` images split as evenly as possible over the cells (the first cells get the remainder)."""
+        if total < 1:
+            raise ConfigError(_BAD_COUNT.format(name="balanced", value=total))
+        if not cells:
+            raise ConfigError(_NO_CELLS)
+        base, rest = divmod(total, len(cells))
+        return cls._assign([(c, base + (1 if i < rest else 0)) for i, c in enumerate(cells)], seeds)
+
+    def counts(self) -> dict[CellKey, int]:
+        """Images per cell."""
+        out: dict[CellKey, int] = {}
+        for it in self.items:
+            out[it.cell] = out.get(it.cell, 0) + 1
+        return out
+
+    def to_json(self, label_col: str = "label") -> list[list[Any]]:
+        """``[[cell_text, seed], ...]``."""
+        return [[it.cell.to_text(label_col), it.seed] for it in self.items]
+
+    def digest(self, label_col: str = "label") -> str:
+        """sha256 of the plan (cells + seeds), short form."""
+        return hashlib.sha256(json.dumps(self.to_json(label_col)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SampleOutput:
+    """Generated images with their provenance (diffusers-style output dataclass; there is no tuple variant).
+
+    Attributes:
+        images: list of PIL images (``output_type="pil"``), ``(N, H, W, 3)`` float32 in [0, 1] (``"np"``), or
+            ``(N, 3, H, W)`` float32 in [0, 1] (``"pt"``).
+        cells: the cell of every image.
+        seeds: the seed of every image.
+        manifest: sampler, scheduler, steps, guidance, bundle id, engine backend, versions.
+    """
+
+    images: Any
+    cells: list[CellKey]
+    seeds: list[int]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What :meth:`FairSamplePipeline.generate_to_folder` wrote."""
+
+    output_dir: Path
+    n_images: int  # images in the finished folder
+    n_generated: int  # images generated by this call (the rest existed from an interrupted run)
+    seconds: float
+    files: list[str]  # file_name of every image, plan order
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """``(N, 3, H, W)`` in [-1, 1] → ``(N, H, W, 3)`` uint8 (diffusers' rounding: ``round((x/2+0.5)·255)``)."""
+    x = (images.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+class FairSamplePipeline:
+    """Bundle + engine + scheduler → images.
+
+    Args:
+        bundle: a :class:`~fairsample.models.bundle.ModelBundle` (default: the embedded model).
+        engine: a ready engine; default ``load_engine(bundle, backend, device)``.
+        backend: engine backend when ``engine`` is not given.
+        device: torch device for the engine and the sampling loop.
+
+    Example:
+        >>> pipe = FairSamplePipeline()
+        >>> cell = pipe.bundle.parse_cell("tone=dark,label=3")
+        >>> out = pipe([cell], seeds=[7], steps=2)
+        >>> out.images[0].size
+        (32, 32)
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle | None = None,
+        engine: Engine | None = None,
+        *,
+        backend: str = "torch",
+        device: str = "cpu",
+    ) -> None:
+        self.bundle = (bundle or ModelBundle.load_default(device=device)).eval()
+        self.device = torch.device(device)
+        self.engine = engine or load_engine(self.bundle, backend=backend, device=device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FairSamplePipeline:
+        """Load a bundle folder (``None``: the embedded default model) and build the pipeline."""
+        device = kwargs.get("device", "cpu")
+        bundle = ModelBundle.load(path, device=device) if path is not None else ModelBundle.load_default(device=device)
+        return cls(bundle, **kwargs)
+
+    # -- in-memory sampling ----------------------------------------------------------------------------------------
+    def _sample_batch(self, cells: Sequence[CellKey], seeds: Sequence[int], cfg: SampleConfig) -> Tensor:
+        """One engine batch → images ``(B, 3, H, W)`` in [-1, 1]."""
+        scheduler = make_scheduler(cfg.scheduler, self.bundle.scheduler.config)
+        scheduler.set_timesteps(cfg.steps)
+        sigma = float(scheduler.init_noise_sigma)
+        latents = initial_latents(seeds, self.bundle.latent_shape, init_noise_sigma=sigma).to(self.device)
+        cond = self.bundle.conditioner.cached(list(cells)).to(self.device)
+        uncond = self.bundle.conditioner.cached([None]).to(self.device)
+        plan = ConditioningPlan(cond=cond, uncond=uncond, cells=tuple(cells))
+        sampler = get_sampler(cfg.sampler)
+        with torch.no_grad():
+            x = sampler(
+                self.engine, scheduler, latents, plan, num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale, generator=make_generators(seeds),
+            )
+            return self.bundle.decode(x)
+
+    def _batches(
+        self, cells: Sequence[CellKey], seeds: Sequence[int], cfg: SampleConfig
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, len(seeds), cfg.batch_size):
+            sl = slice(start, start + cfg.batch_size)
+            yield start, to_uint8(self._sample_batch(cells[sl], seeds[sl], cfg))
+
+    def _check(self, cfg: SampleConfig) -> None:
+        if cfg.steps < 1:
+            raise ConfigError(_BAD_STEPS.format(value=cfg.steps))
+        if cfg.batch_size < 1:
+            raise ConfigError(_BAD_BATCH.format(value=cfg.batch_size))
+        if cfg.output_type not in ("pil", "np", "pt"):
+            raise ConfigError(_BAD_OUTPUT_TYPE.format(value=cfg.output_type))
+        get_sampler(cfg.sampler)
+
+    def manifest(self, cfg: SampleConfig) -> dict[str, Any]:
+        """Provenance recorded with every output."""
+        return {
+            "sampler": cfg.sampler,
+            "method_status": "reference",
+            "sample_config": cfg.to_dict(),
+            "bundle": self.bundle.bundle_id,
+            "bundle_method": self.bundle.config.get("method", {"name": "vanilla"}),
+            "prediction_type": self.bundle.prediction_type,
+            "engine": {"backend": self.engine.backend, "manifest": dict(self.engine.manifest)},
+            "versions": library_versions(),
+        }
+
+    def __call__(
+        self,
+        cells: Sequence[CellKey],
+        seeds: Sequence[int],
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        batch_size: int | None = None,
+        sampler: str | None = None,
+        output_type: Literal["pil", "np", "pt"] | None = None,
+        progress: bool = False,
+    ) -> SampleOutput:
+        """Generate one image per (cell, seed) pair, in memory.
+
+        Args:
+            cells: ``B`` cells (from :meth:`ModelBundle.parse_cell` or :meth:`ModelBundle.cells`).
+            seeds: ``B`` seeds; image k depends only on ``cells[k]`` and ``seeds[k]``.
+            steps, guidance_scale, scheduler, batch_size, sampler, output_type: override :class:`SampleConfig`.
+            progress: a progress bar on stderr.
+
+        Returns:
+            :class:`SampleOutput`.
+        """
+        if len(cells) != len(seeds):
+            raise ConfigError(f"`cells` and `seeds` must have the same length, got {len(cells)} and {len(seeds)}.")
+        cfg = SampleConfig().replace(
+            steps=steps, guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size, sampler=sampler,
+            output_type=output_type,
+        )
+        self._check(cfg)
+        arrays = []
+        bar = tqdm(total=len(seeds), desc="generate", unit="img", file=sys.stderr, disable=not progress)
+        for _, arr in self._batches(list(cells), list(seeds), cfg):
+            arrays.append(arr)
+            bar.update(len(arr))
+        bar.close()
+        u8 = np.concatenate(arrays) if arrays else np.zeros((0, *self.bundle.image_shape[1:], 3), np.uint8)
+        if cfg.output_type == "pil":
+            images: Any = [Image.fromarray(a, "RGB") for a in u8]
+        elif cfg.output_type == "np":
+            images = u8.astype(np.float32) / 255.0
+        else:
+            images = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255.0
+        return SampleOutput(images=images, cells=list(cells), seeds=[int(s) for s in seeds], manifest=self.manifest(cfg))
+
+    # -- folders ---------------------------------------------------------------------------------------------------
+    def generate_to_folder(
+        self,
+        output_dir: str | os.PathLike[str],
+        plan: GenerationPlan,
+        config: SampleConfig | None = None,
+        *,
+        overwrite: bool = False,
+        progress: bool = True,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """Generate a plan into a dataset folder, resumably.
+
+        Images are written one by one (temporary file + rename, so a PNG that exists is complete); ``metadata.csv``
+        and ``config.json`` with ``"complete": true`` are written last. Re-running the same plan into the same
+        folder generates only the missing images.
+
+        Args:
+            output_dir: the folder (created if needed).
+            plan: the :class:`GenerationPlan`.
+            config: :class:`SampleConfig` (defaults if omitted).
+            overwrite: replace a folder holding a different plan or other files.
+            progress: a progress bar on stderr (only when stderr is a terminal).
+            on_batch: called with (images done, total) after every batch.
+
+        Returns:
+            :class:`GenerationResult`.
+        """
+        t0 = time.time()
+        cfg = config or SampleConfig()
+        self._check(cfg)
+        out = Path(output_dir)
+        label = self.bundle.label_name
+        digest = plan.digest(label)
+        self._prepare_folder(out, digest, overwrite)
+        plan_doc = {"plan_digest": digest, "sample_config": cfg.to_dict(), "bundle": self.bundle.bundle_id,
+                    "items": plan.to_json(label)}
+        _write_atomic(out / "plan.json", json.dumps(plan_doc) + "\n")
+        (out / "images").mkdir(exist_ok=True)
+
+        files = [f"images/{it.seed:06d}.png" for it in plan.items]
+        todo = [k for k, f in enumerate(files) if not (out / f).is_file()]
+        bar = tqdm(
+            total=len(files), initial=len(files) - len(todo), desc="generate", unit="img", file=sys.stderr,
+            disable=not (progress and sys.stderr.isatty()),
+        )
+        cells = [plan.items[k].cell for k in todo]
+        seeds = [plan.items[k].seed for k in todo]
+        done = len(files) - len(todo)
+        for start, arr in self._batches(cells, seeds, cfg):
+            for j, a in enumerate(arr):
+                _save_png_atomic(a, out / files[todo[start + j]])
+            done += len(arr)
+            bar.update(len(arr))
+            if on_batch is not None:
+                on_batch(done, len(files))
+        bar.close()
+
+        # metadata last: the folder is complete only now
+        groups = self.bundle.groups
+        header = ["file_name", *groups, label, "seed", "sampler", "method_status"]
+        man = self.manifest(cfg)
+        lines = [",".join(header)]
+        for f, it in zip(files, plan.items):
+            vals = it.cell.as_dict(label)
+            row = [f, *[vals[g] for g in groups], vals[label], str(it.seed), cfg.sampler, man["method_status"]]
+            lines.append(",".join(_csv_field(v) for v in row))
+        toml = f'label = "{label}"\ngroups = [{", ".join(json.dumps(g) for g in groups)}]\nmin_group_size = 1\n'
+        _write_atomic(out / "fairsample.toml", toml)
+        _write_atomic(out / "metadata.csv", "\n".join(lines) + "\n")
+        doc = dict(man, complete=True, plan_digest=digest, n_images=len(files),
+                   counts={c.to_text(label): n for c, n in sorted(plan.counts().items())})
+        _write_atomic(out / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
+        return GenerationResult(out, len(files), len(todo), time.time() - t0, files)
+
+    def _prepare_folder(self, out: Path, digest: str, overwrite: bool) -> None:
+        """Create, reuse (same plan) or refuse (different content) the output folder."""
+        if not out.exists() or not any(out.iterdir()):
+            out.mkdir(parents=True, exist_ok=True)
+            return
+        plan_file = out / "plan.json"
+        if plan_file.is_file():
+            try:
+                old = json.loads(plan_file.read_text(encoding="utf-8")).get("plan_digest")
+            except json.JSONDecodeError:
+                old = None
+            if old == digest:
+                for stale in ("metadata.csv", "config.json"):
+                    (out / stale).unlink(missing_ok=True)  # re-marked complete at the end
+                return
+            if not overwrite:
+                raise ConfigError(_OTHER_PLAN.format(path=out, old=old, new=digest))
+        elif not overwrite:
+            raise ConfigError(_NOT_EMPTY.format(path=out))
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+
+
+def _csv_field(v: str) -> str:
+    """Quote a CSV field when needed."""
+    if any(ch in v for ch in ',"\n'):
+        return '"' + v.replace('"', '""') + '"'
+    return v
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temporary sibling and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _save_png_atomic(pixels: np.ndarray, path: Path) -> None:
+    """Lossless, deterministic PNG (no metadata chunks) via a temporary sibling."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    Image.fromarray(pixels, "RGB").save(tmp, format="PNG", compress_level=6)
+    os.replace(tmp, path)

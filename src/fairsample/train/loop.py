@@ -1,0 +1,444 @@
+"""The one training loop (diffusers ``train_text_to_image`` shape, on accelerate).
+
+Every method — vanilla here, the fair methods later — runs this loop; a method changes only its hooks
+(:mod:`fairsample.train.methods`). The loop is deterministic given ``seed``: the image order of each epoch, the noise,
+the timesteps and the CFG dropout of micro-step ``k`` on rank ``r`` come from generators seeded with
+``(seed, k, r)``, so ``--resume`` continues exactly where the killed run was (up to the checkpoint).
+
+Per optimizer step: (1) draw the micro-batch (method's sampling weights), (2) x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε,
+(3) CFG dropout of the conditioning, (4) predict ε or v, (5) per-sample MSE ℓ_i (mean over c, h, w),
+(6) L = mean_i(w_i ℓ_i) + extra (method hooks), (7) clip, AdamW, EMA; log one JSONL line; checkpoint every N steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fairsample.config import TrainConfig
+from fairsample.data.folder import FolderDataset
+from fairsample.data.schema import CellKey
+from fairsample.data.splits import split_indices
+from fairsample.errors import ConfigError
+from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
+from fairsample.models.conditioners import TokenTableConditioner
+from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from fairsample.train.methods import StepContext, TrainMethod, get_method
+
+_NOT_EMPTY = (
+    "`output_dir` {path} already holds a training run ({what}); pass --resume to continue it, or choose a new "
+    "--output-dir."
+)
+_RESUME_MISMATCH = (
+    "--resume: setting {key!r} is {new!r} but the checkpoint was trained with {old!r}; rerun with the original "
+    "value or choose a new --output-dir."
+)
+_BAD_MP = "`mixed_precision` must be one of ['bf16', 'fp16', 'no'], got {value!r}."
+_FP16_CPU = "`mixed_precision` 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'."
+_BAD_SPLIT = "`split` must be one of ['all', 'test', 'train', 'val'], got {value!r}."
+_BAD_LR_SCHEDULE = "`lr_schedule` must be 'constant' or 'cosine', got {value!r}."
+_NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
+_EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
+_UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
+
+#: settings that may change between a run and its --resume
+_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced."""
+
+    bundle_path: Path  # the model bundle (the output folder)
+    steps: int  # optimizer steps completed in total
+    resumed_from: int | None  # checkpoint step the run continued from
+    final_loss: float  # mean loss of the last logged step
+    log_path: Path  # per-step JSONL log
+    seconds: float  # wall time of this call
+
+
+class _Denoiser(nn.Module):
+    """U-Net + (trainable) token-table conditioner as one module, so DDP wraps and syncs both."""
+
+    def __init__(self, unet: nn.Module, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.conditioner = conditioner
+
+    def forward(self, noisy: Tensor, timesteps: Tensor, cond: Tensor) -> Tensor:
+        """``cond``: ``(B, S)`` long token indices (token table) or ``(B, S, D)`` embeddings (frozen text encoder)."""
+        if cond.dtype == torch.long:
+            cond = self.conditioner(cond)
+        return self.unet(noisy, timesteps, cond).sample
+
+
+class _IndexStream:
+    """Deterministic stream of training-image positions: one shuffled (or weighted) epoch after another."""
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None) -> None:
+        self.n, self.seed = n, seed
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self._epoch = -1
+        self._perm: Tensor | None = None
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 7919))
+            if self.weights is None:
+                self._perm = torch.randperm(self.n, generator=g)
+            else:
+                self._perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            self._epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def take(self, start: int, count: int) -> tuple[list[int], int]:
+        """Positions ``start .. start+count-1`` → (dataset rows, epoch of the first one)."""
+        rows = []
+        for p in range(start, start + count):
+            rows.append(int(self._epoch_order(p // self.n)[p % self.n]))
+        return rows, start // self.n
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy SeedSequence), for per-(seed, step, rank) generators."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at an optimizer step: linear warmup, then constant or cosine to 0 at ``max_steps``."""
+    if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.lr_warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    span = max(1, cfg.max_steps - cfg.lr_warmup_steps)
+    progress = min(1.0, (step - cfg.lr_warmup_steps) / span)
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(_BAD_MP.format(value=cfg.mixed_precision))
+    if cfg.split not in ("train", "val", "test", "all"):
+        raise ConfigError(_BAD_SPLIT.format(value=cfg.split))
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(_BAD_LR_SCHEDULE.format(value=cfg.lr_schedule))
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "image_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(_NONPOSITIVE.format(name=name, value=getattr(cfg, name)))
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_batch(ds: FolderDataset, rows: Sequence[int], size: int, flip: Tensor | None) -> Tensor:
+    """Images → ``(B, 3, size, size)`` float32 in [-1, 1]."""
+    arrs = [np.asarray(ds.load_image(r, size=size), dtype=np.float32) for r in rows]
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    if flip is not None:
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.contiguous()
+
+
+def train(
+    dataset: FolderDataset,
+    output_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    method: TrainMethod | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a diffusion U-Net on a dataset folder and write a model bundle.
+
+    Args:
+        dataset: a validated :class:`~fairsample.data.folder.FolderDataset` (cells = attribute values × label).
+        output_dir: the bundle folder; ``checkpoints/`` and ``logs/train_log.jsonl`` live inside it.
+        config: :class:`~fairsample.config.TrainConfig` (defaults if omitted).
+        method: a :class:`~fairsample.train.methods.TrainMethod` (default: ``get_method(config.method)``).
+        resume: continue from the newest checkpoint in ``output_dir`` (a fresh start if there is none).
+        progress: show a progress bar on stderr (only when stderr is a terminal).
+        log: receives one-line human messages (default: print to stderr).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ConfigError: invalid settings, a non-empty ``output_dir`` without ``resume``, or changed settings on resume.
+
+    Example:
+        >>> from fairsample.data import load_folder  # doctest: +SKIP
+        >>> train(load_folder("demo"), "runs/m", TrainConfig(max_steps=200))  # doctest: +SKIP
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    t_start = time.time()
+    cfg = config or TrainConfig()
+    _check_config(cfg)
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(output_dir)
+    method = method or get_method(cfg.method)
+    device = resolve_device(cfg.device)
+    if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(_FP16_CPU)
+
+    existing = checkpoint_dirs(out)
+    if not resume and (existing or (out / "fairsample_config.json").exists()):
+        what = f"checkpoint-{existing[-1][0]}" if existing else "a model bundle"
+        raise ConfigError(_NOT_EMPTY.format(path=out, what=what))
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    if cfg.split == "all":
+        rows = np.arange(len(dataset))
+    else:
+        rows = np.asarray(split_indices(dataset, seed=cfg.split_seed)[cfg.split])
+    if len(rows) == 0:
+        raise ConfigError(_EMPTY_SPLIT.format(split=cfg.split, root=dataset.root))
+    all_cells = dataset.cell_ids()
+    train_cells = [all_cells[int(r)] for r in rows]
+
+    # -- model -----------------------------------------------------------------------------------------------------
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=device == "cpu",
+    )
+    if cfg.init_from:
+        bundle = ModelBundle.load(cfg.init_from)
+        for cell in sorted(set(train_cells)):
+            try:
+                bundle.conditioner.indices([cell]) if isinstance(
+                    bundle.conditioner, TokenTableConditioner
+                ) else bundle.conditioner.prompt(cell)
+            except ConfigError as exc:
+                raise ConfigError(_UNKNOWN_TO_MODEL.format(cell=cell, path=cfg.init_from, why=exc))
+        image_size = bundle.image_shape[-1]
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+            torch.manual_seed(cfg.seed)
+            bundle = new_pixel_bundle(
+                dataset.attribute_values(),
+                dataset.label_values(),
+                architecture=cfg.architecture,
+                image_size=cfg.image_size,
+                cross_attention_dim=cfg.cross_attention_dim,
+                prediction_type=cfg.prediction_type,
+                label_name=dataset.spec.label,
+            )
+        image_size = cfg.image_size
+    noise_sched = bundle.scheduler
+    token_table = isinstance(bundle.conditioner, TokenTableConditioner)
+    denoiser = _Denoiser(bundle.unet, bundle.conditioner)
+    denoiser.train()
+    if not token_table:
+        bundle.conditioner.requires_grad_(False).eval()
+    if bundle.vae is not None:
+        bundle.vae.requires_grad_(False).eval()
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+
+    # -- resume ----------------------------------------------------------------------------------------------------
+    start_step, resumed_from = 0, None
+    if resume and existing:
+        ck_step, ck_path = existing[-1]
+        ck = load_checkpoint(ck_path)
+        old_cfg = ck["state"].get("config", {})
+        new_cfg = cfg.to_dict()
+        for key in sorted(set(old_cfg) | set(new_cfg)):
+            if key not in _RESUMABLE_KEYS and old_cfg.get(key) != new_cfg.get(key):
+                raise ConfigError(_RESUME_MISMATCH.format(key=key, new=new_cfg.get(key), old=old_cfg.get(key)))
+        denoiser.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if ema is not None and ck["ema"] is not None:
+            ema.load_state_dict(ck["ema"])
+        method.load_state_dict(ck["state"].get("method", {}))
+        start_step, resumed_from = ck_step, ck_step
+        say(f"resuming from {ck_path} (step {ck_step} of {cfg.max_steps})")
+    elif resume:
+        say(f"no checkpoint in {out}/checkpoints: starting a new run")
+
+    denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
+    if ema is not None:
+        ema.to(accelerator.device)
+    dev = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    stream = _IndexStream(len(rows), cfg.seed, method.sample_weights(train_cells))
+    null_cond = None if token_table else bundle.conditioner.cached([None]).to(dev)
+    alphas = noise_sched.alphas_cumprod.to(dev)
+    num_t = int(noise_sched.config.num_train_timesteps)
+
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        _truncate_log(log_path, start_step)
+
+    def denoise(noisy: Tensor, timesteps: Tensor, cells: Sequence[CellKey | None]) -> Tensor:
+        unwrapped = accelerator.unwrap_model(denoiser)
+        if token_table:
+            cond = unwrapped.conditioner.indices(cells).to(dev)
+        else:
+            cond = unwrapped.conditioner.cached(cells).to(dev)
+        return denoiser(noisy, timesteps, cond)
+
+    # -- loop ------------------------------------------------------------------------------------------------------
+    bar = tqdm(
+        total=cfg.max_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+        disable=not (progress and accelerator.is_main_process and sys.stderr.isatty()),
+    )
+    last_loss = float("nan")
+    global_batch = cfg.batch_size * world
+    for step in range(start_step, cfg.max_steps):
+        t0 = time.time()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_losses: list[float] = []
+        extras: dict[str, float] = {}
+        epoch = 0
+        for k in range(cfg.gradient_accumulation_steps):
+            micro = step * cfg.gradient_accumulation_steps + k
+            batch_rows, epoch = stream.take(micro * global_batch, global_batch)
+            mine = batch_rows[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            ds_rows = [int(rows[i]) for i in mine]
+            cells = [all_cells[r] for r in ds_rows]
+            g = torch.Generator().manual_seed(_mix(cfg.seed, micro, rank))
+            flip = torch.rand(len(ds_rows), generator=g) < 0.5 if cfg.hflip else None
+            # 1. clean inputs (pixels in [-1, 1], or VAE latents)
+            with torch.no_grad():
+                x0 = _load_batch(dataset, ds_rows, image_size, flip).to(dev)
+                if bundle.vae is not None:
+                    x0 = bundle.encode(x0, generator=g)
+            # 2. forward diffusion
+            noise = torch.randn(x0.shape, generator=g).to(dev)
+            timesteps = torch.randint(0, num_t, (len(ds_rows),), generator=g).to(dev)
+            noisy = noise_sched.add_noise(x0, noise, timesteps)
+            # 3. conditioning with CFG dropout
+            unwrapped = accelerator.unwrap_model(denoiser)
+            if token_table:
+                idx = unwrapped.conditioner.indices(cells)
+                dropped_idx = unwrapped.conditioner.drop(idx, p_uncond=cfg.p_uncond, p_slot=cfg.p_slot, generator=g)
+                dropped = (dropped_idx == unwrapped.conditioner.null_indices(len(cells))).all(dim=1).to(dev)
+                cond = dropped_idx.to(dev)
+            else:
+                dropped = (torch.rand(len(cells), generator=g) < cfg.p_uncond).to(dev)
+                cond = unwrapped.conditioner.cached(cells).to(dev)
+                cond = torch.where(dropped[:, None, None], null_cond.expand_as(cond), cond)
+            # 4. prediction and target
+            with accelerator.accumulate(denoiser):
+                with accelerator.autocast():
+                    pred = denoiser(noisy, timesteps.float(), cond).float()
+                if noise_sched.config.prediction_type == "v_prediction":
+                    target = noise_sched.get_velocity(x0, noise, timesteps)
+                else:
+                    target = noise
+                # 5. per-sample loss
+                losses = (pred - target).pow(2).mean(dim=(1, 2, 3))
+                ctx = StepContext(
+                    step=step, cells=cells, latents=x0, noise=noise, timesteps=timesteps, noisy=noisy,
+                    cond=cond, dropped=dropped, pred=pred, target=target, losses=losses.detach(),
+                    denoise=denoise, generator=g,
+                )
+                # 6. method hooks: per-sample weights and extra terms
+                w = method.loss_weights(ctx)
+                loss = (losses * w.to(dev)).mean() if w is not None else losses.mean()
+                extra = method.extra_loss(ctx)
+                if extra is not None:
+                    loss = loss + extra
+                accelerator.backward(loss)
+                # 7. clip, optimizer step
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_losses.append(float(loss.detach()))
+            extras.update(method.after_step(ctx))
+        if ema is not None:
+            ema.step(params)
+        last_loss = float(np.mean(step_losses))
+        if accelerator.is_main_process:
+            rec: dict[str, Any] = {
+                "step": step + 1, "loss": last_loss, "lr": lr, "epoch": epoch,
+                "grad_norm": grad_norm, "seconds": round(time.time() - t0, 4),
+            }
+            rec.update(extras)
+            with log_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    out, done,
+                    model_state=accelerator.unwrap_model(denoiser).state_dict(),
+                    optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                    ema_state=ema.state_dict() if ema is not None else None,
+                    state={"config": cfg.to_dict(), "method": method.state_dict()},
+                    keep=cfg.checkpoints_total_limit,
+                )
+    bar.close()
+
+    # -- bundle ----------------------------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(denoiser)
+    if accelerator.is_main_process:
+        raw_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+        if ema is not None:
+            ema.copy_to(params)
+        bundle.unet, bundle.conditioner = unwrapped.unet, unwrapped.conditioner
+        bundle.config.update(
+            method=method.config(),
+            method_status=method.method_status,
+            weights="ema" if ema is not None else "raw",
+            train=cfg.to_dict(),
+            dataset={"root": str(dataset.root), "spec": dataset.spec.to_dict(), "n_train": int(len(rows))},
+            cells=sorted({c.to_text(dataset.spec.label) for c in all_cells}),
+            seed=cfg.seed,
+            steps=cfg.max_steps,
+            versions=library_versions(),
+        )
+        bundle.save(out)
+        if ema is not None:  # leave the in-memory modules as trained (raw), as callers may keep training
+            unwrapped.load_state_dict(raw_state)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        bundle_path=out, steps=cfg.max_steps, resumed_from=resumed_from, final_loss=last_loss, log_path=log_path,
+        seconds=time.time() - t_start,
+    )
+
+
+def _truncate_log(path: Path, start_step: int) -> None:
+    """Drop log lines for steps after ``start_step`` (a resumed run rewrites them)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= start_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
