@@ -179,7 +179,9 @@ class DatasetSpec:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not valid TOML ({exc}); fix the file or delete it and pass --label-col/--group-col.")
+            raise DataError(
+                f"{path} is not valid TOML ({exc}); fix the file or delete it and pass --label-col/--group-col."
+            ) from exc
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> DatasetSpec:

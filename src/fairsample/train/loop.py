@@ -187,6 +187,7 @@ def train(
         >>> train(load_folder("demo"), "runs/m", TrainConfig(max_steps=200))  # doctest: +SKIP
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from diffusers.training_utils import EMAModel
 
     t_start = time.time()
@@ -215,6 +216,9 @@ def train(
     train_cells = [all_cells[int(r)] for r in rows]
 
     # -- model -----------------------------------------------------------------------------------------------------
+    # a new run may use another precision than an earlier train() call in this process; accelerate keeps a
+    # process-wide singleton, so drop its precision state (the distributed PartialState is kept)
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
