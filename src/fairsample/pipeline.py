@@ -392,6 +392,8 @@ class FairSamplePipeline:
             if old == digest:
                 for stale in ("metadata.csv", "config.json"):
                     (out / stale).unlink(missing_ok=True)  # re-marked complete at the end
+                for tmp in (out / "images").glob(".*"):  # temporary files of a killed run
+                    tmp.unlink()
                 return
             if not overwrite:
                 raise ConfigError(_OTHER_PLAN.format(path=out, old=old, new=digest))

@@ -250,7 +250,8 @@ class ModelBundle:
             vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
         bundle = cls(unet=unet, scheduler=scheduler, conditioner=conditioner, vae=vae, config=cfg)
         bundle.config["path"] = str(root)
-        return bundle.to(device, dtype).eval()
+        bundle.conditioner.to(dtype=dtype)
+        return bundle.to(device).eval()
 
     @classmethod
     def load_default(
