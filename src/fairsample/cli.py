@@ -12,13 +12,12 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fairsample._version import __version__
 from fairsample.errors import FairsampleError
 
 app = typer.Typer(
@@ -34,13 +33,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 _RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     human = "human"
     json = "json"
     quiet = "quiet"
 
 
-class SchedulerName(str, Enum):
+class SchedulerName(StrEnum):
     ddim = "ddim"
     ddpm = "ddpm"
     pndm = "pndm"
@@ -48,18 +47,18 @@ class SchedulerName(str, Enum):
     dpmsolver = "dpmsolver++"
 
 
-class MixedPrecision(str, Enum):
+class MixedPrecision(StrEnum):
     no = "no"
     fp16 = "fp16"
     bf16 = "bf16"
 
 
-class PredictionType(str, Enum):
+class PredictionType(StrEnum):
     epsilon = "epsilon"
     v_prediction = "v_prediction"
 
 
-class DemoSource(str, Enum):
+class DemoSource(StrEnum):
     auto = "auto"
     mnist5k = "mnist5k"
     digits = "digits"
@@ -78,7 +77,9 @@ DropUnknownOpt = Annotated[
 ]
 
 
-def _emit_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _emit_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     """Warnings as one line on stderr (no source excerpt)."""
     print(f"warning: {message}", file=sys.stderr)
 
@@ -97,11 +98,11 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FairsampleError as exc:
-            raise _fail(str(exc))
+            raise _fail(str(exc)) from None
         except ImportError as exc:
-            raise _fail(str(exc))
+            raise _fail(str(exc)) from None
         except KeyboardInterrupt:
-            raise _fail("interrupted; re-run the same command to continue where it stopped", 130)
+            raise _fail("interrupted; re-run the same command to continue where it stopped", 130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -122,8 +123,9 @@ def parse_int_list(text: str) -> list[int]:
     return out
 
 
-def _load_dataset(root: Path, label_col: str | None, group_col: list[str] | None, preset: str | None,
-                  drop_unknown: bool) -> Any:
+def _load_dataset(
+    root: Path, label_col: str | None, group_col: list[str] | None, preset: str | None, drop_unknown: bool
+) -> Any:
     from fairsample.data.folder import load_folder
 
     return load_folder(
@@ -154,8 +156,13 @@ def info(fmt: FormatOpt = Format.human) -> None:
         "embedded_model_present": (default_model_path() / "fairsample_config.json").is_file(),
         "extras": {
             name: importlib.util.find_spec(mod) is not None
-            for name, mod in [("ort", "onnxruntime"), ("train", "accelerate"), ("train:botorch", "botorch"),
-                              ("sd", "transformers"), ("tensorrt", "tensorrt")]
+            for name, mod in [
+                ("ort", "onnxruntime"),
+                ("train", "accelerate"),
+                ("train:botorch", "botorch"),
+                ("sd", "transformers"),
+                ("tensorrt", "tensorrt"),
+            ]
         },
     }
     if fmt is Format.json:
@@ -195,8 +202,9 @@ def data_check(
 def data_demo(
     out: Annotated[Path, typer.Argument(help="Folder to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the whole dataset.", min=0)] = 0,
-    source: Annotated[DemoSource, typer.Option(help="Digit source: auto (MNIST-5k if installed), mnist5k, digits.")]
-    = DemoSource.auto,
+    source: Annotated[
+        DemoSource, typer.Option(help="Digit source: auto (MNIST-5k if installed), mnist5k, digits.")
+    ] = DemoSource.auto,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
@@ -229,8 +237,7 @@ def train(
     mixed_precision: Annotated[MixedPrecision | None, typer.Option(help="no, fp16 (CUDA) or bf16.")] = None,
     prediction_type: Annotated[PredictionType | None, typer.Option(help="epsilon or v_prediction.")] = None,
     ema: Annotated[bool | None, typer.Option("--ema/--no-ema", help="Keep and export EMA weights.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N steps (0: never).")]
-    = None,
+    checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N steps (0: never).")] = None,
     architecture: Annotated[str | None, typer.Option(help="Built-in U-Net: tiny-32, small-32, test.")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, help="Training resolution.")] = None,
     init_from: Annotated[Path | None, typer.Option(help="Fine-tune this bundle instead of a new model.")] = None,
@@ -254,12 +261,24 @@ def train(
     from fairsample.train.loop import train as run_train
 
     cfg = resolve(
-        TrainConfig, file=config, section="train", method=method, max_steps=max_steps, batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+        TrainConfig,
+        file=config,
+        section="train",
+        method=method,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
         mixed_precision=mixed_precision.value if mixed_precision else None,
-        prediction_type=prediction_type.value if prediction_type else None, use_ema=ema,
-        checkpoint_every=checkpoint_every, architecture=architecture, image_size=image_size,
-        init_from=str(init_from) if init_from else None, split=split, seed=seed, device=device,
+        prediction_type=prediction_type.value if prediction_type else None,
+        use_ema=ema,
+        checkpoint_every=checkpoint_every,
+        architecture=architecture,
+        image_size=image_size,
+        init_from=str(init_from) if init_from else None,
+        split=split,
+        seed=seed,
+        device=device,
     )
     if dry_run:
         _print_json(cfg.to_dict())
@@ -269,8 +288,12 @@ def train(
         print(format_count_table(ds), file=sys.stderr)
     result = run_train(ds, output_dir, cfg, resume=resume, progress=fmt is Format.human)
     doc = {
-        "bundle": str(result.bundle_path), "steps": result.steps, "resumed_from": result.resumed_from,
-        "final_loss": result.final_loss, "log": str(result.log_path), "seconds": round(result.seconds, 2),
+        "bundle": str(result.bundle_path),
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_loss": result.final_loss,
+        "log": str(result.log_path),
+        "seconds": round(result.seconds, 2),
     }
     if fmt is Format.json:
         _print_json(doc)
@@ -283,8 +306,7 @@ def train(
 @handle_errors
 def generate(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder to write images + metadata.csv.")],
-    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded tone-digits model).")]
-    = None,
+    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded tone-digits model).")] = None,
     cells: Annotated[
         list[str] | None, typer.Option("--cells", help="Cell like tone=dark,label=3; repeat. Default: every cell.")
     ] = None,
@@ -295,14 +317,12 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="Sampler: conditional.")] = None,
     scheduler: Annotated[SchedulerName | None, typer.Option(help="Inference scheduler.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
-    guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")]
-    = None,
+    guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch (default 32).")] = None,
     backend: Annotated[str | None, typer.Option(help="Engine backend: torch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a folder holding something else.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and plan, then exit.")]
-    = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and plan, then exit.")] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
     """Generate a set of images (a dataset folder) with a model bundle.
@@ -316,9 +336,16 @@ def generate(
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
     cfg = resolve(
-        SampleConfig, file=config, section="generate", sampler=sampler,
-        scheduler=scheduler.value if scheduler else None, steps=steps, guidance_scale=guidance_scale,
-        batch_size=batch_size, backend=backend, device=device,
+        SampleConfig,
+        file=config,
+        section="generate",
+        sampler=sampler,
+        scheduler=scheduler.value if scheduler else None,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+        backend=backend,
+        device=device,
     )
     if per_cell is not None and balanced is not None:
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
@@ -341,9 +368,14 @@ def generate(
         print(f"generating {len(plan)} images over {len(summary_plan)} cells into {output_dir}", file=sys.stderr)
     result = pipe.generate_to_folder(output_dir, plan, cfg, overwrite=overwrite, progress=fmt is Format.human)
     doc = {
-        "output_dir": str(result.output_dir), "n_images": result.n_images, "n_generated": result.n_generated,
-        "seconds": round(result.seconds, 2), "model": bundle.bundle_id, "config": cfg.to_dict(),
-        "plan": summary_plan, "files": result.files,
+        "output_dir": str(result.output_dir),
+        "n_images": result.n_images,
+        "n_generated": result.n_generated,
+        "seconds": round(result.seconds, 2),
+        "model": bundle.bundle_id,
+        "config": cfg.to_dict(),
+        "plan": summary_plan,
+        "files": result.files,
     }
     if fmt is Format.json:
         _print_json(doc)

@@ -121,7 +121,7 @@ def read_config_file(path: str | Path, section: str | None = None) -> dict[str, 
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(_BAD_FILE.format(path=p, why=exc))
+        raise ConfigError(_BAD_FILE.format(path=p, why=exc)) from exc
     if not isinstance(data, dict):
         raise ConfigError(_BAD_FILE.format(path=p, why="the top level is not a table/object"))
     if section is not None and isinstance(data.get(section), dict):

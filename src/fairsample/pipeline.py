@@ -41,7 +41,7 @@ from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, library_versions
 from fairsample.samplers import get_sampler
 from fairsample.samplers.base import ConditioningPlan, initial_latents, make_generators
-from fairsample.samplers.schedulers import make_scheduler
+from fairsample.samplers.schedulers import init_noise_sigma, make_scheduler
 
 _TOO_FEW_SEEDS = "`seeds` gives {have} seeds but the plan needs {need} images; pass a longer --seeds range."
 _DUP_SEEDS = "`seeds` repeats seed(s) {dups}; every image needs its own seed (files are named by seed)."
@@ -214,17 +214,23 @@ class FairSamplePipeline:
     def _sample_batch(self, cells: Sequence[CellKey], seeds: Sequence[int], cfg: SampleConfig) -> Tensor:
         """One engine batch → images ``(B, 3, H, W)`` in [-1, 1]."""
         scheduler = make_scheduler(cfg.scheduler, self.bundle.scheduler.config)
-        scheduler.set_timesteps(cfg.steps)
-        sigma = float(scheduler.init_noise_sigma)
-        latents = initial_latents(seeds, self.bundle.latent_shape, init_noise_sigma=sigma).to(self.device)
+        sigma = init_noise_sigma(scheduler, cfg.steps)
+        # one generator per image, used first for x_T and then for the scheduler's per-step noise
+        generators = make_generators(seeds)
+        latents = initial_latents(generators, self.bundle.latent_shape, init_noise_sigma=sigma).to(self.device)
         cond = self.bundle.conditioner.cached(list(cells)).to(self.device)
         uncond = self.bundle.conditioner.cached([None]).to(self.device)
         plan = ConditioningPlan(cond=cond, uncond=uncond, cells=tuple(cells))
         sampler = get_sampler(cfg.sampler)
         with torch.no_grad():
             x = sampler(
-                self.engine, scheduler, latents, plan, num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale, generator=make_generators(seeds),
+                self.engine,
+                scheduler,
+                latents,
+                plan,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                generator=generators,
             )
             return self.bundle.decode(x)
 
@@ -284,7 +290,11 @@ class FairSamplePipeline:
         if len(cells) != len(seeds):
             raise ConfigError(f"`cells` and `seeds` must have the same length, got {len(cells)} and {len(seeds)}.")
         cfg = SampleConfig().replace(
-            steps=steps, guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size, sampler=sampler,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            sampler=sampler,
             output_type=output_type,
         )
         self._check(cfg)
@@ -301,7 +311,9 @@ class FairSamplePipeline:
             images = u8.astype(np.float32) / 255.0
         else:
             images = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255.0
-        return SampleOutput(images=images, cells=list(cells), seeds=[int(s) for s in seeds], manifest=self.manifest(cfg))
+        return SampleOutput(
+            images=images, cells=list(cells), seeds=[int(s) for s in seeds], manifest=self.manifest(cfg)
+        )
 
     # -- folders ---------------------------------------------------------------------------------------------------
     def generate_to_folder(
@@ -338,15 +350,23 @@ class FairSamplePipeline:
         label = self.bundle.label_name
         digest = plan.digest(label)
         self._prepare_folder(out, digest, overwrite)
-        plan_doc = {"plan_digest": digest, "sample_config": cfg.to_dict(), "bundle": self.bundle.bundle_id,
-                    "items": plan.to_json(label)}
+        plan_doc = {
+            "plan_digest": digest,
+            "sample_config": cfg.to_dict(),
+            "bundle": self.bundle.bundle_id,
+            "items": plan.to_json(label),
+        }
         _write_atomic(out / "plan.json", json.dumps(plan_doc) + "\n")
         (out / "images").mkdir(exist_ok=True)
 
         files = [f"images/{it.seed:06d}.png" for it in plan.items]
         todo = [k for k, f in enumerate(files) if not (out / f).is_file()]
         bar = tqdm(
-            total=len(files), initial=len(files) - len(todo), desc="generate", unit="img", file=sys.stderr,
+            total=len(files),
+            initial=len(files) - len(todo),
+            desc="generate",
+            unit="img",
+            file=sys.stderr,
             disable=not (progress and sys.stderr.isatty()),
         )
         cells = [plan.items[k].cell for k in todo]
@@ -366,15 +386,20 @@ class FairSamplePipeline:
         header = ["file_name", *groups, label, "seed", "sampler", "method_status"]
         man = self.manifest(cfg)
         lines = [",".join(header)]
-        for f, it in zip(files, plan.items):
+        for f, it in zip(files, plan.items, strict=False):
             vals = it.cell.as_dict(label)
             row = [f, *[vals[g] for g in groups], vals[label], str(it.seed), cfg.sampler, man["method_status"]]
             lines.append(",".join(_csv_field(v) for v in row))
         toml = f'label = "{label}"\ngroups = [{", ".join(json.dumps(g) for g in groups)}]\nmin_group_size = 1\n'
         _write_atomic(out / "fairsample.toml", toml)
         _write_atomic(out / "metadata.csv", "\n".join(lines) + "\n")
-        doc = dict(man, complete=True, plan_digest=digest, n_images=len(files),
-                   counts={c.to_text(label): n for c, n in sorted(plan.counts().items())})
+        doc = dict(
+            man,
+            complete=True,
+            plan_digest=digest,
+            n_images=len(files),
+            counts={c.to_text(label): n for c, n in sorted(plan.counts().items())},
+        )
         _write_atomic(out / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
         return GenerationResult(out, len(files), len(todo), time.time() - t0, files)
 

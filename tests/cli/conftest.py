@@ -29,8 +29,13 @@ def invoke(runner: CliRunner, *args: str):
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m fairsample.cli` in a subprocess (real exit codes, real streams)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "fairsample.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "fairsample.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +54,14 @@ def tiny_model(tmp_path_factory, demo_dir) -> Path:
     from fairsample.train.loop import train
 
     out = tmp_path_factory.mktemp("cli") / "model"
-    cfg = TrainConfig(architecture="test", image_size=8, cross_attention_dim=8, batch_size=8, max_steps=3,
-                      checkpoint_every=0, device="cpu")
+    cfg = TrainConfig(
+        architecture="test",
+        image_size=8,
+        cross_attention_dim=8,
+        batch_size=8,
+        max_steps=3,
+        checkpoint_every=0,
+        device="cpu",
+    )
     train(load_folder(demo_dir), out, cfg, progress=False)
     return out

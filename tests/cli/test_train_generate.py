@@ -19,8 +19,9 @@ def _digests(folder):
 
 
 def test_train_then_generate_60_images_accepted_by_check(runner, demo_dir, tmp_path):
-    res = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--max-steps", "3", *TINY_TRAIN,
-                 "--format", "json")
+    res = invoke(
+        runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--max-steps", "3", *TINY_TRAIN, "--format", "json"
+    )
     assert res.exit_code == 0, res.stdout
     assert json.loads(res.stdout)["steps"] == 3
     # plain diffusers loads the trained U-Net and scheduler from the bundle
@@ -28,8 +29,20 @@ def test_train_then_generate_60_images_accepted_by_check(runner, demo_dir, tmp_p
     sched = DDPMScheduler.from_pretrained(tmp_path / "m", subfolder="scheduler")
     assert unet.config.sample_size == 8 and sched.config.prediction_type == "epsilon"
 
-    res = invoke(runner, "generate", "--model", tmp_path / "m", "--output-dir", tmp_path / "g", "--per-cell", "4",
-                 "--steps", "3", "--format", "json")
+    res = invoke(
+        runner,
+        "generate",
+        "--model",
+        tmp_path / "m",
+        "--output-dir",
+        tmp_path / "g",
+        "--per-cell",
+        "4",
+        "--steps",
+        "3",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stdout
     doc = json.loads(res.stdout)
     assert doc["n_images"] == 60 and len(doc["files"]) == 60 and len(doc["plan"]) == 15
@@ -43,8 +56,20 @@ def test_train_then_generate_60_images_accepted_by_check(runner, demo_dir, tmp_p
 
 
 def test_same_seeds_any_batch_size_byte_identical(runner, tiny_model, tmp_path):
-    common = ["--model", tiny_model, "--cells", "tone=dark,label=3", "--cells", "tone=light,label=0",
-              "--seeds", "10-16", "--steps", "4", "--scheduler", "ddpm"]
+    common = [
+        "--model",
+        tiny_model,
+        "--cells",
+        "tone=dark,label=3",
+        "--cells",
+        "tone=light,label=0",
+        "--seeds",
+        "10-16",
+        "--steps",
+        "4",
+        "--scheduler",
+        "ddpm",
+    ]
     assert invoke(runner, "generate", *common, "--batch-size", "1", "--output-dir", tmp_path / "a").exit_code == 0
     assert invoke(runner, "generate", *common, "--batch-size", "5", "--output-dir", tmp_path / "b").exit_code == 0
     a, b = _digests(tmp_path / "a"), _digests(tmp_path / "b")
@@ -66,7 +91,9 @@ def test_rerun_after_interruption_completes_the_same_set(runner, tiny_model, tmp
     assert _digests(tmp_path / "g") == full
     assert (tmp_path / "g" / "metadata.csv").is_file()
     # a different plan into the same folder is refused
-    proc = run_cli("generate", "--model", tiny_model, "--per-cell", "3", "--steps", "3", "--output-dir", tmp_path / "g")
+    proc = run_cli(
+        "generate", "--model", tiny_model, "--per-cell", "3", "--steps", "3", "--output-dir", tmp_path / "g"
+    )
     assert proc.returncode == 1 and "holds a different generation" in proc.stderr
 
 
@@ -90,8 +117,20 @@ def test_generate_dry_run_prints_plan(runner, tiny_model):
 
 def test_train_kill_then_resume_continues_from_checkpoint(demo_dir, tmp_path):
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "fairsample.cli", "train", str(demo_dir), "--output-dir", str(out),
-           "--max-steps", "100000", "--checkpoint-every", "5", *TINY_TRAIN]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairsample.cli",
+        "train",
+        str(demo_dir),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "100000",
+        "--checkpoint-every",
+        "5",
+        *TINY_TRAIN,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
@@ -103,8 +142,18 @@ def test_train_kill_then_resume_continues_from_checkpoint(demo_dir, tmp_path):
     steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
     assert steps, "no checkpoint was written before the deadline"
     assert not (out / "fairsample_config.json").exists()
-    proc = run_cli("train", demo_dir, "--output-dir", out, "--max-steps", str(steps[-1] + 2), *TINY_TRAIN, "--resume",
-                   "--format", "json")
+    proc = run_cli(
+        "train",
+        demo_dir,
+        "--output-dir",
+        out,
+        "--max-steps",
+        str(steps[-1] + 2),
+        *TINY_TRAIN,
+        "--resume",
+        "--format",
+        "json",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"resuming from {out}/checkpoints/checkpoint-{steps[-1]}" in proc.stderr
     doc = json.loads(proc.stdout)
@@ -116,8 +165,9 @@ def test_train_kill_then_resume_continues_from_checkpoint(demo_dir, tmp_path):
 def test_train_dry_run_and_config_file(runner, demo_dir, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\nmax_steps = 7\nlearning_rate = 0.002\n")
-    res = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--config", cfg, "--max-steps", "9",
-                 "--dry-run")
+    res = invoke(
+        runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--config", cfg, "--max-steps", "9", "--dry-run"
+    )
     doc = json.loads(res.stdout)
     assert doc["max_steps"] == 9 and doc["learning_rate"] == 0.002  # flags beat the file, the file beats defaults
     cfg.write_text("[train]\nmax_stepz = 7\n")

@@ -17,7 +17,11 @@ def _bundle(pred: str = "epsilon") -> ModelBundle:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return new_pixel_bundle(
-            {"tone": ["dark", "light"]}, ["0", "1"], architecture="test", image_size=8, cross_attention_dim=8,
+            {"tone": ["dark", "light"]},
+            ["0", "1"],
+            architecture="test",
+            image_size=8,
+            cross_attention_dim=8,
             prediction_type=pred,
         )
 
@@ -25,13 +29,24 @@ def _bundle(pred: str = "epsilon") -> ModelBundle:
 def test_layout_and_round_trip(tmp_path):
     b = _bundle("v_prediction")
     b.save(tmp_path / "m")
-    for part in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
-                 "conditioner/token_table.safetensors", "conditioner/conditioner.json", CONFIG_FILE):
+    for part in (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "conditioner/token_table.safetensors",
+        "conditioner/conditioner.json",
+        CONFIG_FILE,
+    ):
         assert (tmp_path / "m" / part).is_file(), part
     assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
     cfg = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
     assert cfg["prediction_type"] == "v_prediction" and cfg["kind"] == "pixel" and cfg["groups"] == ["tone"]
-    assert sorted(cfg["cells"]) == ["tone=dark,label=0", "tone=dark,label=1", "tone=light,label=0", "tone=light,label=1"]
+    assert sorted(cfg["cells"]) == [
+        "tone=dark,label=0",
+        "tone=dark,label=1",
+        "tone=light,label=0",
+        "tone=light,label=1",
+    ]
     assert {"torch", "diffusers", "fairsample"} <= set(cfg["versions"])
 
     loaded = ModelBundle.load(tmp_path / "m")

@@ -16,16 +16,27 @@ def _latent_unet() -> UNet2DConditionModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=4,
         )
 
 
 def _conditioner(tiny_clip) -> ClipTextConditioner:
     enc, tok = tiny_clip
     return ClipTextConditioner(
-        enc, tok, template="{tone} skin {label}", attributes={"tone": ["dark", "light"]}, labels=["0", "1"],
+        enc,
+        tok,
+        template="{tone} skin {label}",
+        attributes={"tone": ["dark", "light"]},
+        labels=["0", "1"],
         value_text={"tone": {"dark": "dark", "light": "fair"}},
     )
 
@@ -65,8 +76,12 @@ def test_latent_bundle_round_trip_and_vae(tmp_path, tiny_clip, tiny_vae):
         assert z.shape == (2, 4, 8, 8)
         assert b.decode(z).shape == (2, 3, 16, 16)
     b.save(tmp_path / "sd")
-    for part in ("text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "vae/config.json",
-                 "conditioner/conditioner.json"):
+    for part in (
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer_config.json",
+        "vae/config.json",
+        "conditioner/conditioner.json",
+    ):
         assert (tmp_path / "sd" / part).is_file(), part
     loaded = ModelBundle.load(tmp_path / "sd")
     assert isinstance(loaded.conditioner, ClipTextConditioner)

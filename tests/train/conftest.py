@@ -27,6 +27,13 @@ def demo_ds(demo_dir):
 def tiny_cfg() -> TrainConfig:
     """8×8 images, the 'test' U-Net, a few steps: milliseconds per step."""
     return TrainConfig(
-        architecture="test", image_size=8, cross_attention_dim=8, batch_size=8, max_steps=6, lr_warmup_steps=2,
-        checkpoint_every=3, learning_rate=1e-3, device="cpu",
+        architecture="test",
+        image_size=8,
+        cross_attention_dim=8,
+        batch_size=8,
+        max_steps=6,
+        lr_warmup_steps=2,
+        checkpoint_every=3,
+        learning_rate=1e-3,
+        device="cpu",
     )

@@ -76,15 +76,23 @@ def test_refuses_existing_run_without_resume_and_changed_settings_on_resume(demo
 
 
 def test_v_prediction_and_no_ema(demo_ds, tiny_cfg, tmp_path):
-    train(demo_ds, tmp_path / "v", tiny_cfg.replace(max_steps=2, prediction_type="v_prediction", use_ema=False),
-          progress=False)
+    train(
+        demo_ds,
+        tmp_path / "v",
+        tiny_cfg.replace(max_steps=2, prediction_type="v_prediction", use_ema=False),
+        progress=False,
+    )
     b = ModelBundle.load(tmp_path / "v")
     assert b.prediction_type == "v_prediction" and b.config["weights"] == "raw"
 
 
 def test_gradient_accumulation_and_bf16_run(demo_ds, tiny_cfg, tmp_path):
-    res = train(demo_ds, tmp_path / "acc", tiny_cfg.replace(max_steps=2, gradient_accumulation_steps=2,
-                                                            mixed_precision="bf16"), progress=False)
+    res = train(
+        demo_ds,
+        tmp_path / "acc",
+        tiny_cfg.replace(max_steps=2, gradient_accumulation_steps=2, mixed_precision="bf16"),
+        progress=False,
+    )
     assert res.steps == 2 and torch.isfinite(torch.tensor(res.final_loss))
 
 

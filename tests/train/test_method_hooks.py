@@ -56,6 +56,7 @@ def test_sampling_weights_and_zero_loss_weights(demo_ds, tiny_cfg, tmp_path):
 
 
 def test_extra_loss_hook_runs(demo_ds, tiny_cfg, tmp_path):
-    res = train(demo_ds, tmp_path / "e", tiny_cfg.replace(max_steps=2, checkpoint_every=0), method=ExtraTerm(),
-                progress=False)
+    res = train(
+        demo_ds, tmp_path / "e", tiny_cfg.replace(max_steps=2, checkpoint_every=0), method=ExtraTerm(), progress=False
+    )
     assert np.isfinite(res.final_loss)

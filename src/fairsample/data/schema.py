@@ -16,8 +16,7 @@ from typing import Any
 from fairsample.errors import DataError
 
 _BAD_CELL_TEXT = (
-    "`cells` entry {text!r} is not of the form 'attr=value,...,label=value'; "
-    "expected keys {keys} (e.g. {example!r})."
+    "`cells` entry {text!r} is not of the form 'attr=value,...,label=value'; expected keys {keys} (e.g. {example!r})."
 )
 _MISSING_CELL_KEY = "`cells` entry {text!r} lacks {missing}; give every attribute and the label (e.g. {example!r})."
 _UNKNOWN_CELL_KEY = "`cells` entry {text!r} has unknown key(s) {extra}; known keys are {keys}."

@@ -49,8 +49,12 @@ def conditional_accuracy(
     gen_rows = np.arange(len(generated))
     x_gen = _pixels(generated, gen_rows, size)
     gen_cells = [c.to_text(generated.spec.label) for c in generated.cell_ids()]
-    out: dict[str, Any] = {"targets": {}, "n_generated": len(generated), "n_real_train": len(train_rows),
-                           "n_real_test": len(test_rows)}
+    out: dict[str, Any] = {
+        "targets": {},
+        "n_generated": len(generated),
+        "n_real_train": len(train_rows),
+        "n_real_test": len(test_rows),
+    }
     for target in [real.spec.label, *real.spec.groups]:
         y_real = real.frame[target].to_numpy()
         clf = train_classifier(x_train, list(y_real[train_rows]), seed=seed, epochs=epochs)
@@ -60,7 +64,7 @@ def conditional_accuracy(
             raise DataError(_NO_OVERLAP.format(target=target, values=unseen))
         hit = np.asarray(clf.predict(x_gen)) == y_gen
         by_cell: dict[str, list[bool]] = {}
-        for c, h in zip(gen_cells, hit):
+        for c, h in zip(gen_cells, hit, strict=False):
             by_cell.setdefault(c, []).append(bool(h))
         out["targets"][target] = {
             "generated_accuracy": float(hit.mean()),

@@ -254,9 +254,7 @@ class ModelBundle:
         return bundle.to(device).eval()
 
     @classmethod
-    def load_default(
-        cls, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> ModelBundle:
+    def load_default(cls, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
         """The embedded default model (tone-digits, 32×32, shipped inside the wheel)."""
         return cls.load(default_model_path(), device=device, dtype=dtype)
 
@@ -308,7 +306,9 @@ def new_pixel_bundle(
     """
     from fairsample.models.builtin import build_unet, default_scheduler
 
-    unet = build_unet(architecture, sample_size=image_size, in_channels=channels, cross_attention_dim=cross_attention_dim)
+    unet = build_unet(
+        architecture, sample_size=image_size, in_channels=channels, cross_attention_dim=cross_attention_dim
+    )
     cond = TokenTableConditioner(attributes, labels, dim=cross_attention_dim, label_name=label_name)
     sched = default_scheduler(prediction_type)  # type: ignore[arg-type]
     cfg = {"architecture": architecture, "groups": list(attributes), "label": label_name}
@@ -331,7 +331,10 @@ def new_latent_bundle(
     """
     if scheduler is None:
         scheduler = DDPMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
             prediction_type=prediction_type,
         )
     if int(unet.config.cross_attention_dim) != conditioner.dim:

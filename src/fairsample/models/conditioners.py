@@ -22,9 +22,7 @@ from torch import Tensor, nn
 from fairsample.data.schema import CellKey
 from fairsample.errors import ConfigError
 
-_UNKNOWN_VALUE = (
-    "cell {cell} has {slot}={value!r}, which this model was not trained on; known {slot} values: {known}."
-)
+_UNKNOWN_VALUE = "cell {cell} has {slot}={value!r}, which this model was not trained on; known {slot} values: {known}."
 _MISSING_SLOT = "cell {cell} has no value for {slot!r}; this model's cells have {slots}."
 _BAD_KIND = "conditioner kind {kind!r} in {path} is not one of ['clip_text', 'token_table']; the bundle is damaged."
 _BAD_P = "`{name}` must be in [0, 1], got {value!r}."
@@ -118,7 +116,9 @@ class TokenTableConditioner(nn.Module):
     # -- indices ---------------------------------------------------------------------------------------------------
     def null_indices(self, batch: int) -> Tensor:
         """``[B, S]`` long: the null token of every slot."""
-        row = torch.tensor([off + len(vals) for off, (_, vals) in zip(self._offsets, self._slots)], dtype=torch.long)
+        row = torch.tensor(
+            [off + len(vals) for off, (_, vals) in zip(self._offsets, self._slots, strict=True)], dtype=torch.long
+        )
         return row.expand(batch, -1).clone()
 
     def indices(self, cells: Sequence[CellKey | None]) -> Tensor:
@@ -129,13 +129,15 @@ class TokenTableConditioner(nn.Module):
                 continue
             values = dict(cell.groups)
             values[self.label_name] = cell.label
-            for k, ((slot, vals), off) in enumerate(zip(self._slots, self._offsets)):
+            for k, ((slot, vals), off) in enumerate(zip(self._slots, self._offsets, strict=False)):
                 if slot not in values:
                     raise ConfigError(_MISSING_SLOT.format(cell=cell, slot=slot, slots=[s for s, _ in self._slots]))
                 try:
                     out[b, k] = off + vals.index(values[slot])
                 except ValueError:
-                    raise ConfigError(_UNKNOWN_VALUE.format(cell=cell, slot=slot, value=values[slot], known=vals))
+                    raise ConfigError(
+                        _UNKNOWN_VALUE.format(cell=cell, slot=slot, value=values[slot], known=vals)
+                    ) from None
         return out
 
     def drop(
@@ -225,7 +227,8 @@ class TokenTableConditioner(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TokenTableConditioner:
         """Build an untrained conditioner from :meth:`config` output."""
-        return cls(config["attributes"], config["labels"], dim=config["dim"], label_name=config.get("label_name", "label"))
+        label_name = config.get("label_name", "label")
+        return cls(config["attributes"], config["labels"], dim=config["dim"], label_name=label_name)
 
     @classmethod
     def load(cls, bundle_dir: Path) -> TokenTableConditioner:
@@ -291,7 +294,7 @@ class ClipTextConditioner(nn.Module):
             raise ConfigError(
                 f"`template` {template!r} uses a field that is not an attribute or the label ({exc}); "
                 f"available fields: {sorted(fields)}."
-            )
+            ) from exc
 
     def prompt(self, cell: CellKey | None) -> str:
         """The prompt text for a cell (``""`` for ``None``)."""
@@ -322,7 +325,7 @@ class ClipTextConditioner(nn.Module):
         p = next(self.text_encoder.parameters())
         missing = [c for c in dict.fromkeys(cells) if self._cache.get((c, str(p.device), p.dtype)) is None]
         if missing:
-            for c, e in zip(missing, self.embed(missing)):
+            for c, e in zip(missing, self.embed(missing), strict=False):
                 self._cache.put((c, str(p.device), p.dtype), e.detach())
         return torch.stack([self._cache.get((c, str(p.device), p.dtype)) for c in cells])  # type: ignore[misc]
 
@@ -346,12 +349,13 @@ class ClipTextConditioner(nn.Module):
         }
 
     def save(self, bundle_dir: Path) -> None:
-        """Write ``text_encoder/`` and ``tokenizer/`` (diffusers layout, safetensors) and ``conditioner/conditioner.json``."""
+        """Write `text_encoder/`, `tokenizer/` (diffusers layout, safetensors) and `conditioner/conditioner.json`."""
         root = Path(bundle_dir)
         self.text_encoder.save_pretrained(root / "text_encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(root / "tokenizer")
         (root / "conditioner").mkdir(parents=True, exist_ok=True)
-        (root / "conditioner" / CONDITIONER_JSON).write_text(json.dumps(self.config(), indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.config(), indent=2) + "\n"
+        (root / "conditioner" / CONDITIONER_JSON).write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, bundle_dir: Path) -> ClipTextConditioner:

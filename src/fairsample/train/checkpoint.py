@@ -82,7 +82,9 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=root))
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors")
+        )
         opt_t, opt_meta = _optimizer_to_files(optimizer)
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")

@@ -232,7 +232,7 @@ def train(
                     bundle.conditioner, TokenTableConditioner
                 ) else bundle.conditioner.prompt(cell)
             except ConfigError as exc:
-                raise ConfigError(_UNKNOWN_TO_MODEL.format(cell=cell, path=cfg.init_from, why=exc))
+                raise ConfigError(_UNKNOWN_TO_MODEL.format(cell=cell, path=cfg.init_from, why=exc)) from exc
         image_size = bundle.image_shape[-1]
     else:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
@@ -287,7 +287,6 @@ def train(
 
     stream = _IndexStream(len(rows), cfg.seed, method.sample_weights(train_cells))
     null_cond = None if token_table else bundle.conditioner.cached([None]).to(dev)
-    alphas = noise_sched.alphas_cumprod.to(dev)
     num_t = int(noise_sched.config.num_train_timesteps)
 
     log_dir = out / "logs"
@@ -306,7 +305,11 @@ def train(
 
     # -- loop ------------------------------------------------------------------------------------------------------
     bar = tqdm(
-        total=cfg.max_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+        total=cfg.max_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
         disable=not (progress and accelerator.is_main_process and sys.stderr.isatty()),
     )
     last_loss = float("nan")
@@ -358,9 +361,19 @@ def train(
                 # 5. per-sample loss
                 losses = (pred - target).pow(2).mean(dim=(1, 2, 3))
                 ctx = StepContext(
-                    step=step, cells=cells, latents=x0, noise=noise, timesteps=timesteps, noisy=noisy,
-                    cond=cond, dropped=dropped, pred=pred, target=target, losses=losses.detach(),
-                    denoise=denoise, generator=g,
+                    step=step,
+                    cells=cells,
+                    latents=x0,
+                    noise=noise,
+                    timesteps=timesteps,
+                    noisy=noisy,
+                    cond=cond,
+                    dropped=dropped,
+                    pred=pred,
+                    target=target,
+                    losses=losses.detach(),
+                    denoise=denoise,
+                    generator=g,
                 )
                 # 6. method hooks: per-sample weights and extra terms
                 w = method.loss_weights(ctx)
@@ -382,8 +395,12 @@ def train(
         last_loss = float(np.mean(step_losses))
         if accelerator.is_main_process:
             rec: dict[str, Any] = {
-                "step": step + 1, "loss": last_loss, "lr": lr, "epoch": epoch,
-                "grad_norm": grad_norm, "seconds": round(time.time() - t0, 4),
+                "step": step + 1,
+                "loss": last_loss,
+                "lr": lr,
+                "epoch": epoch,
+                "grad_norm": grad_norm,
+                "seconds": round(time.time() - t0, 4),
             }
             rec.update(extras)
             with log_path.open("a", encoding="utf-8") as fh:
@@ -395,7 +412,8 @@ def train(
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(
-                    out, done,
+                    out,
+                    done,
                     model_state=accelerator.unwrap_model(denoiser).state_dict(),
                     optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                     ema_state=ema.state_dict() if ema is not None else None,
@@ -429,7 +447,11 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
-        bundle_path=out, steps=cfg.max_steps, resumed_from=resumed_from, final_loss=last_loss, log_path=log_path,
+        bundle_path=out,
+        steps=cfg.max_steps,
+        resumed_from=resumed_from,
+        final_loss=last_loss,
+        log_path=log_path,
         seconds=time.time() - t_start,
     )
 

@@ -1,0 +1,93 @@
+"""Named diffusers schedulers built from a model bundle's scheduler config (METHODS.md §4).
+
+The update rule is always a diffusers scheduler; none is hand-written (STYLE.md §0). The bundle's config supplies
+the noise schedule and ``prediction_type``; the name picks the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from fairsample.errors import ConfigError
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "dpmsolver++": DPMSolverMultistepScheduler,
+}
+"""Scheduler name -> diffusers class; the names the CLI and configs accept."""
+
+_UNKNOWN_SCHEDULER = "`scheduler` must be one of {names}, got {name!r}."
+_BAD_CONFIG = "`base_config` must be a mapping (the bundle's scheduler config), got {type_name}."
+_BAD_STEPS = "`num_inference_steps` must be a positive int, got {value!r}."
+
+_OVERRIDES: dict[str, dict[str, Any]] = {"dpmsolver++": {"algorithm_type": "dpmsolver++"}}
+
+
+def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    """Build the named scheduler from a bundle's scheduler config, keeping its schedule and ``prediction_type``.
+
+    Keys the target class does not know (e.g. ``clip_sample`` for Euler) are ignored by diffusers' ``from_config``.
+
+    Args:
+        name: one of :data:`SCHEDULERS` (``"ddim"``, ``"ddpm"``, ``"pndm"``, ``"euler"``, ``"dpmsolver++"``).
+        base_config: the bundle's scheduler config (any diffusers scheduler's ``.config`` or its JSON dict).
+
+    Returns:
+        A new scheduler instance; ``"dpmsolver++"`` sets ``algorithm_type="dpmsolver++"``.
+
+    Raises:
+        ConfigError: unknown ``name`` (the message lists the names) or a non-mapping ``base_config``.
+
+    Example:
+        >>> s = make_scheduler("dpmsolver++", {"num_train_timesteps": 1000, "prediction_type": "v_prediction"})
+        >>> type(s).__name__, s.config.algorithm_type, s.config.prediction_type
+        ('DPMSolverMultistepScheduler', 'dpmsolver++', 'v_prediction')
+    """
+    if name not in SCHEDULERS:
+        raise ConfigError(_UNKNOWN_SCHEDULER.format(names=sorted(SCHEDULERS), name=name))
+    if not isinstance(base_config, Mapping):
+        raise ConfigError(_BAD_CONFIG.format(type_name=type(base_config).__name__))
+    config = {k: v for k, v in base_config.items() if k not in ("_class_name", "_diffusers_version")}
+    return SCHEDULERS[name].from_config(config, **_OVERRIDES.get(name, {}))
+
+
+def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> float:
+    """The factor x_T must be scaled by for ``num_inference_steps`` steps (the caller's scheduler is not touched).
+
+    Euler's value depends on the inference timesteps, so it is read from a fresh copy after ``set_timesteps``, as
+    diffusers pipelines do; it is 1.0 for DDIM, DDPM, PNDM and DPM-Solver++.
+
+    Args:
+        scheduler: any diffusers scheduler.
+        num_inference_steps: the step count the sampler will use.
+
+    Returns:
+        ``init_noise_sigma`` as a Python float.
+
+    Raises:
+        ConfigError: ``num_inference_steps`` is not a positive int.
+
+    Example:
+        >>> init_noise_sigma(make_scheduler("ddim", {}), 10)
+        1.0
+    """
+    if not (isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool)):
+        raise ConfigError(_BAD_STEPS.format(value=num_inference_steps))
+    if num_inference_steps < 1:
+        raise ConfigError(_BAD_STEPS.format(value=num_inference_steps))
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_inference_steps)
+    return float(fresh.init_noise_sigma)

@@ -1,0 +1,55 @@
+"""``make_scheduler``: the named diffusers scheduler from the bundle's config, prediction_type kept."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from fairsample.errors import ConfigError
+from fairsample.samplers import SCHEDULERS, init_noise_sigma, make_scheduler
+from fairsample.samplers.schedulers import _UNKNOWN_SCHEDULER
+
+NAMES = sorted(SCHEDULERS)
+
+
+def test_registry_names() -> None:
+    assert NAMES == ["ddim", "ddpm", "dpmsolver++", "euler", "pndm"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_the_named_class_keeping_the_schedule(name: str) -> None:
+    config = {"num_train_timesteps": 500, "beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
+    scheduler = make_scheduler(name, config)
+    assert type(scheduler) is SCHEDULERS[name]
+    assert scheduler.config.num_train_timesteps == 500
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.prediction_type == "v_prediction"
+
+
+def test_dpmsolver_plus_plus_sets_the_algorithm() -> None:
+    scheduler = make_scheduler("dpmsolver++", {"algorithm_type": "sde-dpmsolver"})
+    assert isinstance(scheduler, DPMSolverMultistepScheduler)
+    assert scheduler.config.algorithm_type == "dpmsolver++"
+
+
+def test_accepts_another_schedulers_config() -> None:
+    base = make_scheduler("ddim", {"prediction_type": "v_prediction", "clip_sample": False}).config
+    euler = make_scheduler("euler", base)
+    assert isinstance(euler, EulerDiscreteScheduler)
+    assert euler.config.prediction_type == "v_prediction"
+
+
+def test_unknown_name_lists_the_names() -> None:
+    with pytest.raises(ConfigError, match=re.escape(_UNKNOWN_SCHEDULER.format(names=NAMES, name="heun"))):
+        make_scheduler("heun", {})
+
+
+def test_init_noise_sigma_follows_set_timesteps() -> None:
+    ddim = make_scheduler("ddim", {})
+    euler = make_scheduler("euler", {"num_train_timesteps": 1000})
+    assert init_noise_sigma(ddim, 10) == 1.0
+    sigma = init_noise_sigma(euler, 10)
+    assert sigma > 1.0
+    assert euler.num_inference_steps is None
