@@ -44,7 +44,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "fp16" (CUDA only) or "bf16"
     use_ema: bool = True  # keep an EMA of the weights; the bundle stores the EMA weights
     ema_decay: float = 0.999  # EMA decay cap (diffusers EMAModel warms up as (1+n)/(10+n))
-    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction" (new models; a fine-tuned bundle keeps its own)
+    prediction_type: str = "v_prediction"  # new built-in models (see docs/decisions.md); fine-tuning keeps the bundle's
     p_uncond: float = 0.1  # CFG dropout: probability that every conditioning slot is nulled
     p_slot: float = 0.0  # per-slot dropout (attribute-only guidance); off by default
     architecture: str = "tiny-32"  # built-in U-Net config for new models (fairsample.models.builtin.UNET_CONFIGS)

@@ -27,7 +27,7 @@ def test_train_then_generate_60_images_accepted_by_check(runner, demo_dir, tmp_p
     # plain diffusers loads the trained U-Net and scheduler from the bundle
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "m", subfolder="unet")
     sched = DDPMScheduler.from_pretrained(tmp_path / "m", subfolder="scheduler")
-    assert unet.config.sample_size == 8 and sched.config.prediction_type == "epsilon"
+    assert unet.config.sample_size == 8 and sched.config.prediction_type == "v_prediction"
 
     res = invoke(
         runner,

@@ -24,7 +24,7 @@ def test_writes_bundle_log_and_checkpoint(demo_ds, tiny_cfg, tmp_path):
     assert res.steps == 6 and res.resumed_from is None
     b = ModelBundle.load(tmp_path / "m")
     assert b.config["weights"] == "ema" and b.config["method"]["name"] == "vanilla"
-    assert b.config["train"]["max_steps"] == 6 and b.prediction_type == "epsilon"
+    assert b.config["train"]["max_steps"] == 6 and b.prediction_type == "v_prediction"
     assert len(b.config["cells"]) == 15 and b.groups == ["tone"]
     lines = [json.loads(x) for x in res.log_path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
@@ -75,15 +75,15 @@ def test_refuses_existing_run_without_resume_and_changed_settings_on_resume(demo
         train(demo_ds, tmp_path / "m", tiny_cfg.replace(learning_rate=1e-2), resume=True, progress=False)
 
 
-def test_v_prediction_and_no_ema(demo_ds, tiny_cfg, tmp_path):
+def test_epsilon_prediction_and_no_ema(demo_ds, tiny_cfg, tmp_path):
     train(
         demo_ds,
-        tmp_path / "v",
-        tiny_cfg.replace(max_steps=2, prediction_type="v_prediction", use_ema=False),
+        tmp_path / "e",
+        tiny_cfg.replace(max_steps=2, prediction_type="epsilon", use_ema=False),
         progress=False,
     )
-    b = ModelBundle.load(tmp_path / "v")
-    assert b.prediction_type == "v_prediction" and b.config["weights"] == "raw"
+    b = ModelBundle.load(tmp_path / "e")
+    assert b.prediction_type == "epsilon" and b.config["weights"] == "raw"
 
 
 def test_gradient_accumulation_and_bf16_run(demo_ds, tiny_cfg, tmp_path):

@@ -60,3 +60,32 @@ def test_extra_loss_hook_runs(demo_ds, tiny_cfg, tmp_path):
         demo_ds, tmp_path / "e", tiny_cfg.replace(max_steps=2, checkpoint_every=0), method=ExtraTerm(), progress=False
     )
     assert np.isfinite(res.final_loss)
+
+
+class Capture(TrainMethod):
+    name = "test-capture"
+
+    def __init__(self):
+        self.ctx = None
+
+    def after_step(self, ctx):
+        self.ctx = ctx
+        return {}
+
+
+def test_targets_match_hand_formulas(demo_ds, tiny_cfg, tmp_path):
+    """ε-prediction regresses ε; v-prediction regresses v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (METHODS.md §2.1)."""
+    from fairsample.models.builtin import default_scheduler
+
+    abar = default_scheduler().alphas_cumprod
+    for pred in ("epsilon", "v_prediction"):
+        m = Capture()
+        cfg = tiny_cfg.replace(max_steps=1, checkpoint_every=0, prediction_type=pred)
+        train(demo_ds, tmp_path / pred, cfg, method=m, progress=False)
+        c = m.ctx
+        a = abar[c.timesteps].view(-1, 1, 1, 1)
+        torch.testing.assert_close(c.noisy, a.sqrt() * c.latents + (1 - a).sqrt() * c.noise)
+        want = c.noise if pred == "epsilon" else a.sqrt() * c.noise - (1 - a).sqrt() * c.latents
+        torch.testing.assert_close(c.target, want)
+        torch.testing.assert_close(c.losses, (c.pred - c.target).pow(2).mean(dim=(1, 2, 3)).detach())
+        assert c.latents.min() >= -1 and c.latents.max() <= 1 and c.latents.shape[1:] == (3, 8, 8)
