@@ -5,7 +5,7 @@ import re
 import pytest
 
 from fairsample.data import load_folder
-from fairsample.data.folder import _BLANK_FILE, _MISSING_FILES, _UNSAFE_PATH
+from fairsample.data.validate import _BLANK_FILE, _MISSING_FILES, _UNSAFE_PATH
 from fairsample.errors import DataError
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'

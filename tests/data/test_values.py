@@ -5,7 +5,7 @@ import re
 import pytest
 
 from fairsample.data import load_folder, split_indices
-from fairsample.data.folder import _BLANK_LABEL, _DROPPED_UNKNOWN, _DUPLICATE_FILE, _NOT_IN_VALUES, _UNKNOWN_VALUE
+from fairsample.data.validate import _BLANK_LABEL, _DROPPED_UNKNOWN, _DUPLICATE_FILE, _NOT_IN_VALUES, _UNKNOWN_VALUE
 from fairsample.errors import DataError, FairsampleWarning
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from fairsample.data import load_folder
-from fairsample.data.folder import _SINGLE_LABEL, _SMALL_GROUP
+from fairsample.data.validate import _SINGLE_LABEL, _SMALL_GROUP
 from fairsample.errors import FairsampleWarning
 
 

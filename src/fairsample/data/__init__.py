@@ -8,10 +8,7 @@ Example:
 
 from fairsample.data.folder import (
     FolderDataset,
-    check_report,
-    count_table,
     find_metadata,
-    format_count_table,
     load_folder,
     read_metadata,
     spec_to_toml,
@@ -20,6 +17,7 @@ from fairsample.data.folder import (
 from fairsample.data.presets import PRESETS, Preset, apply_preset, get_preset
 from fairsample.data.schema import CellKey, DatasetSpec, parse_cell
 from fairsample.data.splits import SPLIT_NAMES, split_indices
+from fairsample.data.tables import check_report, count_table, format_count_table
 
 __all__ = [
     "PRESETS",

@@ -1,8 +1,9 @@
 """Dataset folders: ``metadata.csv|jsonl`` + images (+ ``fairsample.toml``), a superset of HF imagefolder.
 
-:func:`load_folder` reads and validates a folder (STYLE.md §6.1, §8) into a :class:`FolderDataset`;
-:func:`write_metadata` writes one back; :func:`count_table`, :func:`format_count_table` and :func:`check_report` give
-the per-group x label counts printed before any training or evaluation.
+:func:`load_folder` reads a folder, resolves its spec and validates it (STYLE.md §6.1, §8; the checks are in
+:mod:`fairsample.data.validate`) into a :class:`FolderDataset`; :func:`write_metadata` writes one back. The count
+tables (:func:`~fairsample.data.tables.count_table`, :func:`~fairsample.data.tables.format_count_table`,
+:func:`~fairsample.data.tables.check_report`) live in :mod:`fairsample.data.tables` and are re-exported here.
 
 Spec resolution: defaults < ``fairsample.toml`` in the root < preset < explicit ``spec`` < flags (``label_col``,
 ``group_cols``, ``drop_unknown``). An explicit ``spec`` replaces the toml and preset specs wholesale. Metadata is read
@@ -16,7 +17,6 @@ import os
 import tomllib
 import uuid
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,31 @@ from PIL import Image
 
 from fairsample.data import presets as _presets
 from fairsample.data.schema import CellKey, DatasetSpec
-from fairsample.data.splits import SPLIT_ALIASES, normalize_split_values
+from fairsample.data.tables import check_report, count_table, format_count_table, natural_key
+from fairsample.data.validate import (
+    _apply_unknown,
+    _apply_values,
+    _check_columns,
+    _check_paths,
+    _check_rows,
+    _soft_warnings,
+)
 from fairsample.errors import ConfigError, DataError, FairsampleWarning
+
+__all__ = [
+    "METADATA_FILES",
+    "SPEC_FILE",
+    "FolderDataset",
+    "check_report",
+    "count_table",
+    "find_metadata",
+    "format_count_table",
+    "load_folder",
+    "natural_key",
+    "read_metadata",
+    "spec_to_toml",
+    "write_metadata",
+]
 
 METADATA_FILES: tuple[str, str] = ("metadata.csv", "metadata.jsonl")
 SPEC_FILE = "fairsample.toml"
@@ -46,39 +69,6 @@ _EMPTY = "{file} has no rows; add one row per image."
 _BAD_TOML = "{file} is not valid TOML ({detail}); fix the file or delete it and pass --label-col/--group-col."
 _BAD_SPEC_SETTING = "{file}: {detail}"
 _BAD_SPEC_TYPE = "{source}: `{key}` must be {expected}, got {value!r}."
-_MISSING_FILE_COL = (
-    "{file} has no {column!r} column (columns present: {present}); add it with each image's path relative to the "
-    "dataset root, or set `file_col` in fairsample.toml."
-)
-_MISSING_COLUMN = "{file} has no {role} column {column!r} (columns present: {present}); {fix}."
-_NO_GROUPS = (
-    "no sensitive-attribute column given for {root}; pass --group-col COLUMN (candidates in {file}: {candidates}) "
-    "or set `groups` in fairsample.toml."
-)
-_BLANK_FILE = "{rows} in {file} {have} a blank {column} (first: row {row}); give every row its image path."
-_UNSAFE_PATH = (
-    "{rows} in {file} {have} a {column} that is absolute or contains '..' (first: row {row}, {value!r}); "
-    "paths must be relative to {root} and stay inside it."
-)
-_DUPLICATE_FILE = (
-    "{rows} in {file} repeat a {column} listed earlier (first: row {row}, {value!r}); keep one row per image."
-)
-_MISSING_FILES = "{rows} in {file} {have} no matching file (first: {value}); fix {column} or remove the rows."
-_BLANK_LABEL = (
-    "{rows} in {file} {have} a blank {column} label (first: row {row}); fill in the labels or remove the rows."
-)
-_UNKNOWN_VALUE = (
-    "{rows} in {file} {have} an unknown {column} value (first: row {row}, {value!r}); "
-    "fix the values, or pass --drop-unknown to drop those rows."
-)
-_NOT_IN_VALUES = (
-    "{rows} in {file} {have} a {column} value outside its value map (first: row {row}, {value!r}); allowed values are "
-    "{allowed}; fix the rows or extend [values.{column}] in fairsample.toml."
-)
-_BAD_SPLIT = (
-    "{rows} in {file} {have} a {column} value that is not a split name (first: row {row}, {value!r}); "
-    "use one of {allowed} (case-insensitive)."
-)
 _BAD_IMAGE = "cannot read image {path} ({detail}); replace the file or remove its row."
 _BAD_SIZE = "`size` must be a positive int or a (width, height) pair of positive ints, got {value!r}."
 _OPTIONS_WITHOUT_PRESET = "`preset_options` {options} were given without `preset`; pass --preset NAME as well."
@@ -86,32 +76,6 @@ _METADATA_EXISTS = "{root} already has {other}; remove it before writing {name} 
 _WRITE_MISSING_COLUMNS = (
     "cannot write metadata: the frame lacks column(s) {missing} named by the spec (columns: {present})."
 )
-
-# Warnings (FairsampleWarning; also recorded in FolderDataset.warnings).
-_DROPPED_UNKNOWN = "dropped {rows} with an unknown {columns} value (drop_unknown is set); {remaining} rows remain"
-_SMALL_GROUP = "group {group} has {count} images (< min_group_size={min_size})"
-_SINGLE_LABEL = "group {group} has only label {label}: AUC is undefined and will be reported as NaN"
-
-
-def _rows(n: int) -> dict[str, str]:
-    """Template arguments '1 row' / 'has' or 'n rows' / 'have'."""
-    return {"rows": f"{n} row{'s' if n != 1 else ''}", "have": "has" if n == 1 else "have"}
-
-
-def natural_key(value: str) -> tuple[int, float, str]:
-    """Sort key placing numeric strings first in numeric order ("2" < "10"), then text case-insensitively.
-
-    Example:
-        >>> sorted(["10", "2", "b", "A"], key=natural_key)
-        ['2', '10', 'A', 'b']
-    """
-    try:
-        number = float(value)
-    except ValueError:
-        return (1, 0.0, value.casefold() + "\0" + value)
-    if not np.isfinite(number):
-        return (1, 0.0, value.casefold() + "\0" + value)
-    return (0, number, value)
 
 
 def _cell_key(cell: CellKey) -> tuple:
@@ -406,140 +370,6 @@ def _resolve_spec(
     return DatasetSpec.from_dict(merged)
 
 
-# --------------------------------------------------------------------------------------------------- validation
-
-
-def _first(mask: np.ndarray | pd.Series, frame: pd.DataFrame, column: str) -> tuple[int, int, str]:
-    """(count, 1-based source row, value) of the first flagged row."""
-    mask = np.asarray(mask, dtype=bool)
-    pos = int(np.flatnonzero(mask)[0])
-    return int(mask.sum()), int(frame.index[pos]) + 1, str(frame[column].iloc[pos])
-
-
-_UNSAFE_RE = r"^(?:[/\\]|[A-Za-z]:)|(?:^|[/\\])\.\.(?:[/\\]|$)"
-
-
-def _unsafe_paths(paths: pd.Series) -> np.ndarray:
-    """Absolute (POSIX, UNC or drive letter) or with a '..' component, which could leave the root."""
-    return paths.str.contains(_UNSAFE_RE, regex=True).to_numpy(dtype=bool)
-
-
-def _check_columns(frame: pd.DataFrame, spec: DatasetSpec, file: str, root: Path) -> None:
-    """Every column the spec names exists; at least one group."""
-    present = list(frame.columns)
-    if spec.file_col not in frame.columns:
-        raise DataError(_MISSING_FILE_COL.format(file=file, column=spec.file_col, present=present))
-    if not spec.groups:
-        named = {spec.file_col, spec.label, spec.patient_col, spec.split}
-        candidates = [c for c in present if c not in named]
-        raise DataError(_NO_GROUPS.format(root=root, file=file, candidates=candidates))
-    roles = [("label", spec.label, "pass --label-col COLUMN or set `label` in fairsample.toml")]
-    roles += [("group", g, "pass --group-col COLUMN or fix `groups` in fairsample.toml") for g in spec.groups]
-    if spec.patient_col is not None:
-        roles.append(("patient id", spec.patient_col, "fix or remove `patient_col` in fairsample.toml"))
-    if spec.split is not None:
-        roles.append(("split", spec.split, "fix or remove `split` in fairsample.toml"))
-    for role, column, fix in roles:
-        if column not in frame.columns:
-            raise DataError(_MISSING_COLUMN.format(file=file, role=role, column=column, present=present, fix=fix))
-
-
-def _check_paths(frame: pd.DataFrame, spec: DatasetSpec, file: str, root: Path, check_files: bool) -> None:
-    """No blank, absolute or escaping file paths; optionally every file exists."""
-    col = spec.file_col
-    names = frame[col]
-    blank = (names == "").to_numpy()
-    if blank.any():
-        n, row, _ = _first(blank, frame, col)
-        raise DataError(_BLANK_FILE.format(**_rows(n), file=file, column=col, row=row))
-    unsafe = _unsafe_paths(names)
-    if unsafe.any():
-        n, row, value = _first(unsafe, frame, col)
-        raise DataError(_UNSAFE_PATH.format(**_rows(n), file=file, column=col, row=row, value=value, root=root))
-    if check_files:
-        base = str(root)
-        missing = np.fromiter((not os.path.isfile(os.path.join(base, p)) for p in names), dtype=bool, count=len(names))
-        if missing.any():
-            n, _, value = _first(missing, frame, col)
-            raise DataError(_MISSING_FILES.format(**_rows(n), file=file, value=value, column=col))
-
-
-def _apply_unknown(frame: pd.DataFrame, spec: DatasetSpec, file: str, validate: bool) -> tuple[pd.DataFrame, list]:
-    """Drop rows with unknown group values (drop_unknown) or fail on them (validate)."""
-    unknown = {u.casefold() for u in spec.unknown}
-    masks = {g: frame[g].str.casefold().isin(unknown).to_numpy() for g in spec.groups}
-    bad = np.zeros(len(frame), dtype=bool)
-    for m in masks.values():
-        bad |= m
-    if not bad.any():
-        return frame, []
-    if spec.drop_unknown:
-        kept = frame[~bad]
-        columns = "/".join(g for g, m in masks.items() if m.any())
-        msg = _DROPPED_UNKNOWN.format(rows=_rows(int(bad.sum()))["rows"], columns=columns, remaining=len(kept))
-        return kept, [msg]
-    if validate:
-        for g, m in masks.items():
-            if m.any():
-                n, row, value = _first(m, frame, g)
-                raise DataError(_UNKNOWN_VALUE.format(**_rows(n), file=file, column=g, row=row, value=value))
-    return frame, []
-
-
-def _apply_values(frame: pd.DataFrame, spec: DatasetSpec, file: str, validate: bool) -> pd.DataFrame:
-    """Map label/group columns through spec.values; values already equal to a mapped name pass through."""
-    for col in (*spec.groups, spec.label):
-        mapping = spec.values.get(col)
-        if not mapping:
-            continue
-        allowed = set(mapping) | set(mapping.values())
-        outside = ~frame[col].isin(allowed).to_numpy()
-        if col == spec.label:
-            outside &= (frame[col] != "").to_numpy()
-        if validate and outside.any():
-            n, row, value = _first(outside, frame, col)
-            allowed_list = sorted(allowed, key=natural_key)
-            raise DataError(
-                _NOT_IN_VALUES.format(**_rows(n), file=file, column=col, row=row, value=value, allowed=allowed_list)
-            )
-        frame[col] = frame[col].map(lambda v, m=mapping: m.get(v, v))
-    return frame
-
-
-def _check_rows(frame: pd.DataFrame, spec: DatasetSpec, file: str) -> None:
-    """Blank labels, repeated files and unrecognised split values."""
-    blank = (frame[spec.label] == "").to_numpy()
-    if blank.any():
-        n, row, _ = _first(blank, frame, spec.label)
-        raise DataError(_BLANK_LABEL.format(**_rows(n), file=file, column=spec.label, row=row))
-    repeated = frame[spec.file_col].duplicated().to_numpy()
-    if repeated.any():
-        n, row, value = _first(repeated, frame, spec.file_col)
-        raise DataError(_DUPLICATE_FILE.format(**_rows(n), file=file, column=spec.file_col, row=row, value=value))
-    if spec.split is not None:
-        _, bad = normalize_split_values(frame[spec.split])
-        if bad.any():
-            n, row, value = _first(bad, frame, spec.split)
-            allowed = sorted(SPLIT_ALIASES)
-            raise DataError(
-                _BAD_SPLIT.format(**_rows(n), file=file, column=spec.split, row=row, value=value, allowed=allowed)
-            )
-
-
-def _soft_warnings(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
-    """Small groups and single-label groups, per attribute value."""
-    out = []
-    for g in spec.groups:
-        for value, part in sorted(frame.groupby(g, sort=False), key=lambda kv: natural_key(kv[0])):
-            group = f"{g}={value}"
-            if len(part) < spec.min_group_size:
-                out.append(_SMALL_GROUP.format(group=group, count=len(part), min_size=spec.min_group_size))
-            labels = part[spec.label].unique()
-            if len(labels) == 1:
-                out.append(_SINGLE_LABEL.format(group=group, label=labels[0]))
-    return out
-
-
 def load_folder(
     root: str | os.PathLike[str],
     *,
@@ -715,94 +545,3 @@ def write_metadata(root: str | os.PathLike[str], frame: pd.DataFrame, spec: Data
     text = spec_to_toml(spec)
     _atomic_write(root / SPEC_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------- tables
-
-
-def count_table(ds: FolderDataset) -> pd.DataFrame:
-    """Per-group x label image counts.
-
-    Rows: each attribute value (``"sex=F"``) in spec order; with two or more attributes also every intersection
-    present (``"sex=F,race=Black"``); then ``"total"``. Columns: the labels (numeric-aware order) and ``"total"``.
-
-    Returns:
-        int64 frame indexed by group text (index name ``"group"``).
-
-    Example:
-        >>> frame = pd.DataFrame({"file_name": ["a", "b", "c"], "label": ["1", "0", "1"], "sex": ["F", "M", "M"]})
-        >>> count_table(FolderDataset(".", DatasetSpec(groups=("sex",)), frame)).loc["sex=M"].tolist()
-        [1, 1, 2]
-    """
-    f, label, groups = ds.frame, ds.spec.label, list(ds.spec.groups)
-    labels = ds.label_values()
-    keysets = [[g] for g in groups] + ([groups] if len(groups) > 1 else [])
-    blocks = []
-    for keys in keysets:
-        counts = f.groupby(keys + [label], sort=False).size().unstack(label, fill_value=0)
-        if len(keys) == 1:
-            counts.index = pd.MultiIndex.from_arrays([counts.index])
-        order = sorted(counts.index, key=lambda vals: tuple(natural_key(v) for v in vals))
-        counts = counts.reindex(order)
-        counts.index = [",".join(f"{k}={v}" for k, v in zip(keys, vals, strict=True)) for vals in counts.index]
-        blocks.append(counts)
-    total = f[label].value_counts().to_frame().T
-    total.index = ["total"]
-    table = pd.concat(blocks + [total]).reindex(columns=labels).fillna(0).astype(np.int64)
-    table["total"] = table.sum(axis=1)
-    table.index.name = "group"
-    table.columns.name = None
-    return table
-
-
-def format_count_table(ds: FolderDataset) -> str:
-    """:func:`count_table` as aligned plain text (a rule above the total row), for the terminal.
-
-    Example:
-        >>> frame = pd.DataFrame({"file_name": ["a", "b"], "label": ["1", "0"], "sex": ["F", "M"]})
-        >>> print(format_count_table(FolderDataset(".", DatasetSpec(groups=("sex",)), frame)))
-        group \\ label  0  1  total
-        sex=F          0  1      1
-        sex=M          1  0      1
-        --------------------------
-        total          1  1      2
-    """
-    table = count_table(ds)
-    head = [f"group \\ {ds.spec.label}"] + [str(c) for c in table.columns]
-    body = [[str(i)] + [str(v) for v in row] for i, row in zip(table.index, table.to_numpy().tolist(), strict=True)]
-    widths = [max(len(r[k]) for r in [head] + body) for k in range(len(head))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        )
-
-    rule = "-" * len(line(head))
-    return "\n".join([line(head)] + [line(r) for r in body[:-1]] + [rule, line(body[-1])])
-
-
-def check_report(ds: FolderDataset) -> dict[str, Any]:
-    """JSON-safe summary for ``fairsample data check --format json``.
-
-    Returns:
-        ``{"root", "n_images", "label", "groups", "labels", "attribute_values", "cells", "warnings", "spec"}``;
-        ``cells`` is a list of ``{"cell": "sex=F,label=1", "count": n, <attribute>: value, ..., <label col>: label}``
-        in :meth:`FolderDataset.cells` order.
-
-    Example:
-        >>> frame = pd.DataFrame({"file_name": ["a", "b"], "label": ["1", "1"], "sex": ["F", "F"]})
-        >>> check_report(FolderDataset(".", DatasetSpec(groups=("sex",)), frame))["cells"]
-        [{'cell': 'sex=F,label=1', 'count': 2, 'sex': 'F', 'label': '1'}]
-    """
-    counts = Counter(ds.cell_ids())
-    return {
-        "root": str(ds.root),
-        "n_images": len(ds),
-        "label": ds.spec.label,
-        "groups": list(ds.spec.groups),
-        "labels": ds.label_values(),
-        "attribute_values": ds.attribute_values(),
-        "cells": [{"cell": str(c), "count": counts[c], **c.as_dict(ds.spec.label)} for c in ds.cells()],
-        "warnings": list(ds.warnings),
-        "spec": ds.spec.to_dict(),
-    }
