@@ -111,6 +111,14 @@ def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
 
 
+def _emit(fmt: Format, doc: Any, human: Callable[[], str]) -> None:
+    """The result on stdout: one JSON document (json), the human text (human), or nothing (quiet)."""
+    if fmt is Format.json:
+        _print_json(doc)
+    elif fmt is Format.human:
+        print(human())
+
+
 def parse_int_list(text: str) -> list[int]:
     """``"0-3,10"`` → ``[0, 1, 2, 3, 10]`` (EDM's ``parse_int_list``); raises ``typer.BadParameter`` on bad input."""
     out: list[int] = []
@@ -165,11 +173,7 @@ def info(fmt: FormatOpt = Format.human) -> None:
             ]
         },
     }
-    if fmt is Format.json:
-        _print_json(doc)
-    elif fmt is Format.human:
-        for k, v in doc.items():
-            print(f"{k}: {v}")
+    _emit(fmt, doc, lambda: "\n".join(f"{k}: {v}" for k, v in doc.items()))
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -190,11 +194,8 @@ def data_check(
     from fairsample.data.folder import check_report, format_count_table
 
     ds = _load_dataset(root, label_col, group_col, preset, drop_unknown)
-    if fmt is Format.json:
-        _print_json(check_report(ds))
-    elif fmt is Format.human:
-        print(f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}")
-        print(format_count_table(ds))
+    header = f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}"
+    _emit(fmt, check_report(ds), lambda: f"{header}\n{format_count_table(ds)}")
 
 
 @data_app.command("demo")
@@ -216,10 +217,7 @@ def data_demo(
 
     info_ = make_demo_dataset(out, seed=seed, source=source.value, overwrite=overwrite)
     doc = {"root": str(info_.root), "source": info_.source, "n_images": info_.n_images, "counts": info_.counts}
-    if fmt is Format.json:
-        _print_json(doc)
-    elif fmt is Format.human:
-        print(f"wrote {info_.n_images} images ({info_.source}) to {info_.root}")
+    _emit(fmt, doc, lambda: f"wrote {info_.n_images} images ({info_.source}) to {info_.root}")
 
 
 # -- train ---------------------------------------------------------------------------------------------------------
@@ -295,10 +293,11 @@ def train(
         "log": str(result.log_path),
         "seconds": round(result.seconds, 2),
     }
-    if fmt is Format.json:
-        _print_json(doc)
-    elif fmt is Format.human:
-        print(f"wrote model bundle {result.bundle_path} ({result.steps} steps, final loss {result.final_loss:.4f})")
+    _emit(
+        fmt,
+        doc,
+        lambda: f"wrote model bundle {result.bundle_path} ({result.steps} steps, loss {result.final_loss:.4f})",
+    )
 
 
 # -- generate ------------------------------------------------------------------------------------------------------
@@ -377,13 +376,14 @@ def generate(
         "plan": summary_plan,
         "files": result.files,
     }
-    if fmt is Format.json:
-        _print_json(doc)
-    elif fmt is Format.human:
-        print(
-            f"wrote {result.n_images} images to {result.output_dir} "
-            f"({result.n_generated} generated now, {result.seconds:.1f} s); metadata: {result.output_dir}/metadata.csv"
-        )
+    _emit(
+        fmt,
+        doc,
+        lambda: (
+            f"wrote {result.n_images} images to {result.output_dir} ({result.n_generated} generated now, "
+            f"{result.seconds:.1f} s); metadata: {result.output_dir}/metadata.csv"
+        ),
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -9,27 +9,15 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from fairsample.engines.torch_engine import TorchEngine
+from tests.tiny import build_tiny_unet as _build_tiny_unet
 
 SEQ_LEN = 4
 HIDDEN_DIM = 16
 
 
 def build_tiny_unet(sample_size: int = 8, seed: int = 0) -> UNet2DConditionModel:
-    """A 2-block conditional U-Net (~0.25 M params) with seeded weights; the global RNG is left untouched."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return UNet2DConditionModel(
-            sample_size=sample_size,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=HIDDEN_DIM,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
+    """The shared tiny U-Net (tests/tiny.py) with this folder's hidden size."""
+    return _build_tiny_unet(sample_size, seed, cross_attention_dim=HIDDEN_DIM)
 
 
 @pytest.fixture

