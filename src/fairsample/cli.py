@@ -334,10 +334,14 @@ def generate(
     from fairsample.models.bundle import ModelBundle
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
+    bundle = (
+        ModelBundle.load(model, device=device or "cpu") if model else ModelBundle.load_default(device=device or "cpu")
+    )
     cfg = resolve(
         SampleConfig,
         file=config,
         section="generate",
+        base=bundle.sampling_defaults(),
         sampler=sampler,
         scheduler=scheduler.value if scheduler else None,
         steps=steps,
@@ -349,7 +353,6 @@ def generate(
     if per_cell is not None and balanced is not None:
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
-    bundle = ModelBundle.load(model, device=cfg.device) if model else ModelBundle.load_default(device=cfg.device)
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else bundle.cells()
     if balanced is not None:
         plan = GenerationPlan.balanced(cell_list, balanced, seed_list)

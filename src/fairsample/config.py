@@ -44,7 +44,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "fp16" (CUDA only) or "bf16"
     use_ema: bool = True  # keep an EMA of the weights; the bundle stores the EMA weights
     ema_decay: float = 0.999  # EMA decay cap (diffusers EMAModel warms up as (1+n)/(10+n))
-    prediction_type: str = "v_prediction"  # new built-in models (see docs/decisions.md); fine-tuning keeps the bundle's
+    prediction_type: str = (
+        "v_prediction"  # new built-in models (see docs/decisions.md); fine-tuning keeps the bundle's
+    )
     p_uncond: float = 0.1  # CFG dropout: probability that every conditioning slot is nulled
     p_slot: float = 0.0  # per-slot dropout (attribute-only guidance); off by default
     architecture: str = "tiny-32"  # built-in U-Net config for new models (fairsample.models.builtin.UNET_CONFIGS)
@@ -77,6 +79,7 @@ class SampleConfig:
         'ddim'
     """
 
+    # defaults below are the fallbacks; a bundle's fairsample_config.json "sampling" table overrides them
     sampler: str = "conditional"  # sampler name (fairsample.samplers.SAMPLERS)
     scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | dpmsolver++
     steps: int = 50  # inference steps
@@ -129,14 +132,22 @@ def read_config_file(path: str | Path, section: str | None = None) -> dict[str, 
     return data
 
 
-def resolve(cls: type[T], *, file: str | Path | None = None, section: str | None = None, **flags: Any) -> T:
-    """defaults < config file < flags (``None`` flags are ignored): the CLI's one resolution rule.
+def resolve(
+    cls: type[T],
+    *,
+    file: str | Path | None = None,
+    section: str | None = None,
+    base: Mapping[str, Any] | None = None,
+    **flags: Any,
+) -> T:
+    """defaults < ``base`` (e.g. a bundle's recommended sampling settings) < config file < flags (``None`` flags are
+    ignored): the CLI's one resolution rule.
 
     Example:
-        >>> resolve(TrainConfig, max_steps=5).max_steps
+        >>> resolve(TrainConfig, base={"max_steps": 7, "seed": 3}, max_steps=5).max_steps
         5
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = dict(base or {})
     if file is not None:
         data.update(read_config_file(file, section))
     data.update({k: v for k, v in flags.items() if v is not None})

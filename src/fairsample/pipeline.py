@@ -199,7 +199,7 @@ class FairSamplePipeline:
         backend: str = "torch",
         device: str = "cpu",
     ) -> None:
-        self.bundle = (bundle or ModelBundle.load_default(device=device)).eval()
+        self.bundle = (bundle or ModelBundle.load_default(device=device)).to(device).eval()
         self.device = torch.device(device)
         self.engine = engine or load_engine(self.bundle, backend=backend, device=device)
 
@@ -209,6 +209,14 @@ class FairSamplePipeline:
         device = kwargs.get("device", "cpu")
         bundle = ModelBundle.load(path, device=device) if path is not None else ModelBundle.load_default(device=device)
         return cls(bundle, **kwargs)
+
+    def default_config(self) -> SampleConfig:
+        """:class:`SampleConfig` defaults overridden by the bundle's recommended ``sampling`` settings."""
+        from fairsample.config import from_dict
+
+        base = SampleConfig().to_dict()
+        base.update(self.bundle.sampling_defaults())
+        return from_dict(SampleConfig, base, where=f"{self.bundle.bundle_id} sampling defaults")
 
     # -- in-memory sampling ----------------------------------------------------------------------------------------
     def _sample_batch(self, cells: Sequence[CellKey], seeds: Sequence[int], cfg: SampleConfig) -> Tensor:
@@ -289,7 +297,7 @@ class FairSamplePipeline:
         """
         if len(cells) != len(seeds):
             raise ConfigError(f"`cells` and `seeds` must have the same length, got {len(cells)} and {len(seeds)}.")
-        cfg = SampleConfig().replace(
+        cfg = self.default_config().replace(
             steps=steps,
             guidance_scale=guidance_scale,
             scheduler=scheduler,
@@ -344,7 +352,7 @@ class FairSamplePipeline:
             :class:`GenerationResult`.
         """
         t0 = time.time()
-        cfg = config or SampleConfig()
+        cfg = config or self.default_config()
         self._check(cfg)
         out = Path(output_dir)
         label = self.bundle.label_name

@@ -173,3 +173,32 @@ def test_train_dry_run_and_config_file(runner, demo_dir, tmp_path):
     cfg.write_text("[train]\nmax_stepz = 7\n")
     proc = run_cli("train", demo_dir, "--output-dir", tmp_path / "m", "--config", cfg, "--dry-run")
     assert proc.returncode == 1 and "unknown setting(s) ['max_stepz']" in proc.stderr
+
+
+def test_bundle_sampling_defaults_sit_below_config_file_and_flags(runner, tiny_model, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "m")
+    cfg_path = model / "fairsample_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["sampling"] = {"guidance_scale": 1.5, "steps": 7, "scheduler": "euler"}
+    cfg_path.write_text(json.dumps(cfg))
+    doc = json.loads(invoke(runner, "generate", "--model", model, "--output-dir", "x", "--dry-run").stdout)
+    assert (doc["config"]["guidance_scale"], doc["config"]["steps"], doc["config"]["scheduler"]) == (1.5, 7, "euler")
+    (tmp_path / "g.toml").write_text("[generate]\nsteps = 9\n")
+    doc = json.loads(
+        invoke(
+            runner,
+            "generate",
+            "--model",
+            model,
+            "--output-dir",
+            "x",
+            "--dry-run",
+            "--config",
+            tmp_path / "g.toml",
+            "--guidance-scale",
+            "2.5",
+        ).stdout
+    )
+    assert (doc["config"]["guidance_scale"], doc["config"]["steps"], doc["config"]["scheduler"]) == (2.5, 9, "euler")

@@ -121,6 +121,12 @@ class ModelBundle:
             out = [CellKey(c.groups + ((attr, v),), c.label) for c in out for v in vals]
         return sorted(out)
 
+    def sampling_defaults(self) -> dict[str, Any]:
+        """Recommended sampling settings stored with the bundle (``fairsample_config.json`` → ``sampling``), e.g.
+        ``{"guidance_scale": 2.0, "steps": 50, "scheduler": "ddim"}``; they sit between :class:`SampleConfig`'s
+        defaults and the user's config file / flags."""
+        return dict(self.config.get("sampling", {}))
+
     def parse_cell(self, text: str) -> CellKey:
         """``'tone=dark,label=3'`` → :class:`CellKey`, checked against the values the model knows."""
         cell = parse_cell(text, self.groups, self.label_name)
