@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # Tiny test models gain nothing from intra-op threads, and OpenMP spin-waiting makes them 10-100x slower when the
 # two cores are shared with another process; one thread keeps the suite fast and its timing stable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
