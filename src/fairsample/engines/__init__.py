@@ -1,11 +1,13 @@
 """Runtime engines: the U-Net forward ``(sample, timestep, encoder_hidden_states) -> prediction`` on one backend.
 
-This release ships the ``torch`` backend (the oracle). :func:`load_engine` is the single entry point; backends are
-imported lazily so ``import fairsample.engines`` stays light (STYLE.md rule 13).
+Backends: ``torch`` (the oracle, default) and ``onnxruntime`` (CPU EP reference; CUDA EP with ``[gpu]``).
+:func:`load_engine` is the single entry point; backends are imported lazily so ``import fairsample.engines`` stays
+light (STYLE.md rule 13).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +28,7 @@ from fairsample.engines.base import (
 from fairsample.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fairsample.engines.ort_engine import OrtEngine
     from fairsample.engines.torch_engine import TorchEngine
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "Engine",
     "EngineSpec",
     "MemoryReport",
+    "OrtEngine",
     "PredictionType",
     "ShapeProfile",
     "TorchEngine",
@@ -45,10 +49,11 @@ __all__ = [
     "load_engine",
 ]
 
-BACKENDS: tuple[str, ...] = ("torch",)
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 """Backends this release can load."""
 
 _UNKNOWN_BACKEND = "`backend` must be one of {supported}, got {backend!r}; use backend='torch'."
+_TORCH_ONLY_OPTIONS = "`{name}` only applies to backend='onnxruntime'; drop it for backend='torch'."
 
 
 def load_engine(
@@ -56,20 +61,34 @@ def load_engine(
     backend: str = "torch",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> Engine:
     """Build an engine for a model bundle.
 
+    The ``onnxruntime`` backend exports the U-Net to ONNX, optimizes it (and converts it to fp16 with fp32 islands
+    when ``dtype=torch.float16``), validates every artifact against torch fp32 (ENGINES.md §6) and stores it in the
+    content-addressed cache on first use; later calls load from the cache. A stale or corrupt cache entry is rebuilt
+    with a one-line :class:`~fairsample.errors.FairsampleWarning`.
+
     Args:
-        bundle: a model bundle with ``.unet`` (diffusers ``UNet2DConditionModel``) and ``.prediction_type``.
-        backend: one of :data:`BACKENDS` (only ``"torch"`` in this release).
+        bundle: a model bundle with ``.unet`` (diffusers ``UNet2DConditionModel``) and ``.prediction_type``; the
+            onnxruntime backend also needs S from ``.conditioner.seq_len`` (or ``seq_len=`` in ``options``).
+        backend: one of :data:`BACKENDS`: ``"torch"`` (default) or ``"onnxruntime"``.
         device: where to run, e.g. ``"cpu"``.
         dtype: compute dtype inside the engine (the boundary is float32 regardless).
+        cache_dir: onnxruntime only: the artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or
+            ``~/.cache/fairsample/engines``).
+        **options: backend options: torch ``batch_invariant``, ``check_finite``, ``seq_len``; onnxruntime also
+            ``max_batch``, ``max_size``, ``exporters``, ``keep_attention_fp32``, ``intra_op_threads``.
 
     Returns:
         An :class:`Engine`.
 
     Raises:
         ConfigError: unknown ``backend`` (the message lists the supported ones) or bad bundle settings.
+        ImportError: ``backend="onnxruntime"`` without onnxruntime (names ``pip install 'fairsample[ort]'``).
+        ValidationFailed: an artifact failed its validation gate.
 
     Example:
         >>> from types import SimpleNamespace
@@ -84,15 +103,25 @@ def load_engine(
     """
     if backend not in BACKENDS:
         raise ConfigError(_UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend))
+    if backend == "onnxruntime":
+        from fairsample.engines._ort_build import load_ort_engine
+
+        return load_ort_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
+    if cache_dir is not None:
+        raise ConfigError(_TORCH_ONLY_OPTIONS.format(name="cache_dir"))
     from fairsample.engines.torch_engine import TorchEngine
 
-    return TorchEngine.from_bundle(bundle, device=device, dtype=dtype)
+    return TorchEngine.from_bundle(bundle, device=device, dtype=dtype, **options)
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy access to backend classes (``TorchEngine``) without importing diffusers at package import."""
+    """Lazy access to backend classes (``TorchEngine``, ``OrtEngine``) without importing diffusers at import."""
     if name == "TorchEngine":
         from fairsample.engines.torch_engine import TorchEngine
 
         return TorchEngine
+    if name == "OrtEngine":
+        from fairsample.engines.ort_engine import OrtEngine
+
+        return OrtEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,334 @@
+"""The onnxruntime backend: the CPU execution provider is the reference backend; the CUDA EP uses IO binding.
+
+Session options are chosen for speed: ``ORT_ENABLE_ALL`` graph optimisation, sequential execution, intra-op threads =
+physical cores (overridable), memory-pattern planning on. They are recorded in :attr:`OrtEngine.manifest`.
+
+Batch invariance. Unlike the torch CPU forward, ORT CPU outputs were measured bitwise batch-invariant (onnxruntime
+1.31.1, MLAS): sample i of a batch equals the same sample run alone for N in {2, 3, 8}, with 1 and 2 intra-op threads,
+fp32 and fp16 graphs, dynamo and legacy exports, on the test U-Net (16x16) and ``tiny-32`` (32x32). The default is
+therefore the plain batched call (``batch_invariant=False``), and a test pins the property so an onnxruntime upgrade
+that breaks it fails loudly. ``batch_invariant=True`` keeps TorchEngine's guarantee by construction (one sample per
+session call); it cost +14 % per call on ``tiny-32`` at N = 8, 32x32, one thread (61.9 -> 70.4 ms).
+
+The CUDA path (``onnxruntime-gpu``, ``fairsample[gpu]``) binds caller tensors with ``session.io_binding()`` and is
+written against the documented API but **untested** on this project's CPU-only machines.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fairsample.engines.base import (
+    EngineSpec,
+    MemoryReport,
+    ValidationReport,
+    check_inputs,
+    check_out,
+    is_finite,
+)
+from fairsample.errors import ConfigError, EngineLoadError, ValidationFailed
+
+ORT_EXTRA_HINT = "The onnxruntime engine needs onnxruntime: pip install 'fairsample[ort]' (or 'fairsample[gpu]')."
+_NO_CUDA_EP = (
+    "`device` {device!r} needs onnxruntime's CUDAExecutionProvider and a GPU, but the providers are {providers}; "
+    "install 'fairsample[gpu]' (not together with [ort]) or use device='cpu'."
+)
+_BAD_DEVICE = "`device` must be 'cpu' or 'cuda[:k]', got {device!r}."
+_BAD_THREADS = "`intra_op_threads` must be a positive int or None, got {value!r}."
+_SPATIAL = "`sample` has H={h}, W={w}; this ONNX engine needs H and W to be multiples of {m}; pad or resize the input."
+_CLOSED = "this OrtEngine was closed; load a new engine with fairsample.engines.load_engine(bundle, backend=...)."
+_NO_REFIT = "onnxruntime engines cannot refit weights; load the new checkpoint with load_engine(bundle, backend=...)."
+_NONFINITE_OUTPUT = "the onnxruntime engine produced NaN/Inf at timestep(s) {timesteps}; check the artifact."
+_LOAD_FAILED = "onnxruntime could not load {path}: {reason}."
+
+
+def import_onnxruntime() -> Any:
+    """Import onnxruntime or raise an ImportError naming the extra (STYLE.md §8)."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(ORT_EXTRA_HINT) from err
+    return onnxruntime
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (distinct (package, core) ids on Linux; else logical count)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        cpu = phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in [*f, ""]:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id":
+                    core = value
+                elif not key and cpu is not None:
+                    if cpu in allowed:
+                        cores.add((phys or "0", core or str(cpu)))
+                    cpu = phys = core = None
+    except OSError:
+        cores = set()
+    return max(1, min(len(cores) or len(allowed), len(allowed)))
+
+
+def create_session(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", intra_op_threads: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """An ``InferenceSession`` for ``path`` with speed-oriented options, plus those options as a JSON-safe dict.
+
+    Args:
+        path: the ``.onnx`` file (external data next to it is resolved by onnxruntime).
+        device: ``"cpu"`` (CPU EP) or ``"cuda[:k]"`` (CUDA EP with the CPU EP as fallback for unsupported ops).
+        intra_op_threads: intra-op thread count; None = physical cores.
+
+    Returns:
+        ``(session, options)``; ``options`` records providers, thread count and optimisation level.
+
+    Raises:
+        ImportError: onnxruntime is not installed (names the extra).
+        EngineLoadError: the CUDA EP is unavailable for a CUDA device, or onnxruntime rejects the file.
+    """
+    ort = import_onnxruntime()
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(_BAD_DEVICE.format(device=str(device)))
+    if intra_op_threads is not None and not (
+        isinstance(intra_op_threads, int) and not isinstance(intra_op_threads, bool) and intra_op_threads > 0
+    ):
+        raise ConfigError(_BAD_THREADS.format(value=intra_op_threads))
+    threads = intra_op_threads or physical_cores()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_mem_pattern = True
+    opts.log_severity_level = 3
+    if dev.type == "cuda":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available or not torch.cuda.is_available():
+            raise EngineLoadError(_NO_CUDA_EP.format(device=str(device), providers=available))
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise EngineLoadError(_LOAD_FAILED.format(path=path, reason=f"{type(err).__name__}: {first}")) from err
+    record = {
+        "providers": session.get_providers(),
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "execution_mode": "ORT_SEQUENTIAL",
+        "intra_op_num_threads": threads,
+        "inter_op_num_threads": 1,
+        "enable_mem_pattern": True,
+        "onnxruntime_version": ort.__version__,
+    }
+    return session, record
+
+
+class OrtEngine:
+    """An ONNX model run by onnxruntime behind the :class:`~fairsample.engines.Engine` API (ENGINES.md §2).
+
+    Usually built by :func:`fairsample.engines.load_engine` (export + validation + cache). The boundary rules are
+    the torch engine's (:func:`~fairsample.engines.base.check_inputs`): torch or numpy inputs on the CPU, cast to
+    float32 once, scalar timesteps broadcast. Outputs are fresh tensors owned by the caller; ``out=`` receives a copy
+    and may alias ``sample``.
+
+    Args:
+        path: the ``.onnx`` file with I/O ``sample (N, C, H, W)``, ``timestep (N,)``, ``encoder_hidden_states
+            (N, S, D)`` -> ``out_sample (N, C_out, H, W)``, float32.
+        spec: what the graph computes (channels, S, D, prediction type, precision).
+        device: ``"cpu"`` (default; CPU EP) or ``"cuda[:k]"`` (CUDA EP + IO binding; untested).
+        manifest: cache manifest of the artifact (key parts, versions, validation report); copied read-only.
+        spatial_multiple: H and W must be multiples of this (the U-Net's downsampling factor).
+        intra_op_threads: ORT intra-op threads; None = physical cores.
+        batch_invariant: run one sample per session call so rows are bitwise batch-independent by construction;
+            the default batched call was measured invariant on the CPU EP already (module docstring).
+        check_finite: raise :class:`~fairsample.errors.ValidationFailed` on NaN/Inf outputs.
+
+    Raises:
+        ImportError: onnxruntime is missing (names the ``[ort]`` extra).
+        EngineLoadError: the file cannot be loaded, or CUDA was asked for without the CUDA EP.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from fairsample.models.builtin import build_unet
+        >>> from fairsample.export.onnx_export import export_onnx
+        >>> unet = build_unet("test", sample_size=8, cross_attention_dim=8)
+        >>> art = export_onnx(unet, tempfile.mkdtemp(), prediction_type="epsilon", seq_len=4, exporters=("legacy",))
+        >>> spec = EngineSpec(in_channels=3, out_channels=3, sample_size=8, seq_len=4, hidden_dim=8,
+        ...                   prediction_type="epsilon")
+        >>> with OrtEngine(art.path, spec=spec, spatial_multiple=2, intra_op_threads=1) as engine:
+        ...     engine(torch.zeros(2, 3, 8, 8), 10.0, torch.zeros(2, 4, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        spec: EngineSpec,
+        device: str | torch.device = "cpu",
+        manifest: Mapping[str, Any] | None = None,
+        spatial_multiple: int = 1,
+        intra_op_threads: int | None = None,
+        batch_invariant: bool = False,
+        check_finite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.spec = spec
+        self.spatial_multiple = int(spatial_multiple)
+        self.batch_invariant = batch_invariant
+        self.check_finite = check_finite
+        self._session, session_options = create_session(self.path, device=self.device,
+                                                        intra_op_threads=intra_op_threads)  # fmt: skip
+        self.capabilities: frozenset[str] = frozenset(
+            {"dynamic_shapes", "io_binding"} if self.device.type == "cuda" else {"dynamic_shapes"}
+        )
+        files = [self.path, self.path.with_name(self.path.name + ".data")]
+        self._weights_bytes = sum(f.stat().st_size for f in files if f.exists())
+        self.manifest: Mapping[str, Any] = MappingProxyType(
+            {
+                **dict(manifest or {}),
+                "backend": self.backend,
+                "device": str(self.device),
+                "precision": spec.precision,
+                "prediction_type": spec.prediction_type,
+                "batch_invariant": batch_invariant,
+                "session": session_options,
+                "model_file": self.path.name,
+            }
+        )
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime ``InferenceSession`` (raises :class:`~fairsample.errors.EngineLoadError` after close)."""
+        if self._session is None:
+            raise EngineLoadError(_CLOSED)
+        return self._session
+
+    def supports(self, n: int, height: int, width: int) -> bool:
+        """True when ``(n, height, width)`` is inside the spec's profiles and H, W are multiples of the U-Net's
+        downsampling factor."""
+        m = self.spatial_multiple
+        return self.spec.supports(n, height, width) and height % m == 0 and width % m == 0
+
+    def __call__(
+        self,
+        sample: Tensor,
+        timestep: Tensor,
+        encoder_hidden_states: Tensor,
+        *,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """Run the U-Net graph.
+
+        Args:
+            sample: (N, C, H, W) noisy input; torch or numpy on the CPU, any real dtype (cast to float32 once).
+            timestep: (N,), (1,), () or a Python number.
+            encoder_hidden_states: (N, S, D) conditioning rows (S static, as exported).
+            out: optional float32 (N, C_out, H, W) tensor on the engine's device; may alias ``sample``.
+
+        Returns:
+            (N, C_out, H, W) float32 prediction; ``out`` itself when given.
+
+        Raises:
+            ConfigError: wrong input type, device, dtype or shape (including H, W not multiples of the factor).
+            ValidationFailed: ``check_finite`` is on and the output has NaN/Inf.
+            EngineLoadError: the engine was closed.
+        """
+        session = self.session
+        x, t, e = check_inputs(sample, timestep, encoder_hidden_states, spec=self.spec, device=self.device)
+        n, _, h, w = x.shape
+        if h % self.spatial_multiple or w % self.spatial_multiple:
+            raise ConfigError(_SPATIAL.format(h=h, w=w, m=self.spatial_multiple))
+        check_out(out, (n, self.spec.out_channels, h, w), self.device)
+        if self.device.type == "cuda":
+            pred = self._run_cuda(session, x, t, e)
+        elif self.batch_invariant and n > 1:
+            pred = torch.cat([self._run_cpu(session, x[i : i + 1], t[i : i + 1], e[i : i + 1]) for i in range(n)])
+        else:
+            pred = self._run_cpu(session, x, t, e)
+        if self.check_finite and not is_finite(pred):
+            bad = sorted({float(v) for v in t[~torch.isfinite(pred).flatten(1).all(dim=1)].tolist()})
+            raise ValidationFailed(_NONFINITE_OUTPUT.format(timesteps=bad))
+        if out is None:
+            return pred
+        return out.copy_(pred)
+
+    @staticmethod
+    def _run_cpu(session: Any, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
+        """CPU EP call on contiguous numpy views (no copy for contiguous float32 inputs)."""
+        feeds = {
+            "sample": np.ascontiguousarray(x.numpy()),
+            "timestep": np.ascontiguousarray(t.numpy()),
+            "encoder_hidden_states": np.ascontiguousarray(e.numpy()),
+        }
+        return torch.from_numpy(session.run(["out_sample"], feeds)[0])
+
+    def _run_cuda(self, session: Any, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
+        """CUDA EP call with IO binding on the caller's device pointers (untested: no GPU on the project machines)."""
+        x, t, e = x.contiguous(), t.contiguous(), e.contiguous()
+        n, _, h, w = x.shape
+        result = torch.empty((n, self.spec.out_channels, h, w), dtype=torch.float32, device=self.device)
+        binding = session.io_binding()
+        dev_id = self.device.index or 0
+        for name, tensor in (("sample", x), ("timestep", t), ("encoder_hidden_states", e)):
+            binding.bind_input(name, "cuda", dev_id, np.float32, list(tensor.shape), tensor.data_ptr())
+        binding.bind_output("out_sample", "cuda", dev_id, np.float32, list(result.shape), result.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()
+        session.run_with_iobinding(binding)
+        return result
+
+    def refit(self, state_dict: Mapping[str, Tensor]) -> ValidationReport:
+        """Not supported (no ``"refit"`` capability): always raises.
+
+        Raises:
+            EngineLoadError: onnxruntime sessions have immutable weights; reload with :func:`load_engine`.
+        """
+        raise EngineLoadError(_NO_REFIT)
+
+    def memory(self) -> MemoryReport:
+        """The ONNX file + external-data bytes as weights; ORT allocates activations per call (0 reserved)."""
+        self.session  # noqa: B018 - raises after close()
+        return MemoryReport(weights_bytes=int(self._weights_bytes), activations_bytes=0, device=str(self.device))
+
+    def close(self) -> None:
+        """Release the onnxruntime session; idempotent."""
+        self._session = None
+
+    def __enter__(self) -> OrtEngine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._session is None else f"{self.spec.precision} on {self.device}"
+        return f"OrtEngine({self.path.name}, {self.spec.prediction_type}, {state})"

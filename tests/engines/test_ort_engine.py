@@ -1,0 +1,89 @@
+"""onnxruntime-specific engine behaviour: spatial multiple, refit refusal, missing extra, batch invariance, fp16."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+
+from fairsample.engines import BACKENDS, load_engine
+from fairsample.engines.ort_engine import _NO_REFIT, _SPATIAL, ORT_EXTRA_HINT, OrtEngine
+from fairsample.errors import ConfigError, EngineLoadError
+from fairsample.export.validate import GATES, compare
+from tests.export.shared import HIDDEN_DIM, SEQ_LEN, load_ort, tiny_bundle
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+
+
+def test_backends_and_default() -> None:
+    assert BACKENDS == ("torch", "onnxruntime")
+    assert load_engine(tiny_bundle()).backend == "torch"
+
+
+def test_loads_from_the_cache_with_session_options() -> None:
+    engine = load_ort()
+    assert isinstance(engine, OrtEngine) and engine.backend == "onnxruntime"
+    session = engine.manifest["session"]
+    assert session["providers"] == ["CPUExecutionProvider"] and session["intra_op_num_threads"] == 1
+    assert session["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert engine.manifest["kind"] == "onnx.opt" and engine.manifest["report"]["passed"]
+
+
+def test_h_w_must_be_multiples_of_the_downsampling_factor() -> None:
+    engine = load_ort()
+    assert not engine.supports(1, 9, 8)
+    with pytest.raises(ConfigError, match=re.escape(_SPATIAL.format(h=9, w=8, m=2))):
+        engine(torch.zeros(1, 3, 9, 8), 1.0, torch.zeros(1, SEQ_LEN, HIDDEN_DIM))
+
+
+def test_refit_is_refused() -> None:
+    engine = load_ort()
+    assert "refit" not in engine.capabilities
+    with pytest.raises(EngineLoadError, match=re.escape(_NO_REFIT)):
+        engine.refit(tiny_bundle().unet.state_dict())
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=re.escape(ORT_EXTRA_HINT)):
+        load_engine(tiny_bundle(), "onnxruntime")
+    assert "pip install 'fairsample[ort]'" in ORT_EXTRA_HINT
+
+
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_rows_are_bitwise_equal_across_batch_sizes(batch_invariant: bool) -> None:
+    engine = load_ort(batch_invariant=batch_invariant)
+    g = torch.Generator().manual_seed(7)
+    x, t, e = (
+        torch.randn(8, 3, 16, 16, generator=g),
+        torch.linspace(1, 999, 8),
+        torch.randn(8, SEQ_LEN, HIDDEN_DIM, generator=g),
+    )
+    alone = torch.cat([engine(x[i : i + 1], t[i : i + 1], e[i : i + 1]) for i in range(8)])
+    for size in (3, 8):
+        got = torch.cat([engine(x[i : i + size], t[i : i + size], e[i : i + size]) for i in range(0, 8, size)])
+        assert torch.equal(got, alone)
+
+
+def test_fp16_engine_keeps_a_float32_boundary_and_passes_its_gate() -> None:
+    engine = load_ort(dtype=torch.float16)
+    assert engine.spec.precision == "fp16" and engine.manifest["kind"] == "onnx.fp16"
+    g = torch.Generator().manual_seed(3)
+    x, t, e = (
+        torch.randn(2, 3, 8, 12, generator=g),
+        torch.tensor([20.0, 900.0]),
+        torch.randn(2, SEQ_LEN, HIDDEN_DIM, generator=g),
+    )
+    out = engine(x, t, e)
+    ref = load_engine(tiny_bundle())(x, t, e)
+    assert out.dtype == torch.float32
+    assert GATES["fp16"].failure(compare(out, ref)) is None
+
+
+def test_seq_len_is_required(monkeypatch) -> None:
+    bundle = tiny_bundle()
+    del bundle.conditioner
+    with pytest.raises(ConfigError, match="`seq_len` is needed"):
+        load_engine(bundle, "onnxruntime")
