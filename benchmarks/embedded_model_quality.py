@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from fairsample.config import SampleConfig
 from fairsample.data.demo import make_demo_dataset
 from fairsample.data.folder import load_folder
 from fairsample.eval.fidelity import conditional_accuracy
@@ -29,9 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the embedded model)")
     p.add_argument("--output-dir", type=Path, default=Path("out/quality"))
     p.add_argument("--n", type=int, default=200, help="generated images, balanced over the cells")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--scheduler", default="ddim")
-    p.add_argument("--guidance-scale", type=float, default=SampleConfig().guidance_scale)
+    p.add_argument("--steps", type=int, default=None, help="default: the bundle's recommended setting")
+    p.add_argument("--scheduler", default=None, help="default: the bundle's recommended setting")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the bundle's recommended setting")
     p.add_argument("--seed-offset", type=int, default=100_000, help="first seed (away from the README demo seeds)")
     args = p.parse_args(argv)
 
@@ -42,9 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
     real = load_folder(real_dir)
     bundle = ModelBundle.load(args.model) if args.model else ModelBundle.load_default()
     plan = GenerationPlan.balanced(bundle.cells(), args.n, range(args.seed_offset, args.seed_offset + args.n))
-    cfg = SampleConfig(steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance_scale)
+    pipe = FairSamplePipeline(bundle)
+    cfg = pipe.default_config().replace(steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance_scale)
     t0 = time.time()
-    gen = FairSamplePipeline(bundle).generate_to_folder(out / "generated", plan, cfg, overwrite=True)
+    gen = pipe.generate_to_folder(out / "generated", plan, cfg, overwrite=True)
     gen_seconds = time.time() - t0
     scores = conditional_accuracy(real, load_folder(out / "generated"))
     doc = {

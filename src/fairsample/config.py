@@ -56,7 +56,7 @@ class TrainConfig:
     split: str = "train"  # train on this split of the dataset ("train", "all")
     split_seed: int = 0  # seed of the deterministic train/val/test split
     hflip: bool = False  # random horizontal flips (off: digits and many lesions are not mirror-symmetric)
-    checkpoint_every: int = 500  # save a resumable checkpoint every N optimizer steps (0: only at the end)
+    checkpoint_every: int = 100  # save a resumable checkpoint every N optimizer steps (0: only at the end)
     checkpoints_total_limit: int = 2  # keep at most this many checkpoints
     seed: int = 0  # the only seed: initialisation, batch order, noise and timesteps
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"

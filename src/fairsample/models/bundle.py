@@ -76,7 +76,7 @@ class ModelBundle:
     Example:
         >>> bundle = ModelBundle.load_default()
         >>> bundle.prediction_type, bundle.image_shape
-        ('epsilon', (3, 32, 32))
+        ('v_prediction', (3, 32, 32))
     """
 
     unet: UNet2DConditionModel
