@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Dataset folders: validate, count, build the demo dataset.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="The engine artifact cache: list, verify, prune.")
+app.add_typer(cache_app, name="cache")
+export_app = typer.Typer(no_args_is_help=True, help="Export a bundle's U-Net to validated, cached engine artifacts.")
+app.add_typer(export_app, name="export")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -58,6 +62,11 @@ class PredictionType(StrEnum):
     v_prediction = "v_prediction"
 
 
+class Dtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 class DemoSource(StrEnum):
     auto = "auto"
     mnist5k = "mnist5k"
@@ -71,6 +80,9 @@ GroupColOpt = Annotated[
 ]
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Native layout: fitzpatrick17k, ham10000, chexpert, nih.")
+]
+CacheDirOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Artifact store (default $FAIRSAMPLE_CACHE_DIR or ~/.cache/...).")
 ]
 DropUnknownOpt = Annotated[
     bool, typer.Option("--drop-unknown", help="Drop rows whose group value is unknown instead of failing.")
@@ -387,6 +399,108 @@ def generate(
             f"{result.seconds:.1f} s); metadata: {result.output_dir}/metadata.csv"
         ),
     )
+
+
+# -- doctor, cache, export -----------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def doctor(fmt: FormatOpt = Format.human) -> None:
+    """GPU, compute capability, driver, CUDA, TensorRT, ONNX Runtime providers and which extras are importable.
+
+    Example: fairsample doctor --format json
+    """
+    from fairsample.engines.gpu_info import gpu_report
+
+    report = gpu_report()
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    _emit(fmt, report, lambda: "\n".join(f"{k}: {v}" for k, v in report.items() if k != "warnings"))
+
+
+def _cache_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    if not rows:
+        return "(empty)"
+    return "\n".join("  ".join(str(r.get(c)) for c in columns) for r in rows)
+
+
+@cache_app.command("ls")
+@handle_errors
+def cache_ls(cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.human) -> None:
+    """List cached artifacts (key, kind, bytes, valid).
+
+    Example: fairsample cache ls --format json
+    """
+    from fairsample.export.cache import ls
+
+    rows = ls(cache_dir)
+    _emit(fmt, rows, lambda: _cache_rows(rows, ("key", "kind", "bytes", "valid", "reason")))
+
+
+@cache_app.command("verify")
+@handle_errors
+def cache_verify(cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.human) -> None:
+    """Check every cached artifact's files against the sha256 in its manifest; exit 1 if any is invalid.
+
+    Example: fairsample cache verify
+    """
+    from fairsample.export.cache import verify
+
+    rows = verify(cache_dir)
+    _emit(fmt, rows, lambda: _cache_rows(rows, ("key", "valid", "reason")))
+    bad = [r for r in rows if not r["valid"]]
+    if bad:
+        raise _fail(f"{len(bad)} of {len(rows)} cache entries are invalid (first: {bad[0]['key']}: "
+                    f"{bad[0]['reason']}); run `fairsample cache prune` to remove them")  # fmt: skip
+
+
+@cache_app.command("prune")
+@handle_errors
+def cache_prune(
+    cache_dir: CacheDirOpt = None,
+    max_bytes: Annotated[int | None, typer.Option(min=0, help="Then drop least-recently-used entries to fit.")] = None,
+    deep: Annotated[
+        bool, typer.Option("--deep/--fast", help="Find damaged files by sha256 (default) or size.")
+    ] = True,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Remove invalid entries, then least-recently-used ones until the store fits --max-bytes.
+
+    Example: fairsample cache prune --max-bytes 5000000000
+    """
+    from fairsample.export.cache import prune
+
+    rows = prune(cache_dir, max_bytes=max_bytes, deep=deep)
+    _emit(fmt, rows, lambda: f"removed {len(rows)} entries ({sum(r['bytes'] for r in rows)} bytes)")
+
+
+@export_app.command("onnx")
+@handle_errors
+def export_onnx_cmd(
+    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
+    dtype: Annotated[Dtype, typer.Option(help="float32, or float16 with fp32 islands.")] = Dtype.float32,
+    exporter: Annotated[
+        list[str] | None, typer.Option(help="Exporter chain to try, in order: dynamo, dynamo-noopt, legacy.")
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Export, optimize (and fp16-convert) the U-Net to ONNX, validate it against torch, and cache it.
+
+    Example: fairsample export onnx --model runs/m --dtype float16 --format json
+    """
+    import torch
+
+    from fairsample.engines import load_engine
+    from fairsample.models.bundle import ModelBundle
+
+    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    options: dict[str, Any] = {"exporters": tuple(exporter)} if exporter else {}
+    torch_dtype = torch.float16 if dtype is Dtype.float16 else torch.float32
+    engine = load_engine(bundle, backend="onnxruntime", dtype=torch_dtype, cache_dir=cache_dir, **options)
+    man = dict(engine.manifest)
+    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "manifest": man}
+    engine.close()
+    _emit(fmt, doc, lambda: f"ONNX engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

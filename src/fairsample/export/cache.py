@@ -276,11 +276,11 @@ class ArtifactCache:
             if d.is_dir() and len(d.name) == 64 and d.name.startswith(shard.name)
         ]
 
-    def ls(self) -> list[dict[str, Any]]:
-        """Every entry: ``{"key", "kind", "bytes", "last_used", "valid", "reason"}`` (fast check: sizes only)."""
+    def ls(self, *, deep: bool = False) -> list[dict[str, Any]]:
+        """Every entry: ``{"key", "kind", "bytes", "last_used", "valid", "reason"}`` (sizes only; ``deep``: sha256)."""
         rows = []
         for key, d in self._entries():
-            reason = self.check(key)
+            reason = self.check(key, deep=deep)
             try:
                 kind = json.loads((d / MANIFEST).read_text()).get("kind")
                 last_used = (d / MANIFEST).stat().st_mtime
@@ -295,14 +295,17 @@ class ArtifactCache:
         """Deep check of every entry (sha256 of every file): ``{"key", "valid", "reason"}`` per entry."""
         return [{"key": k, "valid": (r := self.check(k, deep=True)) is None, "reason": r} for k, _ in self._entries()]
 
-    def prune(self, *, max_bytes: int | None = None, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        """Delete invalid entries, then least-recently-used ones until the store fits ``max_bytes``.
+    def prune(
+        self, *, max_bytes: int | None = None, keep: tuple[str, ...] = (), deep: bool = False
+    ) -> list[dict[str, Any]]:
+        """Delete invalid entries (``deep``: found by sha256, else by size), then least-recently-used ones until the
+        store fits ``max_bytes``.
 
         Returns:
             The removed entries as ``{"key", "bytes", "reason"}``.
         """
         removed = []
-        rows = sorted(self.ls(), key=lambda r: r["last_used"])
+        rows = sorted(self.ls(deep=deep), key=lambda r: r["last_used"])
         for row in rows:
             if not row["valid"] and row["key"] not in keep:
                 shutil.rmtree(self.entry_dir(row["key"]), ignore_errors=True)
@@ -330,9 +333,11 @@ def verify(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[str, An
     return ArtifactCache(cache_dir).verify()
 
 
-def prune(cache_dir: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None) -> list[dict[str, Any]]:
+def prune(
+    cache_dir: str | os.PathLike[str] | None = None, *, max_bytes: int | None = None, deep: bool = False
+) -> list[dict[str, Any]]:
     """:meth:`ArtifactCache.prune` of the store at ``cache_dir``."""
-    return ArtifactCache(cache_dir).prune(max_bytes=max_bytes)
+    return ArtifactCache(cache_dir).prune(max_bytes=max_bytes, deep=deep)
 
 
 def _sha256(path: Path) -> str:

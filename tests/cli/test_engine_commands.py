@@ -1,0 +1,53 @@
+"""`fairsample doctor`, `export onnx`, `cache ls|verify|prune` and `generate --backend onnxruntime`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from .conftest import invoke, run_cli
+
+
+def test_doctor_json(runner):
+    doc = json.loads(invoke(runner, "doctor", "--format", "json").stdout)
+    assert doc["cuda_available"] in (True, False) and "ort" in doc["extras"] and doc["torch"]
+
+
+def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path):
+    cache = tmp_path / "cache"
+    res = invoke(runner, "export", "onnx", "--model", tiny_model, "--exporter", "legacy", "--cache-dir", cache,
+                 "--format", "json")  # fmt: skip
+    assert res.exit_code == 0, res.stdout
+    man = json.loads(res.stdout)["manifest"]
+    assert man["report"]["passed"] is True
+    rows = json.loads(invoke(runner, "cache", "ls", "--cache-dir", cache, "--format", "json").stdout)
+    assert {r["kind"] for r in rows} >= {"onnx", "onnx.opt"} and all(r["valid"] for r in rows)
+    assert invoke(runner, "cache", "verify", "--cache-dir", cache).exit_code == 0
+
+    # torch and onnxruntime give the same PNGs for the same seeds
+    args = ["generate", "--model", tiny_model, "--cells", "tone=dark,label=1", "--seeds", "0-3", "--steps", "3"]
+    assert invoke(runner, *args, "--output-dir", tmp_path / "t").exit_code == 0
+    import os
+
+    os.environ["FAIRSAMPLE_CACHE_DIR"] = str(cache)
+    try:
+        assert invoke(runner, *args, "--backend", "onnxruntime", "--output-dir", tmp_path / "o").exit_code == 0
+    finally:
+        del os.environ["FAIRSAMPLE_CACHE_DIR"]
+    digest = {d: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / d / "images").glob("*.png"))
+              for d in ("t", "o")}  # fmt: skip
+    assert len(digest["t"]) == 4 and digest["t"] == digest["o"]
+
+    # a damaged artifact is reported by verify (exit 1, one line) and removed by prune
+    onnx_entry = next(r for r in rows if r["kind"] == "onnx")
+    data = next((cache / onnx_entry["key"][:2] / onnx_entry["key"]).glob("*.onnx"))
+    data.write_bytes(data.read_bytes()[:-10] + b"0123456789")
+    proc = run_cli("cache", "verify", "--cache-dir", cache)
+    assert proc.returncode == 1 and "cache entries are invalid" in proc.stderr and "Traceback" not in proc.stderr
+    removed = json.loads(invoke(runner, "cache", "prune", "--cache-dir", cache, "--format", "json").stdout)
+    assert [r["key"] for r in removed] == [onnx_entry["key"]]
+
+
+def test_unknown_backend_is_one_line(tiny_model, tmp_path):
+    proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
+    assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime']" in proc.stderr
