@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fairsample.engines.base import EngineSpec, dtype_precision
+from fairsample.engines.base import EngineSpec, dtype_precision, sample_size_hw
 from fairsample.errors import ConfigError, EngineLoadError
 
 _NO_SEQ_LEN = (
@@ -61,7 +61,7 @@ def load_ort_engine(
     spec = EngineSpec(
         in_channels=int(unet.config.in_channels),
         out_channels=int(unet.config.out_channels),
-        sample_size=_sample_size(unet.config.sample_size),
+        sample_size=sample_size_hw(unet.config.sample_size),
         seq_len=seq_len,
         hidden_dim=_cross_attention_dim(unet),
         prediction_type=bundle.prediction_type,
@@ -148,10 +148,3 @@ def _build_all(cache: Any, stages: list[tuple[str, Any, Any]]) -> tuple[Path, di
         parent_dir, parent_key = entry, manifest["key"]
     assert entry is not None
     return entry, manifest, manifest["model_file"]
-
-
-def _sample_size(value: Any) -> tuple[int, int]:
-    """The U-Net config's ``sample_size`` as (H, W)."""
-    if isinstance(value, list | tuple):
-        return (int(value[0]), int(value[1]))
-    return (int(value), int(value))

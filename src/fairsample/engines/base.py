@@ -383,3 +383,30 @@ def dtype_precision(dtype: torch.dtype) -> Precision:
 def is_finite(x: Tensor) -> bool:
     """True when ``x`` has no NaN or Inf (debug/validation mode, ENGINES.md §2.3 rule 5)."""
     return bool(torch.isfinite(x).all())
+
+
+class EngineLifetime:
+    """Context-manager support shared by the engine backends: ``with engine: ...`` closes it on exit."""
+
+    def close(self) -> None:  # overridden by every backend
+        """Free the backend's resources; idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def sample_size_hw(value: Any) -> tuple[int, int]:
+    """A U-Net config's ``sample_size`` (int or [H, W]) as an (H, W) tuple.
+
+    Example:
+        >>> sample_size_hw(32), sample_size_hw([16, 24])
+        ((32, 32), (16, 24))
+    """
+    if isinstance(value, list | tuple):
+        return (int(value[0]), int(value[1]))
+    return (int(value), int(value))

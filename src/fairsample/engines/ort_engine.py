@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from fairsample.engines.base import (
+    EngineLifetime,
     EngineSpec,
     MemoryReport,
     ValidationReport,
@@ -144,7 +145,7 @@ def create_session(
     return session, record
 
 
-class OrtEngine:
+class OrtEngine(EngineLifetime):
     """An ONNX model run by onnxruntime behind the :class:`~fairsample.engines.Engine` API (ENGINES.md §2).
 
     Usually built by :func:`fairsample.engines.load_engine` (export + validation + cache). The boundary rules are
@@ -317,17 +318,6 @@ class OrtEngine:
     def close(self) -> None:
         """Release the onnxruntime session; idempotent."""
         self._session = None
-
-    def __enter__(self) -> OrtEngine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._session is None else f"{self.spec.precision} on {self.device}"

@@ -14,13 +14,21 @@ import os
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from fairsample.engines.base import EngineSpec, MemoryReport, ValidationReport, check_inputs, check_out, is_finite
+from fairsample.engines.base import (
+    EngineLifetime,
+    EngineSpec,
+    MemoryReport,
+    ValidationReport,
+    check_inputs,
+    check_out,
+    is_finite,
+)
 from fairsample.engines.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
 from fairsample.errors import ConfigError, EngineLoadError, ValidationFailed
 from fairsample.export.trt_profiles import INPUT_NAMES, OUTPUT_NAME, select_profile
@@ -448,7 +456,7 @@ def resolve_refit_weights(
     return out
 
 
-class TensorRTEngine:
+class TensorRTEngine(EngineLifetime):
     """The TensorRT backend behind the :class:`~fairsample.engines.Engine` API (ENGINES.md §2, §5, §8, §9).
 
     Loading checks the manifest against this machine *before* deserialising (:func:`check_manifest`) and turns a
@@ -746,17 +754,6 @@ class TensorRTEngine:
         self._check_open()
         if self._broken is not None:
             raise EngineLoadError(BROKEN.format(reason=self._broken))
-
-    def __enter__(self) -> TensorRTEngine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if getattr(self, "_engine", None) is None else f"{self.spec.precision} on {self.device}"
