@@ -368,16 +368,16 @@ def audit_graph(model: onnx.ModelProto, *, channels: tuple[int, int], seq_len: i
 
 
 def save_with_external_data(
-    model: onnx.ModelProto, out_dir: Path, *, size_threshold: int = 1024
+    model: onnx.ModelProto, out_dir: Path, *, size_threshold: int = 1024, filename: str = MODEL_FILE
 ) -> tuple[Path, Path | None]:
-    """Save ``model`` (initializers loaded in memory) as ``out_dir/model.onnx`` + one ``model.onnx.data`` file.
+    """Save ``model`` (initializers loaded in memory) as ``out_dir/<filename>`` + one ``<filename>.data`` file.
 
-    Any previous ``model.onnx``/``model.onnx.data`` is removed first (onnx appends to an existing data file).
+    Any previous model/data file of that name is removed first (onnx appends to an existing data file).
 
     Returns:
         ``(model_path, data_path)``; ``data_path`` is None when no initializer reached ``size_threshold`` bytes.
     """
-    path, data = out_dir / MODEL_FILE, out_dir / DATA_FILE
+    path, data = out_dir / filename, out_dir / f"{filename}.data"
     path.unlink(missing_ok=True)
     data.unlink(missing_ok=True)
     onnx.save_model(
@@ -385,7 +385,7 @@ def save_with_external_data(
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=DATA_FILE,
+        location=data.name,
         size_threshold=size_threshold,
         convert_attribute=False,
     )

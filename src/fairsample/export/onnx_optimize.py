@@ -18,6 +18,7 @@ import onnxscript
 import onnxscript.optimizer
 
 from fairsample.errors import ConfigError
+from fairsample.export.onnx_export import save_with_external_data
 
 OPT_MODEL_FILE = "model.opt.onnx"
 OPT_DATA_FILE = "model.opt.onnx.data"
@@ -84,15 +85,11 @@ def optimize_onnx(path: str | Path, out_dir: str | Path, *, size_threshold: int 
     # 2. full ONNX shape inference over the result (value_info for every intermediate)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
     # 3. save with one external-data file
-    out, data = out_dir / OPT_MODEL_FILE, out_dir / OPT_DATA_FILE
-    out.unlink(missing_ok=True)
-    data.unlink(missing_ok=True)
-    onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=OPT_DATA_FILE, size_threshold=size_threshold, convert_attribute=False)  # fmt: skip
+    out, data = save_with_external_data(model, out_dir, size_threshold=size_threshold, filename=OPT_MODEL_FILE)
     onnx.checker.check_model(str(out))
     return OptimizedArtifact(
         path=out,
-        data_path=data if data.exists() else None,
+        data_path=data,
         nodes_before=before,
         nodes_after=len(model.graph.node),
         optimizer=f"onnxscript {onnxscript.__version__}",

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from fairsample.errors import ConfigError
+from fairsample.export.onnx_export import save_with_external_data
 
 FP16_MODEL_FILE = "model.fp16.onnx"
 FP16_DATA_FILE = "model.fp16.onnx.data"
@@ -131,17 +132,13 @@ def convert_fp16(
             model, keep_io_types=True, op_block_list=op_block_list, node_block_list=blocked, disable_shape_infer=False
         )
     # 3. save with one external-data file
-    out, data = out_dir / FP16_MODEL_FILE, out_dir / FP16_DATA_FILE
-    out.unlink(missing_ok=True)
-    data.unlink(missing_ok=True)
-    onnx.save_model(fp16, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=FP16_DATA_FILE, size_threshold=size_threshold, convert_attribute=False)  # fmt: skip
+    out, data = save_with_external_data(fp16, out_dir, size_threshold=size_threshold, filename=FP16_MODEL_FILE)
     onnx.checker.check_model(str(out))
     import onnxconverter_common
 
     return Fp16Artifact(
         path=out,
-        data_path=data if data.exists() else None,
+        data_path=data,
         island_ops=ops,
         island_scopes=scopes,
         fp32_nodes=len(set(blocked)),
