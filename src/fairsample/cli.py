@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fairsample.errors import FairsampleError
+from fairsample.errors import FairsampleError, FairsampleWarning
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -107,6 +107,8 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         warnings.showwarning = _emit_warning
+        # fairsample's own warnings are user-facing lines (fallbacks, rebuilds): shown even under PYTHONWARNINGS=ignore
+        warnings.filterwarnings("default", category=FairsampleWarning)
         try:
             return fn(*args, **kwargs)
         except FairsampleError as exc:
@@ -330,8 +332,14 @@ def generate(
     steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch (default 32).")] = None,
-    backend: Annotated[str | None, typer.Option(help="Engine backend: torch.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Engine backend: torch, onnxruntime or tensorrt (falls back to onnxruntime without a GPU)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (tensorrt default: cuda if present).")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="tensorrt: fail instead of rebuilding or falling back to onnxruntime.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a folder holding something else.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and plan, then exit.")] = False,
     fmt: FormatOpt = Format.human,
@@ -377,7 +385,17 @@ def generate(
     if dry_run:
         _print_json({"config": cfg.to_dict(), "model": bundle.bundle_id, "n_images": len(plan), "plan": summary_plan})
         return
-    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device)
+    if cfg.backend == "tensorrt" and device is None and cfg.device == "cpu":
+        import dataclasses
+
+        import torch
+
+        if torch.cuda.is_available():  # TensorRT runs on a GPU; without one the engine falls back (one line)
+            cfg = dataclasses.replace(cfg, device="cuda")
+    engine_options: dict[str, Any] = {"strict": True} if strict else {}
+    if strict and cfg.backend != "tensorrt":
+        raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
+    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device, engine_options=engine_options)
     if fmt is Format.human:
         print(f"generating {len(plan)} images over {len(summary_plan)} cells into {output_dir}", file=sys.stderr)
     result = pipe.generate_to_folder(output_dir, plan, cfg, overwrite=overwrite, progress=fmt is Format.human)
@@ -501,6 +519,40 @@ def export_onnx_cmd(
     doc = {"model": bundle.bundle_id, "dtype": dtype.value, "manifest": man}
     engine.close()
     _emit(fmt, doc, lambda: f"ONNX engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
+
+
+@export_app.command("tensorrt")
+@handle_errors
+def export_tensorrt_cmd(
+    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
+    dtype: Annotated[Dtype, typer.Option(help="float16 (strongly typed, fp32 islands) or float32.")] = Dtype.float16,
+    max_batch: Annotated[int, typer.Option(min=1, help="B: profiles N = B and N = 2B (CFG) at the model size.")] = 32,
+    refit: Annotated[bool, typer.Option(help="Build a refittable plan (slower engine; weights can be swapped).")] = False,
+    device: Annotated[str, typer.Option(help="CUDA device to build for.")] = "cuda:0",
+    cache_dir: CacheDirOpt = None,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Build, validate and cache a TensorRT plan for this GPU (needs 'fairsample[tensorrt]' and a CUDA device).
+
+    Unlike `generate --backend tensorrt`, an export never falls back to onnxruntime: without a usable GPU or
+    TensorRT it fails with one line.
+
+    Example: fairsample export tensorrt --model runs/m --max-batch 16 --format json
+    """
+    import torch
+
+    from fairsample.engines import load_engine
+    from fairsample.models.bundle import ModelBundle
+
+    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    torch_dtype = torch.float16 if dtype is Dtype.float16 else torch.float32
+    progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr))
+    engine = load_engine(bundle, backend="tensorrt", device=device, dtype=torch_dtype, cache_dir=cache_dir,
+                         max_batch=max_batch, refit=refit, strict=True, progress=progress)  # fmt: skip
+    man = dict(engine.manifest)
+    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "manifest": man}
+    engine.close()
+    _emit(fmt, doc, lambda: f"TensorRT engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -179,9 +179,11 @@ class FairSamplePipeline:
 
     Args:
         bundle: a :class:`~fairsample.models.bundle.ModelBundle` (default: the embedded model).
-        engine: a ready engine; default ``load_engine(bundle, backend, device)``.
+        engine: a ready engine; default ``load_engine(bundle, backend, device, **engine_options)``.
         backend: engine backend when ``engine`` is not given.
         device: torch device for the engine and the sampling loop.
+        engine_options: extra :func:`~fairsample.engines.load_engine` options (e.g. ``{"strict": True}`` for
+            tensorrt, ``{"intra_op_threads": 2}`` for onnxruntime).
 
     Example:
         >>> pipe = FairSamplePipeline()
@@ -198,10 +200,11 @@ class FairSamplePipeline:
         *,
         backend: str = "torch",
         device: str = "cpu",
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle = (bundle or ModelBundle.load_default(device=device)).to(device).eval()
         self.device = torch.device(device)
-        self.engine = engine or load_engine(self.bundle, backend=backend, device=device)
+        self.engine = engine or load_engine(self.bundle, backend=backend, device=device, **dict(engine_options or {}))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FairSamplePipeline:

@@ -32,11 +32,22 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path):
     os.environ["FAIRSAMPLE_CACHE_DIR"] = str(cache)
     try:
         assert invoke(runner, *args, "--backend", "onnxruntime", "--output-dir", tmp_path / "o").exit_code == 0
+        # no GPU here: tensorrt falls back to onnxruntime (CPU EP, fp32) with one line and the same images
+        proc = run_cli(*args, "--backend", "tensorrt", "--output-dir", tmp_path / "r", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if "falling back" in ln]
+        assert len(lines) == 1 and "no CUDA device — falling back to onnxruntime (CPUExecutionProvider)" in lines[0]
+        proc = run_cli("export", "tensorrt", "--model", tiny_model)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "error: no CUDA device: the tensorrt backend needs a CUDA GPU and `pip install 'fairsample[tensorrt]'`; "
+            "use the onnxruntime backend on this machine (or drop strict to fall back automatically)."
+        ]
     finally:
         del os.environ["FAIRSAMPLE_CACHE_DIR"]
     digest = {d: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / d / "images").glob("*.png"))
-              for d in ("t", "o")}  # fmt: skip
-    assert len(digest["t"]) == 4 and digest["t"] == digest["o"]
+              for d in ("t", "o", "r")}  # fmt: skip
+    assert len(digest["t"]) == 4 and digest["t"] == digest["o"] == digest["r"]
 
     # a damaged artifact is reported by verify (exit 1, one line) and removed by prune
     onnx_entry = next(r for r in rows if r["kind"] == "onnx")
@@ -50,4 +61,4 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path):
 
 def test_unknown_backend_is_one_line(tiny_model, tmp_path):
     proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime']" in proc.stderr
+    assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime', 'tensorrt']" in proc.stderr

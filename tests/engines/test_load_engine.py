@@ -24,7 +24,7 @@ def test_passes_dtype(make_unet) -> None:
     assert engine.spec.precision == "bf16"
 
 
-@pytest.mark.parametrize("backend", ["tensorrt", "Torch", "ort"])
+@pytest.mark.parametrize("backend", ["TensorRT", "Torch", "ort"])
 def test_unknown_backend_lists_supported_ones(make_unet, backend: str) -> None:
     bundle = SimpleNamespace(unet=make_unet(), prediction_type="epsilon")
     msg = _UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend)

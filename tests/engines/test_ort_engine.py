@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 
 def test_backends_and_default() -> None:
-    assert BACKENDS == ("torch", "onnxruntime")
+    assert BACKENDS == ("torch", "onnxruntime", "tensorrt")
     assert load_engine(tiny_bundle()).backend == "torch"
 
 

@@ -1,6 +1,7 @@
 """Runtime engines: the U-Net forward ``(sample, timestep, encoder_hidden_states) -> prediction`` on one backend.
 
-Backends: ``torch`` (the oracle, default) and ``onnxruntime`` (CPU EP reference; CUDA EP with ``[gpu]``).
+Backends: ``torch`` (the oracle, default), ``onnxruntime`` (CPU EP reference; CUDA EP with ``[gpu]``) and
+``tensorrt`` (``[tensorrt]``; falls back to onnxruntime with one warning line when no GPU/TensorRT is present).
 :func:`load_engine` is the single entry point; backends are imported lazily so ``import fairsample.engines`` stays
 light (STYLE.md rule 13).
 """
@@ -49,11 +50,11 @@ __all__ = [
     "load_engine",
 ]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
 """Backends this release can load."""
 
 _UNKNOWN_BACKEND = "`backend` must be one of {supported}, got {backend!r}; use backend='torch'."
-_TORCH_ONLY_OPTIONS = "`{name}` only applies to backend='onnxruntime'; drop it for backend='torch'."
+_TORCH_ONLY_OPTIONS = "`{name}` only applies to the compiled backends; drop it for backend='torch'."
 
 
 def load_engine(
@@ -74,13 +75,17 @@ def load_engine(
     Args:
         bundle: a model bundle with ``.unet`` (diffusers ``UNet2DConditionModel``) and ``.prediction_type``; the
             onnxruntime backend also needs S from ``.conditioner.seq_len`` (or ``seq_len=`` in ``options``).
-        backend: one of :data:`BACKENDS`: ``"torch"`` (default) or ``"onnxruntime"``.
+        backend: one of :data:`BACKENDS`: ``"torch"`` (default), ``"onnxruntime"`` or ``"tensorrt"`` (built and
+            validated on first use; without a CUDA device or tensorrt it falls back to onnxruntime with one
+            :class:`~fairsample.errors.FairsampleWarning` line, unless ``strict=True``).
         device: where to run, e.g. ``"cpu"``.
         dtype: compute dtype inside the engine (the boundary is float32 regardless).
-        cache_dir: onnxruntime only: the artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or
+        cache_dir: compiled backends only: the artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or
             ``~/.cache/fairsample/engines``).
         **options: backend options: torch ``batch_invariant``, ``check_finite``, ``seq_len``; onnxruntime also
-            ``max_batch``, ``max_size``, ``exporters``, ``keep_attention_fp32``, ``intra_op_threads``.
+            ``max_batch``, ``max_size``, ``exporters``, ``keep_attention_fp32``, ``intra_op_threads``; tensorrt
+            ``max_batch`` (B of the N = B / 2B profiles), ``profiles``, ``strict``, ``rebuild``, ``refit``,
+            ``workspace_bytes``, ``cuda_graphs``, ``progress`` (see ``fairsample.engines._trt_load``).
 
     Returns:
         An :class:`Engine`.
@@ -107,6 +112,10 @@ def load_engine(
         from fairsample.engines._ort_build import load_ort_engine
 
         return load_ort_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
+    if backend == "tensorrt":
+        from fairsample.engines._trt_load import load_trt_engine
+
+        return load_trt_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
     if cache_dir is not None:
         raise ConfigError(_TORCH_ONLY_OPTIONS.format(name="cache_dir"))
     from fairsample.engines.torch_engine import TorchEngine

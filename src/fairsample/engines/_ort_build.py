@@ -18,10 +18,9 @@ _NO_SEQ_LEN = (
 _BAD_DTYPE = "the onnxruntime backend runs torch.float32 or torch.float16 engines, got {dtype}; use one of those."
 
 
-def load_ort_engine(
+def prepare_onnx(
     bundle: Any,
     *,
-    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     cache_dir: str | Path | None = None,
     seq_len: int | None = None,
@@ -29,20 +28,19 @@ def load_ort_engine(
     max_size: int = 512,
     exporters: tuple[str, ...] | None = None,
     keep_attention_fp32: bool = False,
-    intra_op_threads: int | None = None,
-    batch_invariant: bool = False,
-    check_finite: bool = False,
-) -> Any:
-    """Export, validate and cache the bundle's U-Net on first use, then load an OrtEngine from the cache.
+) -> tuple[Any, Path, dict[str, Any], EngineSpec]:
+    """Export, optimize (and fp16-convert) and validate the bundle's U-Net into the cache; nothing is loaded.
 
     Returns:
-        An :class:`~fairsample.engines.ort_engine.OrtEngine` over the optimized fp32 (or fp16) ONNX.
-    """
-    from fairsample.engines.ort_engine import OrtEngine, import_onnxruntime
+        ``(cache, entry_dir, manifest, spec)``; the model file is ``entry_dir / manifest["model_file"]`` and its
+        validation report has passed.
 
-    import_onnxruntime()
+    Raises:
+        ConfigError: no ``seq_len`` or an unsupported ``dtype``.
+        ValidationFailed: an artifact failed its gate (ENGINES.md §6).
+    """
     from fairsample.export.cache import ArtifactCache, onnx_key_parts
-    from fairsample.export.onnx_export import EXPORTERS, _cpu_fp32_copy, _cross_attention_dim, spatial_multiple
+    from fairsample.export.onnx_export import EXPORTERS, _cpu_fp32_copy, _cross_attention_dim
     from fairsample.export.validate import require_passed
 
     precision = dtype_precision(dtype)
@@ -69,12 +67,42 @@ def load_ort_engine(
     )
     stages = _stages(reference, parts, spec, precision=precision, chain=chain, max_batch=max_batch,
                      max_size=max_size, keep_attention_fp32=keep_attention_fp32)  # fmt: skip
+    entry, manifest, model_file = _build_all(cache, stages)
+    require_passed(manifest.get("report"), name=model_file)
+    return cache, entry, manifest, spec
+
+
+def load_ort_engine(
+    bundle: Any,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | Path | None = None,
+    seq_len: int | None = None,
+    max_batch: int = 256,
+    max_size: int = 512,
+    exporters: tuple[str, ...] | None = None,
+    keep_attention_fp32: bool = False,
+    intra_op_threads: int | None = None,
+    batch_invariant: bool = False,
+    check_finite: bool = False,
+) -> Any:
+    """Export, validate and cache the bundle's U-Net on first use, then load an OrtEngine from the cache.
+
+    Returns:
+        An :class:`~fairsample.engines.ort_engine.OrtEngine` over the optimized fp32 (or fp16) ONNX.
+    """
+    from fairsample.engines.ort_engine import OrtEngine, import_onnxruntime
+    from fairsample.export.onnx_export import spatial_multiple
+
+    import_onnxruntime()
+    options = dict(dtype=dtype, cache_dir=cache_dir, seq_len=seq_len, max_batch=max_batch, max_size=max_size,
+                   exporters=exporters, keep_attention_fp32=keep_attention_fp32)  # fmt: skip
     for attempt in range(2):
-        entry, manifest, model_file = _build_all(cache, stages)
-        require_passed(manifest.get("report"), name=model_file)
+        cache, entry, manifest, spec = prepare_onnx(bundle, **options)  # type: ignore[arg-type]
         try:
-            return OrtEngine(entry / model_file, spec=spec, device=device, manifest=manifest,
-                             spatial_multiple=spatial_multiple(unet), intra_op_threads=intra_op_threads,
+            return OrtEngine(entry / manifest["model_file"], spec=spec, device=device, manifest=manifest,
+                             spatial_multiple=spatial_multiple(bundle.unet), intra_op_threads=intra_op_threads,
                              batch_invariant=batch_invariant, check_finite=check_finite)  # fmt: skip
         except EngineLoadError as err:
             if attempt or "could not load" not in str(err):

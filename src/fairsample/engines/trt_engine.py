@@ -76,6 +76,10 @@ REFIT_SIZE = (
     "`state_dict[{source!r}]` has {got} elements but engine weight {name!r} needs {want}; pass weights of the same "
     "architecture."
 )
+REFIT_SHARED = (
+    "`state_dict` gives different values to {sources}, which share one engine weight ({name}: the exporter merged "
+    "them because they were equal at export); rebuild the engine for these weights instead of refitting."
+)
 REFIT_NOT_TENSOR = "`state_dict[{key!r}]` is a {type_name}, not a torch.Tensor; pass a full tensor state dict."
 REFIT_NONFINITE = "`state_dict` has NaN/Inf in {count} tensor(s) (first: {first}); the engine keeps its old weights."
 REFIT_BAD_DTYPE = (
@@ -393,6 +397,8 @@ def resolve_refit_weights(
     *,
     name_map: Mapping[str, str | Mapping[str, Any]] | None = None,
     ignored: Sequence[str] = (),
+    constants: Sequence[str] = (),
+    shared: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Tensor]:
     """Map a full torch state dict onto every refittable engine weight, checked before TensorRT is touched (§8).
 
@@ -403,9 +409,13 @@ def resolve_refit_weights(
         name_map: ``{engine weight name: torch name}`` or ``{name: {"source": torch name, "transpose": bool}}`` from
             export; names absent from the map are taken to be identical, untransposed.
         ignored: torch names that legitimately feed no engine weight (e.g. constant-folded buffers).
+        constants: engine weights fed by no parameter (shape constants, folded scalars): not refitted, they keep
+            their build values (:func:`fairsample.export.refit_map.build_refit_map` lists them).
+        shared: ``{engine weight name: [torch names]}`` for weights the exporter deduplicated; those torch tensors
+            must still be equal.
 
     Returns:
-        ``{engine weight name: contiguous CPU tensor in the engine's dtype}``, one per prototype.
+        ``{engine weight name: contiguous CPU tensor in the engine's dtype}``, one per non-constant prototype.
 
     Raises:
         ConfigError: a weight is missing, has the wrong size, a tensor is unused (stale-weight risk), a value is not
@@ -422,6 +432,8 @@ def resolve_refit_weights(
         if not isinstance(value, Tensor):
             raise ConfigError(REFIT_NOT_TENSOR.format(key=key, type_name=type(value).__name__))
     mapping = dict(name_map or {})
+    skip = set(constants)
+    prototypes = {k: v for k, v in prototypes.items() if k not in skip}
     plan: dict[str, tuple[str, bool]] = {}
     for name in prototypes:
         entry = mapping.get(name, name)
@@ -432,7 +444,11 @@ def resolve_refit_weights(
     missing = [src for src, _ in plan.values() if src not in state_dict]
     if missing:
         raise ConfigError(REFIT_MISSING.format(count=len(missing), first=missing[0]))
-    used = {src for src, _ in plan.values()} | set(ignored)
+    for name, sources in (shared or {}).items():
+        present = [state_dict[k] for k in sources if k in state_dict]
+        if any(v.shape != present[0].shape or not torch.equal(v, present[0]) for v in present[1:]):
+            raise ConfigError(REFIT_SHARED.format(sources=", ".join(sources), name=name))
+    used = {src for src, _ in plan.values()} | set(ignored) | {k for v in (shared or {}).values() for k in v}
     unused = [k for k in state_dict if k not in used]
     if unused:
         raise ConfigError(REFIT_UNUSED.format(count=len(unused), first=unused[0]))
@@ -531,6 +547,8 @@ class TensorRTEngine(EngineLifetime):
         refit_info = manifest.get("refit") or {}
         self._name_map = dict(refit_info.get("name_map") or {})
         self._ignored = tuple(refit_info.get("ignored") or ())
+        self._constants = tuple(refit_info.get("constants") or ())
+        self._shared = dict(refit_info.get("shared") or {})
         self._trt = trt
         self._load(trt, bytes(data), target)
 
@@ -687,7 +705,10 @@ class TensorRTEngine(EngineLifetime):
             proto = refitter.get_weights_prototype(name)
             dtype = _TRT_DTYPE_NAMES.get(str(proto.dtype).rsplit(".", 1)[-1], str(proto.dtype))
             prototypes[name] = (int(proto.size), dtype)
-        weights = resolve_refit_weights(state_dict, prototypes, name_map=self._name_map, ignored=self._ignored)
+        weights = resolve_refit_weights(
+            state_dict, prototypes, name_map=self._name_map, ignored=self._ignored, constants=self._constants,
+            shared=self._shared,
+        )
         trt_types = {
             torch.float32: trt.DataType.FLOAT,
             torch.float16: trt.DataType.HALF,
