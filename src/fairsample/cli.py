@@ -527,7 +527,7 @@ def export_tensorrt_cmd(
     model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
     dtype: Annotated[Dtype, typer.Option(help="float16 (strongly typed, fp32 islands) or float32.")] = Dtype.float16,
     max_batch: Annotated[int, typer.Option(min=1, help="B: profiles N = B and N = 2B (CFG) at the model size.")] = 32,
-    refit: Annotated[bool, typer.Option(help="Build a refittable plan (slower engine; weights can be swapped).")] = False,
+    refit: Annotated[bool, typer.Option(help="Build a refittable plan (slower; weights can be swapped).")] = False,
     device: Annotated[str, typer.Option(help="CUDA device to build for.")] = "cuda:0",
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,

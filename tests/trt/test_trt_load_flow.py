@@ -36,8 +36,10 @@ class FakeTrtEngine:
 
     def __init__(self, plan: Any, *, spec: Any, manifest: Any, device: Any, unsafe: bool = False, **_: Any) -> None:
         if FakeTrtEngine.refuse and not isinstance(plan, bytes):
-            raise EngineLoadError("TensorRT could not deserialize the cached engine (deserialize_cuda_engine returned "
-                                  "None); load it through fairsample.engines.load_engine to rebuild or fall back.")  # fmt: skip
+            raise EngineLoadError(
+                "TensorRT could not deserialize the cached engine (deserialize_cuda_engine returned None); "
+                "load it through fairsample.engines.load_engine to rebuild or fall back."
+            )
         self.spec, self.manifest, self.device = spec, dict(manifest), torch.device("cpu")
         self.plan = plan
         self._forward = UNetForward(tiny_bundle().unet.eval())

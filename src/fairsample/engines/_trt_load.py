@@ -228,8 +228,11 @@ def _build_and_validate(
         "model_file": PLAN_FILE,
         "prediction_type": spec.prediction_type,
         "recipe": built.to_dict(),
-        "build": {"seconds": round(float(getattr(plan, "seconds", 0.0)), 2),
-                  "retried": bool(getattr(plan, "retried", False)), "log_tail": list(getattr(plan, "log", []))[-20:]},  # fmt: skip
+        "build": {
+            "seconds": round(float(getattr(plan, "seconds", 0.0)), 2),
+            "retried": bool(getattr(plan, "retried", False)),
+            "log_tail": list(getattr(plan, "log", []))[-20:],
+        },
         "report": report,
         "validation": report,
         "refit": build_refit_map(recipe.onnx_path, bundle.unet.state_dict()),

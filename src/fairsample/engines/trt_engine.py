@@ -706,7 +706,11 @@ class TensorRTEngine(EngineLifetime):
             dtype = _TRT_DTYPE_NAMES.get(str(proto.dtype).rsplit(".", 1)[-1], str(proto.dtype))
             prototypes[name] = (int(proto.size), dtype)
         weights = resolve_refit_weights(
-            state_dict, prototypes, name_map=self._name_map, ignored=self._ignored, constants=self._constants,
+            state_dict,
+            prototypes,
+            name_map=self._name_map,
+            ignored=self._ignored,
+            constants=self._constants,
             shared=self._shared,
         )
         trt_types = {

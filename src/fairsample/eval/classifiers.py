@@ -6,7 +6,7 @@ downstream-fairness protocols of METHODS.md §3.7 / §5.6.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,13 @@ from fairsample.errors import ConfigError
 _BAD_INPUT = "`images` must be (N, H, W, 3) uint8 or (N, 3, H, W) float in [0, 1], got shape {shape} dtype {dtype}."
 _LEN_MISMATCH = "`images` has {n} rows but `targets` has {m}; give one target per image."
 _ONE_CLASS = "`targets` has a single class ({value!r}); a classifier needs at least two."
+_UNKNOWN_TARGETS = "`targets` has value(s) {values} that are not in `classes` {classes}; add them or drop those rows."
+_BAD_EPOCH_INDICES = "`epoch_indices` must return {n} row indices (one per image), got shape {shape}."
+
+#: ``(epoch, generator) → (N,) int64`` row indices to visit in that epoch, in order.
+EpochIndices = Callable[[int, torch.Generator], Tensor]
+#: ``(epoch, classifier, mean train loss)``, called after every epoch with the model in eval mode.
+EpochEnd = Callable[[int, "TrainedClassifier", float], None]
 
 
 class SmallCNN(nn.Module):
@@ -103,13 +110,73 @@ def train_classifier(
         >>> clf.predict(x[[0, 7]])
         ['a', 'b']
     """
+    return fit_classifier(
+        images,
+        targets,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        augment_shift=augment_shift,
+    )
+
+
+def fit_classifier(
+    images: np.ndarray | Tensor,
+    targets: Sequence[str],
+    *,
+    classes: Sequence[str] | None = None,
+    epochs: int = 8,
+    batch_size: int = 64,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    augment_shift: int = 2,
+    epoch_indices: EpochIndices | None = None,
+    on_epoch_end: EpochEnd | None = None,
+) -> TrainedClassifier:
+    """:func:`train_classifier` with a fixed class list, a per-epoch row order and a per-epoch callback.
+
+    With the defaults it is :func:`train_classifier` exactly (same random stream, same weights).
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8 or ``(N, 3, H, W)`` float in [0, 1].
+        targets: ``N`` class names.
+        classes: the class list (index k ↔ ``classes[k]``); every target must be in it. ``None``: the sorted
+            distinct targets, as :func:`train_classifier`.
+        epochs, batch_size, learning_rate, seed, augment_shift: as :func:`train_classifier`.
+        epoch_indices: ``(epoch, generator) → (N,) int64`` rows to visit in that epoch, in order (e.g. draws of a
+            ``WeightedRandomSampler``); ``None``: a fresh permutation per epoch.
+        on_epoch_end: ``(epoch, classifier, mean train loss)`` after every epoch, with the model in eval mode; the
+            model is put back in train mode afterwards.
+
+    Returns:
+        :class:`TrainedClassifier` after the last epoch.
+
+    Raises:
+        ConfigError: bad images, length mismatch, fewer than two classes, a target outside ``classes``, or
+            ``epoch_indices`` returning other than ``N`` rows.
+
+    Example:
+        >>> x = np.zeros((8, 8, 8, 3), np.uint8); x[4:] = 255
+        >>> losses = []
+        >>> clf = fit_classifier(x, ["a"] * 4 + ["b"] * 4, classes=["b", "a", "c"], epochs=2, batch_size=8,
+        ...                      on_epoch_end=lambda epoch, c, loss: losses.append(epoch))
+        >>> clf.classes, losses
+        (['b', 'a', 'c'], [0, 1])
+    """
     x = to_float_images(images)
     if len(x) != len(targets):
         raise ConfigError(_LEN_MISMATCH.format(n=len(x), m=len(targets)))
-    classes = sorted(set(targets), key=lambda v: (len(v), v))
+    if classes is None:
+        classes = sorted(set(targets), key=lambda v: (len(v), v))
+    classes = list(classes)
     if len(classes) < 2:
         raise ConfigError(_ONE_CLASS.format(value=classes[0] if classes else None))
-    y = torch.tensor([classes.index(t) for t in targets])
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = sorted(set(targets) - set(index))
+    if unknown:
+        raise ConfigError(_UNKNOWN_TARGETS.format(values=unknown, classes=classes))
+    y = torch.tensor([index[t] for t in targets])
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -117,9 +184,15 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     steps = epochs * max(1, -(-len(x) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
+    for epoch in range(epochs):
+        model.train()
+        if epoch_indices is None:
+            perm = torch.randperm(len(x), generator=g)
+        else:
+            perm = torch.as_tensor(epoch_indices(epoch, g), dtype=torch.int64)
+            if perm.shape != (len(x),):
+                raise ConfigError(_BAD_EPOCH_INDICES.format(n=len(x), shape=tuple(perm.shape)))
+        total, count = 0.0, 0
         for i in range(0, len(x), batch_size):
             idx = perm[i : i + batch_size]
             xb = x[idx]
@@ -131,4 +204,8 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, TrainedClassifier(model.eval(), classes), total / max(count, 1))
     return TrainedClassifier(model.eval(), classes)

@@ -8,8 +8,8 @@ constants, and fp16 conversion keeps names but changes dtypes. The map is built 
 value (exact, or transposed for 2-D), and stored in the plan's manifest as ``manifest["refit"]``.
 
 Exporters also deduplicate initializers with identical values (a freshly initialised model's GroupNorm weights are
-all ones), so one initializer can stand for several parameters. Such initializers are listed in ``shared`` with every source;
-a refit from a checkpoint where those parameters differ is impossible, so
+all ones), so one initializer can stand for several parameters. Such initializers are listed in ``shared`` with every
+source; a refit from a checkpoint where those parameters differ is impossible, so
 :func:`~fairsample.engines.trt_engine.resolve_refit_weights` refuses it and asks for a rebuild.
 
 Initializers that come from no parameter (shape constants, folded scalars) are listed as ``constants``: they are not
