@@ -555,10 +555,16 @@ def export_tensorrt_cmd(
     _emit(fmt, doc, lambda: f"TensorRT engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
 
 
+from fairsample import cli_bench as _cli_bench  # noqa: E402,F401  (registers `bench`)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """Console entry point."""
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m fairsample.cli`: run the imported module's app, the one the cli_* modules register commands on
+    from fairsample.cli import main as _registered_main
+
+    _registered_main()
