@@ -31,7 +31,8 @@ class TrainConfig:
         4
     """
 
-    method: str = "vanilla"  # training method preset (vanilla; fair methods plug into the same loop)
+    method: str = "vanilla"  # training method preset (fairsample.train.presets; `fairsample train --method`)
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the preset's knobs (TOML table)
     max_steps: int = 2000  # optimizer steps
     batch_size: int = 32  # images per optimizer step per process (before gradient accumulation)
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step

@@ -12,6 +12,8 @@ Per optimizer step: (1) draw the micro-batch (method's sampling weights), (2) x_
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import sys
@@ -34,7 +36,7 @@ from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
 from fairsample.models.conditioners import TokenTableConditioner
 from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from fairsample.train.methods import StepContext, TrainMethod, get_method
+from fairsample.train.methods import SetupContext, StepContext, TrainMethod, get_method
 
 _NOT_EMPTY = (
     "`output_dir` {path} already holds a training run ({what}); pass --resume to continue it, or choose a new "
@@ -51,6 +53,7 @@ _BAD_LR_SCHEDULE = "`lr_schedule` must be 'constant' or 'cosine', got {value!r}.
 _NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
 _EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
 _UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
+_BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
 _RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device"}
@@ -84,17 +87,37 @@ class _Denoiser(nn.Module):
 
 
 class _IndexStream:
-    """Deterministic stream of training-image positions: one shuffled (or weighted) epoch after another."""
+    """Deterministic stream of training-image positions: one shuffled (or weighted) epoch after another.
+
+    With weights, an "epoch" is N draws with replacement (``WeightedRandomSampler`` semantics). New weights
+    (:meth:`set_weights`) re-draw the rest of the current epoch from a generator keyed by the weights' content, so a
+    resumed run that restores the same weights continues the same stream.
+    """
 
     def __init__(self, n: int, seed: int, weights: np.ndarray | None) -> None:
         self.n, self.seed = n, seed
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.weights: Tensor | None = None
+        self._key = 0
         self._epoch = -1
         self._perm: Tensor | None = None
+        self.set_weights(weights)
+
+    def set_weights(self, weights: np.ndarray | None) -> None:
+        """Use new per-image weights (``None``: uniform shuffling) from the next position on."""
+        if weights is None:
+            self.weights, key = None, 0
+        else:
+            w = np.ascontiguousarray(np.asarray(weights, dtype=np.float64))
+            if w.shape != (self.n,) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+                raise ConfigError(_BAD_WEIGHTS.format(n=self.n, shape=w.shape))
+            self.weights = torch.from_numpy(w)
+            key = int.from_bytes(hashlib.blake2b(w.tobytes(), digest_size=8).digest(), "little")
+        if key != self._key:
+            self._key, self._epoch = key, -1
 
     def _epoch_order(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 7919))
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 7919, self._key, self._key >> 32))
             if self.weights is None:
                 self._perm = torch.randperm(self.n, generator=g)
             else:
@@ -146,6 +169,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _unique_report(seen: set[int], epoch: int, n: int, train_cells: Sequence[CellKey], label: str) -> dict[str, Any]:
+    """Log fields for a finished epoch: unique training images drawn, overall and per cell (after a ``--resume``
+    mid-epoch, the first report counts only the draws since the resume)."""
+    per_cell: dict[str, int] = {}
+    for i in seen:
+        key = train_cells[i].to_text(label)
+        per_cell[key] = per_cell.get(key, 0) + 1
+    return {"epoch_done": epoch, "unique_images": len(seen), "unique_fraction": round(len(seen) / n, 4),
+            "unique_by_cell": dict(sorted(per_cell.items()))}  # fmt: skip
+
+
+def _load_paths(root: Path, paths: Sequence[Any], size: int) -> Tensor:
+    """Image files (relative to ``root`` or absolute) → ``(B, 3, size, size)`` float32 in [-1, 1]."""
+    from PIL import Image
+
+    arrs = []
+    for p in paths:
+        path = Path(p) if Path(p).is_absolute() else Path(root) / p
+        with Image.open(path) as im:
+            arrs.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32))
+    return (torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0).contiguous()
+
+
 def _load_batch(ds: FolderDataset, rows: Sequence[int], size: int, flip: Tensor | None) -> Tensor:
     """Images → ``(B, 3, size, size)`` float32 in [-1, 1]."""
     arrs = [np.asarray(ds.load_image(r, size=size), dtype=np.float32) for r in rows]
@@ -171,7 +217,8 @@ def train(
         dataset: a validated :class:`~fairsample.data.folder.FolderDataset` (cells = attribute values × label).
         output_dir: the bundle folder; ``checkpoints/`` and ``logs/train_log.jsonl`` live inside it.
         config: :class:`~fairsample.config.TrainConfig` (defaults if omitted).
-        method: a :class:`~fairsample.train.methods.TrainMethod` (default: ``get_method(config.method)``).
+        method: a :class:`~fairsample.train.methods.TrainMethod` (default:
+            ``get_method(config.method, config.method_options)``).
         resume: continue from the newest checkpoint in ``output_dir`` (a fresh start if there is none).
         progress: show a progress bar on stderr (only when stderr is a terminal).
         log: receives one-line human messages (default: print to stderr).
@@ -195,7 +242,7 @@ def train(
     _check_config(cfg)
     say = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
-    method = method or get_method(cfg.method)
+    method = method or get_method(cfg.method, cfg.method_options)
     device = resolve_device(cfg.device)
     if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise ConfigError(_FP16_CPU)
@@ -259,6 +306,46 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
 
+    cond_device = torch.device(device if device != "auto" else "cpu")
+
+    def load_images(paths: Sequence[Any]) -> Tensor:
+        x = _load_paths(dataset.root, paths, image_size)
+        if bundle.vae is not None:
+            with torch.no_grad():
+                x = bundle.encode(x.to(bundle.vae.device))
+        return x
+
+    def make_reference() -> Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]:
+        frozen = copy.deepcopy(denoiser).eval().requires_grad_(False)
+
+        def reference(noisy: Tensor, timesteps: Tensor, cells: Sequence[CellKey | None]) -> Tensor:
+            frozen.to(noisy.device)
+            with torch.no_grad():
+                if token_table:
+                    cond = frozen.conditioner.indices(cells).to(noisy.device)
+                else:
+                    cond = frozen.conditioner.cached(cells).to(noisy.device)
+                return frozen(noisy, timesteps, cond)
+
+        return reference
+
+    method.setup(
+        SetupContext(
+            train_cells=train_cells,
+            cell_set=sorted(set(all_cells)),
+            attribute_values=dataset.attribute_values(),
+            label_name=dataset.spec.label,
+            bundle=bundle,
+            device=cond_device,
+            config=cfg,
+            dataset=dataset,
+            load_images=load_images,
+            make_reference=make_reference,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        )
+    )
+
     # -- resume ----------------------------------------------------------------------------------------------------
     start_step, resumed_from = 0, None
     if resume and existing:
@@ -314,17 +401,38 @@ def train(
     )
     last_loss = float("nan")
     global_batch = cfg.batch_size * world
+
+    def gather(t: Tensor) -> Tensor:
+        return accelerator.gather(t.contiguous()) if world > 1 else t
+
+    def broadcast(t: Tensor) -> Tensor:
+        if world == 1:
+            return t
+        from accelerate.utils import broadcast as _broadcast
+
+        return _broadcast(t.contiguous(), from_process=0)
+
+    seen: set[int] = set()  # training rows drawn in the current epoch (effective unique images, METHODS.md §3.2)
+    seen_epoch = (start_step * cfg.gradient_accumulation_steps * global_batch) // len(rows)
     for step in range(start_step, cfg.max_steps):
         t0 = time.time()
+        refreshed = method.sample_weights_at(step)
+        if refreshed is not None:
+            stream.set_weights(refreshed)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_losses: list[float] = []
-        extras: dict[str, float] = {}
+        extras: dict[str, Any] = {}
         epoch = 0
         for k in range(cfg.gradient_accumulation_steps):
             micro = step * cfg.gradient_accumulation_steps + k
             batch_rows, epoch = stream.take(micro * global_batch, global_batch)
+            if epoch != seen_epoch:
+                extras.update(_unique_report(seen, seen_epoch, len(rows), train_cells, dataset.spec.label))
+                seen, seen_epoch = set(), epoch
+            seen.update(batch_rows)
+            global_cells = [train_cells[i] for i in batch_rows]
             mine = batch_rows[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
             ds_rows = [int(rows[i]) for i in mine]
             cells = [all_cells[r] for r in ds_rows]
@@ -374,6 +482,11 @@ def train(
                     losses=losses.detach(),
                     denoise=denoise,
                     generator=g,
+                    global_cells=global_cells,
+                    gather=gather,
+                    broadcast=broadcast,
+                    rank=rank,
+                    world=world,
                 )
                 # 6. method hooks: per-sample weights and extra terms
                 w = method.loss_weights(ctx)
@@ -442,6 +555,8 @@ def train(
             versions=library_versions(),
         )
         bundle.save(out)
+        for name, doc in method.artifacts().items():
+            (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if ema is not None:  # leave the in-memory modules as trained (raw), as callers may keep training
             unwrapped.load_state_dict(raw_state)
     accelerator.wait_for_everyone()

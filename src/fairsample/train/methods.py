@@ -1,20 +1,24 @@
 """Training-method hooks: how a fair method plugs into the one training loop without copying it.
 
-A method can change three things, each a hook of :class:`TrainMethod`:
+A method is set up once with :class:`SetupContext` (:meth:`TrainMethod.setup`: the training cells, attribute values,
+the bundle, an image loader, a frozen-reference factory) and can then change four things, each a hook of
+:class:`TrainMethod`:
 
-1. **which images are drawn** — :meth:`TrainMethod.sample_weights` (per-image sampling weights over cells; CBRS/SQRS);
+1. **which images are drawn** — :meth:`TrainMethod.sample_weights` (per-image sampling weights over cells; CBRS/SQRS),
+   refreshed by :meth:`TrainMethod.sample_weights_at` at any optimizer step (gradient-aware resampling);
 2. **how each sample's loss counts** — :meth:`TrainMethod.loss_weights` (per-sample weights; FBP, loss-mode CBRS);
 3. **what is added to the loss** — :meth:`TrainMethod.extra_loss` (CBDM / class-diversity, preference terms).
 
-:meth:`TrainMethod.after_step` sees the unweighted per-sample losses (FBP's reward) and returns numbers to log;
-:meth:`TrainMethod.state_dict` / :meth:`TrainMethod.load_state_dict` make a method resumable. ``vanilla`` implements
-every hook as the identity and is the "Stable Diffusion" baseline row of the papers' tables.
+:meth:`TrainMethod.after_step` sees the unweighted per-sample losses (FBP's reward; ``ctx.gather`` / ``ctx.broadcast``
+span every process) and returns numbers to log; :meth:`TrainMethod.state_dict` / :meth:`TrainMethod.load_state_dict`
+make a method resumable; :meth:`TrainMethod.artifacts` adds JSON files to the bundle (e.g. FBP's σ trajectory).
+``vanilla`` implements every hook as the identity and is the "Stable Diffusion" baseline row of the papers' tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,45 @@ from fairsample.data.schema import CellKey
 from fairsample.errors import ConfigError
 
 _BAD_METHOD = "`method` must be one of {names}, got {name!r}."
+_BAD_OPTIONS = "`method_options` {extra} are not options of method {name!r}; its options are {known}."
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@dataclass
+class SetupContext:
+    """What a method sees once, before the first step (after the model is built, before ``--resume`` state loads).
+
+    Attributes:
+        train_cells: the cell of every training image, in training-row order (length N).
+        cell_set: every cell of the dataset, sorted (the y′ candidates of class-diversity losses).
+        attribute_values: ``{attribute: [values]}`` of the dataset (FBP's groups and offsets).
+        label_name: the label column's name.
+        bundle: the model bundle being trained (unprepared modules).
+        device: the training device.
+        config: the resolved :class:`~fairsample.config.TrainConfig`.
+        dataset: the :class:`~fairsample.data.folder.FolderDataset` (its root resolves preference files).
+        load_images: ``load_images(paths) -> (B, C, h, w)`` model inputs for image files (pixels in [-1, 1], or
+            VAE latents), as the loop prepares training images.
+        make_reference: ``make_reference() -> denoise`` — a frozen copy of the model *now* (DPO's reference), with
+            the same signature as :attr:`StepContext.denoise`.
+        rank, world: this process and the number of processes.
+    """
+
+    train_cells: Sequence[CellKey]
+    cell_set: Sequence[CellKey]
+    attribute_values: Mapping[str, Sequence[str]]
+    label_name: str
+    bundle: Any
+    device: Any
+    config: Any
+    dataset: Any
+    load_images: Callable[[Sequence[Any]], Tensor]
+    make_reference: Callable[[], Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]]
+    rank: int = 0
+    world: int = 1
 
 
 @dataclass
@@ -45,6 +88,11 @@ class StepContext:
         losses: ``(B,)`` unweighted per-sample MSE (mean over c, h, w).
         denoise: ``denoise(noisy, timesteps, cells) -> pred`` for extra forwards under other cells.
         generator: the micro-step's CPU generator (for any extra randomness).
+        global_cells: the cells of the whole micro-batch over all processes, in rank order (equals ``cells`` on
+            one process); ``gather(losses)`` lines up with it.
+        gather: concatenates a per-sample tensor over processes in rank order (identity on one process).
+        broadcast: returns rank 0's value of a tensor on every process (identity on one process).
+        rank, world: this process and the number of processes.
     """
 
     step: int
@@ -60,6 +108,11 @@ class StepContext:
     losses: Tensor
     denoise: Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]
     generator: torch.Generator
+    global_cells: Sequence[CellKey] = field(default_factory=list)
+    gather: Callable[[Tensor], Tensor] = _identity
+    broadcast: Callable[[Tensor], Tensor] = _identity
+    rank: int = 0
+    world: int = 1
 
 
 class TrainMethod:
@@ -73,6 +126,17 @@ class TrainMethod:
 
     name = "vanilla"
     method_status = "reference"  # "reference" (as published) or "project-extension"
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Called once before training (and before :meth:`load_state_dict` on resume)."""
+
+    def sample_weights_at(self, step: int) -> np.ndarray | None:
+        """Updated per-image sampling weights from optimizer step ``step`` on, or ``None`` to keep the current ones.
+
+        Called at the start of every optimizer step. The loop re-derives its sampling stream from the weights'
+        content, so returning the same weights after ``--resume`` continues the run exactly.
+        """
+        return None
 
     def sample_weights(self, cells: Sequence[CellKey]) -> np.ndarray | None:
         """Per-image sampling weights ``(N,)`` ≥ 0 over the training images, or ``None`` for uniform shuffling."""
@@ -97,17 +161,42 @@ class TrainMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output on ``--resume``."""
 
+    def artifacts(self) -> dict[str, Any]:
+        """``{file name: JSON-safe document}`` written into the bundle folder at the end (e.g. FBP's σ trajectory)."""
+        return {}
+
     def config(self) -> dict[str, Any]:
         """The method's resolved settings, recorded in the bundle."""
         return {"name": self.name, "method_status": self.method_status}
 
 
-#: method name -> factory; the fair methods (issue #5) register here.
-METHODS: dict[str, Callable[[], TrainMethod]] = {"vanilla": TrainMethod}
+#: method name -> factory(**options); the fair-method presets register here (fairsample.train.presets).
+METHODS: dict[str, Callable[..., TrainMethod]] = {"vanilla": TrainMethod}
 
 
-def get_method(name: str) -> TrainMethod:
-    """Instantiate a registered method; an unknown name raises :class:`ConfigError` listing the names."""
+def get_method(name: str, options: Mapping[str, Any] | None = None) -> TrainMethod:
+    """Instantiate a registered method with its options.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the names) or options the method does not take.
+
+    Example:
+        >>> get_method("vanilla").name
+        'vanilla'
+    """
+    import fairsample.train.presets  # noqa: F401  (registers the fair-method presets)
     if name not in METHODS:
         raise ConfigError(_BAD_METHOD.format(names=sorted(METHODS), name=name))
-    return METHODS[name]()
+    factory = METHODS[name]
+    opts = dict(options or {})
+    if not opts:
+        return factory()
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        extra = sorted(set(opts) - set(params))
+        if extra:
+            known = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty)
+            raise ConfigError(_BAD_OPTIONS.format(extra=extra, name=name, known=known))
+    return factory(**opts)
