@@ -133,6 +133,25 @@ def _emit(fmt: Format, doc: Any, human: Callable[[], str]) -> None:
         print(human())
 
 
+def parse_key_values(items: list[str], *, name: str) -> dict[str, Any]:
+    """``["window=30", "mode=improved"]`` → ``{"window": 30, "mode": "improved"}`` (values parsed as JSON, else text).
+
+    Example:
+        >>> parse_key_values(["window=30", "y_prime=uniform", "clamp=null"], name="--method-option")
+        {'window': 30, 'y_prime': 'uniform', 'clamp': None}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not key=value, e.g. window=30", param_hint=name)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def parse_int_list(text: str) -> list[int]:
     """``"0-3,10"`` → ``[0, 1, 2, 3, 10]`` (EDM's ``parse_int_list``); raises ``typer.BadParameter`` on bad input."""
     out: list[int] = []
@@ -241,7 +260,17 @@ def train(
     data: Annotated[Path, typer.Argument(help="Dataset folder.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Model bundle folder to write.")],
     config: Annotated[Path | None, typer.Option(help="TOML/JSON config ([train] table or top level).")] = None,
-    method: Annotated[str | None, typer.Option(help="Training method preset (vanilla).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Method preset: vanilla, cbrs, sqrs, cbdm, fairskin-c, fairskin-s, fairgen, fairdiffusion, "
+            "fairdiffusion-improved, fbp-random, dpo."
+        ),
+    ] = None,
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option("--method-option", help="A preset option key=value (JSON value or text); repeat."),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step per process.", min=1)] = None,
     gradient_accumulation_steps: Annotated[int | None, typer.Option(min=1, help="Micro-batches per step.")] = None,
@@ -268,15 +297,19 @@ def train(
 
     Example: fairsample train demo/ --output-dir runs/m --max-steps 200 --seed 0
     """
-    from fairsample.config import TrainConfig, resolve
+    from fairsample.config import TrainConfig, read_config_file, resolve
     from fairsample.data.folder import format_count_table
     from fairsample.train.loop import train as run_train
+    from fairsample.train.methods import get_method
 
+    options = dict(read_config_file(config, "train").get("method_options") or {}) if config else {}
+    options.update(parse_key_values(method_option or [], name="--method-option"))
     cfg = resolve(
         TrainConfig,
         file=config,
         section="train",
         method=method,
+        method_options=options or None,
         max_steps=max_steps,
         batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -292,13 +325,14 @@ def train(
         seed=seed,
         device=device,
     )
+    train_method = get_method(cfg.method, cfg.method_options)  # bad names/options fail here, before any data loads
     if dry_run:
-        _print_json(cfg.to_dict())
+        _print_json({**cfg.to_dict(), "method_config": train_method.config()})
         return
     ds = _load_dataset(data, label_col, group_col, preset, drop_unknown)
     if fmt is Format.human:
         print(format_count_table(ds), file=sys.stderr)
-    result = run_train(ds, output_dir, cfg, resume=resume, progress=fmt is Format.human)
+    result = run_train(ds, output_dir, cfg, method=train_method, resume=resume, progress=fmt is Format.human)
     doc = {
         "bundle": str(result.bundle_path),
         "steps": result.steps,

@@ -310,9 +310,10 @@ def train(
 
     def load_images(paths: Sequence[Any]) -> Tensor:
         x = _load_paths(dataset.root, paths, image_size)
-        if bundle.vae is not None:
+        if bundle.vae is not None:  # a fixed posterior draw per file (seeded), so pair losses are reproducible
             with torch.no_grad():
-                x = bundle.encode(x.to(bundle.vae.device))
+                g = torch.Generator().manual_seed(_mix(cfg.seed, 104729))
+                x = bundle.encode(x.to(bundle.vae.device), generator=g)
         return x
 
     def make_reference() -> Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]:

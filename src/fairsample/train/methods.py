@@ -185,6 +185,7 @@ def get_method(name: str, options: Mapping[str, Any] | None = None) -> TrainMeth
         'vanilla'
     """
     import fairsample.train.presets  # noqa: F401  (registers the fair-method presets)
+
     if name not in METHODS:
         raise ConfigError(_BAD_METHOD.format(names=sorted(METHODS), name=name))
     factory = METHODS[name]
