@@ -133,6 +133,17 @@ def _emit(fmt: Format, doc: Any, human: Callable[[], str]) -> None:
         print(human())
 
 
+def _merged_options(
+    config: Path | None, section: str, key: str, flags: list[str] | None, flag_name: str
+) -> dict[str, Any] | None:
+    """A config file's ``[section.key]`` table updated by ``key=value`` flags; None when both are empty."""
+    from fairsample.config import read_config_file
+
+    options = dict(read_config_file(config, section).get(key) or {}) if config else {}
+    options.update(parse_key_values(flags or [], name=flag_name))
+    return options or None
+
+
 def parse_key_values(items: list[str], *, name: str) -> dict[str, Any]:
     """``["window=30", "mode=improved"]`` → ``{"window": 30, "mode": "improved"}`` (values parsed as JSON, else text).
 
@@ -297,19 +308,18 @@ def train(
 
     Example: fairsample train demo/ --output-dir runs/m --max-steps 200 --seed 0
     """
-    from fairsample.config import TrainConfig, read_config_file, resolve
+    from fairsample.config import TrainConfig, resolve
     from fairsample.data.folder import format_count_table
     from fairsample.train.loop import train as run_train
     from fairsample.train.methods import get_method
 
-    options = dict(read_config_file(config, "train").get("method_options") or {}) if config else {}
-    options.update(parse_key_values(method_option or [], name="--method-option"))
+    options = _merged_options(config, "train", "method_options", method_option, "--method-option")
     cfg = resolve(
         TrainConfig,
         file=config,
         section="train",
         method=method,
-        method_options=options or None,
+        method_options=options,
         max_steps=max_steps,
         batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -361,7 +371,14 @@ def generate(
     balanced: Annotated[int | None, typer.Option(min=1, help="Total images, split evenly over the cells.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seed list like 0-99,200 (default 0, 1, 2, ...).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON config ([generate] table or top level).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="Sampler: conditional.")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="Sampler: conditional, attribute_switch, mixing, fairdiffusion_perturbed."),
+    ] = None,
+    sampler_option: Annotated[
+        list[str] | None,
+        typer.Option("--sampler-option", help="Sampler option key=value, e.g. tau=600, attribute=tone, to=dark."),
+    ] = None,
     scheduler: Annotated[SchedulerName | None, typer.Option(help="Inference scheduler.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")] = None,
@@ -397,6 +414,7 @@ def generate(
         section="generate",
         base=bundle.sampling_defaults(),
         sampler=sampler,
+        sampler_options=_merged_options(config, "generate", "sampler_options", sampler_option, "--sampler-option"),
         scheduler=scheduler.value if scheduler else None,
         steps=steps,
         guidance_scale=guidance_scale,

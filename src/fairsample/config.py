@@ -82,6 +82,7 @@ class SampleConfig:
 
     # defaults below are the fallbacks; a bundle's fairsample_config.json "sampling" table overrides them
     sampler: str = "conditional"  # sampler name (fairsample.samplers.SAMPLERS)
+    sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # attribute, to, tau, perturbation
     scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | dpmsolver++
     steps: int = 50  # inference steps
     guidance_scale: float = 3.0  # CFG scale w (diffusers convention: 1 = no guidance)

@@ -39,8 +39,10 @@ from fairsample.data.schema import CellKey
 from fairsample.engines import Engine, load_engine
 from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, library_versions
-from fairsample.samplers import get_sampler
+from fairsample.samplers import METHOD_STATUS as SAMPLER_STATUS
+from fairsample.samplers import get_sampler, switched_cells
 from fairsample.samplers.base import ConditioningPlan, initial_latents, make_generators
+from fairsample.samplers.options import resolve_sampler_options
 from fairsample.samplers.schedulers import init_noise_sigma, make_scheduler
 
 _TOO_FEW_SEEDS = "`seeds` gives {have} seeds but the plan needs {need} images; pass a longer --seeds range."
@@ -233,6 +235,7 @@ class FairSamplePipeline:
         uncond = self.bundle.conditioner.cached([None]).to(self.device)
         plan = ConditioningPlan(cond=cond, uncond=uncond, cells=tuple(cells))
         sampler = get_sampler(cfg.sampler)
+        extra = self._sampler_kwargs(cfg, cells, seeds, uncond)
         with torch.no_grad():
             x = sampler(
                 self.engine,
@@ -242,8 +245,26 @@ class FairSamplePipeline:
                 num_inference_steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
                 generator=generators,
+                **extra,
             )
             return self.bundle.decode(x)
+
+    def _sampler_kwargs(
+        self, cfg: SampleConfig, cells: Sequence[CellKey], seeds: Sequence[int], uncond: Tensor
+    ) -> dict[str, Any]:
+        """The sampler-specific arguments built from ``cfg.sampler_options`` (checked by :meth:`_check`)."""
+        opts = resolve_sampler_options(self.bundle, cfg)
+        if cfg.sampler in ("attribute_switch", "mixing"):
+            s1 = switched_cells(cells, opts["attribute"], self.bundle.attribute_values[opts["attribute"]],
+                                opts.get("to"), seeds)  # fmt: skip
+            cond1 = self.bundle.conditioner.cached(s1).to(self.device)
+            out: dict[str, Any] = {"switch_plan": ConditioningPlan(cond=cond1, uncond=uncond, cells=tuple(s1))}
+            if cfg.sampler == "attribute_switch":
+                out["tau"] = opts["tau"]
+            return out
+        if cfg.sampler == "fairdiffusion_perturbed":
+            return {"perturbation": opts["perturbation"]}
+        return {}
 
     def _batches(
         self, cells: Sequence[CellKey], seeds: Sequence[int], cfg: SampleConfig
@@ -260,12 +281,13 @@ class FairSamplePipeline:
         if cfg.output_type not in ("pil", "np", "pt"):
             raise ConfigError(_BAD_OUTPUT_TYPE.format(value=cfg.output_type))
         get_sampler(cfg.sampler)
+        resolve_sampler_options(self.bundle, cfg)
 
     def manifest(self, cfg: SampleConfig) -> dict[str, Any]:
         """Provenance recorded with every output."""
         return {
             "sampler": cfg.sampler,
-            "method_status": "reference",
+            "method_status": SAMPLER_STATUS.get(cfg.sampler, "reference"),
             "sample_config": cfg.to_dict(),
             "bundle": self.bundle.bundle_id,
             "bundle_method": self.bundle.config.get("method", {"name": "vanilla"}),
@@ -396,10 +418,19 @@ class FairSamplePipeline:
         groups = self.bundle.groups
         header = ["file_name", *groups, label, "seed", "sampler", "method_status"]
         man = self.manifest(cfg)
+        switched: list[str] = []
+        if cfg.sampler in ("attribute_switch", "mixing"):  # cells stay the requested s0; s1 gets its own column
+            opts = resolve_sampler_options(self.bundle, cfg)
+            attr = opts["attribute"]
+            header.append(f"{attr}_switched_to")
+            s1 = switched_cells([it.cell for it in plan.items], attr, self.bundle.attribute_values[attr],
+                                opts.get("to"), [it.seed for it in plan.items])  # fmt: skip
+            switched = [c.value(attr) for c in s1]
         lines = [",".join(header)]
-        for f, it in zip(files, plan.items, strict=False):
+        for k, (f, it) in enumerate(zip(files, plan.items, strict=False)):
             vals = it.cell.as_dict(label)
             row = [f, *[vals[g] for g in groups], vals[label], str(it.seed), cfg.sampler, man["method_status"]]
+            row += switched[k : k + 1]
             lines.append(",".join(_csv_field(v) for v in row))
         toml = f'label = "{label}"\ngroups = [{", ".join(json.dumps(g) for g in groups)}]\nmin_group_size = 1\n'
         _write_atomic(out / "fairsample.toml", toml)

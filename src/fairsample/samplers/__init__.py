@@ -16,27 +16,50 @@ from fairsample.samplers.base import (
 )
 from fairsample.samplers.conditional import sample_conditional
 from fairsample.samplers.guidance import GuidanceScale, guided_prediction
+from fairsample.samplers.perturbed import Perturbation, sample_fairdiffusion_perturbed
 from fairsample.samplers.schedulers import SCHEDULERS, init_noise_sigma, make_scheduler
+from fairsample.samplers.switch import sample_attribute_switch, sample_mixing, switched_cells
+from fairsample.samplers.tau import TauResult, search_tau
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
     "ConditioningPlan",
     "GuidanceScale",
+    "Perturbation",
     "SamplerFn",
     "StepCallback",
     "StepInfo",
+    "TauResult",
     "get_sampler",
     "guided_prediction",
     "init_noise_sigma",
     "initial_latents",
     "make_generators",
     "make_scheduler",
+    "sample_attribute_switch",
     "sample_conditional",
+    "sample_fairdiffusion_perturbed",
+    "sample_mixing",
+    "search_tau",
+    "switched_cells",
 ]
 
-SAMPLERS: dict[str, SamplerFn] = {"conditional": sample_conditional}
+SAMPLERS: dict[str, SamplerFn] = {
+    "conditional": sample_conditional,
+    "attribute_switch": sample_attribute_switch,
+    "mixing": sample_mixing,
+    "fairdiffusion_perturbed": sample_fairdiffusion_perturbed,
+}
 """Sampler name -> sampler function."""
+
+METHOD_STATUS: dict[str, str] = {
+    "conditional": "reference",
+    "attribute_switch": "reference",
+    "mixing": "reference",
+    "fairdiffusion_perturbed": "project-extension",
+}
+"""Sampler name -> ``method_status`` recorded in every output (METHODS.md §4.3)."""
 
 _UNKNOWN_SAMPLER = "`sampler` must be one of {names}, got {name!r}."
 

@@ -26,6 +26,7 @@ _PREDICTION_MISMATCH = (
 _BAD_LATENTS = "`latents` must be a (B, {c}, H, W) tensor with B={b} (the plan's batch size), got {got}."
 _BAD_STEPS = "`num_inference_steps` must be a positive int, got {value!r}."
 _BAD_GENERATORS = "`generator` has {got} generators but the batch has B={b}; pass one generator per sample."
+_SWITCH_BATCH = "the switched plan has B={got} rows but the plan has B={b}; give one switched row per sample."
 _UNSUPPORTED = "the engine does not support N={n} at {h}x{w}; supported (N, H, W): {ranges}; use a smaller batch."
 
 
@@ -93,6 +94,26 @@ def sample_conditional(
         >>> x_0.shape, x_0.dtype
         (torch.Size([2, 3, 8, 8]), torch.float32)
     """
+    return run_guided_loop(engine, scheduler, latents, plan, num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, generator=generator, callback=callback,
+                           progress=progress)  # fmt: skip
+
+
+def run_guided_loop(
+    engine: Engine,
+    scheduler: SchedulerMixin,
+    latents: Tensor,
+    plan: ConditioningPlan,
+    *,
+    num_inference_steps: int,
+    guidance_scale: GuidanceScale,
+    generator: torch.Generator | list[torch.Generator] | None,
+    callback: StepCallback | None,
+    progress: bool,
+    switch: tuple[ConditioningPlan, float] | None = None,
+) -> Tensor:
+    """The checked CFG loop shared by the samplers; ``switch=(plan_s1, tau)`` conditions on ``plan_s1`` at every
+    scheduler timestep ``t < tau`` (attribute switching, METHODS.md §4.2) and on ``plan`` before."""
     b = plan.batch_size
     c = engine.spec.in_channels
     if not (isinstance(latents, Tensor) and latents.dim() == 4 and latents.shape[0] == b and latents.shape[1] == c):
@@ -117,19 +138,27 @@ def sample_conditional(
     sched.set_timesteps(num_inference_steps, device=engine.device)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
     x = latents.to(device=engine.device, dtype=torch.float32, copy=True)
-    cond_plan = plan
-    if plan.cond.device != engine.device:
-        cond_plan = ConditioningPlan(
-            cond=plan.cond.to(engine.device), uncond=plan.uncond.to(engine.device), cells=plan.cells
-        )
+    cond_plan = _on_device(plan, engine.device)
+    switched = None
+    if switch is not None:
+        switched, tau = _on_device(switch[0], engine.device), float(switch[1])
+        if switched.batch_size != b:
+            raise ConfigError(_SWITCH_BATCH.format(got=switched.batch_size, b=b))
     for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, file=sys.stderr, desc="sampling")):
         # 1. scale input
         model_input = sched.scale_model_input(x, t)
-        # 2. engine call + 3. guidance
-        model_output = guided_prediction(engine, model_input, t, cond_plan, w)
+        # 2. engine call + 3. guidance (attribute switching swaps only the conditional rows; ∅ stays)
+        active = switched if switched is not None and float(t) < tau else cond_plan
+        model_output = guided_prediction(engine, model_input, t, active, w)
         # 4. scheduler step
         x = sched.step(model_output, t, x, **step_kwargs).prev_sample
         if callback is not None:
             info: StepInfo = {"step": i, "timestep": float(t), "latents": x, "model_output": model_output}
             callback(info)
     return x.to(torch.float32)
+
+
+def _on_device(plan: ConditioningPlan, device: torch.device) -> ConditioningPlan:
+    if plan.cond.device == device:
+        return plan
+    return ConditioningPlan(cond=plan.cond.to(device), uncond=plan.uncond.to(device), cells=plan.cells)
