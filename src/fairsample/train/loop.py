@@ -297,6 +297,7 @@ def train(
     noise_sched = bundle.scheduler
     token_table = isinstance(bundle.conditioner, TokenTableConditioner)
     denoiser = _Denoiser(bundle.unet, bundle.conditioner)
+    denoiser.requires_grad_(True)  # ModelBundle.load() (--init-from) returns modules in eval mode without gradients
     denoiser.train()
     if not token_table:
         bundle.conditioner.requires_grad_(False).eval()

@@ -10,3 +10,86 @@ from __future__ import annotations
 from fairsample.train.methods import METHODS, TrainMethod
 
 METHODS.setdefault("vanilla", TrainMethod)
+
+# -- resampling and class diversity: CBRS, SQRS, CBDM, FairSkin-C/-S (METHODS.md §3.2–3.4) ---------------------------
+from fairsample.train.cbdm import ClassDiversity  # noqa: E402
+from fairsample.train.compose import Composite  # noqa: E402
+from fairsample.train.resampling import CellResampling  # noqa: E402
+
+
+def cbrs(*, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9) -> TrainMethod:
+    """CBRS: cell-balanced sampling weights 1/N_c (FairGen ``train_text_to_imagecbrs.py``); ``alpha`` > 0 adds the
+    gradient-aware refresh (project reconstruction)."""
+    return CellResampling(power=1.0, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, name="cbrs")  # type: ignore[arg-type]
+
+
+def sqrs(*, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9) -> TrainMethod:
+    """SQRS: square-root sampling weights 1/√N_c (FairGen ``train_text_to_imagesqrs.py``)."""
+    return CellResampling(power=0.5, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, name="sqrs")  # type: ignore[arg-type]
+
+
+def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform") -> TrainMethod:
+    """The "CBDM baseline" of FairGen: uniform shuffling + the class-diversity term on cells."""
+    return ClassDiversity(tau=tau, gamma=gamma, y_prime=y_prime, name="cbdm")  # type: ignore[arg-type]
+
+
+def fairskin_c(
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
+    gamma: float = 0.25, y_prime: str = "uniform",
+) -> TrainMethod:  # fmt: skip
+    """FairSkin-C (= FairGen's CBCB): CBRS sampler + class-diversity term."""
+    return Composite([cbrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-c")  # fmt: skip
+
+
+def fairskin_s(
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
+    gamma: float = 0.25, y_prime: str = "uniform",
+) -> TrainMethod:  # fmt: skip
+    """FairSkin-S: SQRS sampler + class-diversity term (FairGen without its preference loss)."""
+    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-s")  # fmt: skip
+
+
+METHODS.update({"cbrs": cbrs, "sqrs": sqrs, "cbdm": cbdm, "fairskin-c": fairskin_c, "fairskin-s": fairskin_s})
+
+# -- FairDiffusion: Fair Bayesian Perturbation (METHODS.md §3.1) ------------------------------------------------------
+from fairsample.train.fbp import fbp_preset  # noqa: E402
+
+METHODS.update(
+    {
+        "fairdiffusion": fbp_preset("reference", "fairdiffusion"),  # the published code (rank-0 σ broadcast)
+        "fairdiffusion-improved": fbp_preset("improved", "fairdiffusion-improved"),  # window reward, EMA, Standardize
+        "fbp-random": fbp_preset("random", "fbp-random"),  # ablation: σ ≡ 1, no BO (train_text_to_image_random.py)
+    }
+)
+
+# -- preference tuning: DPO alone, and FairGen = SQRS + class diversity + preferences (METHODS.md §3.4-3.6) -----------
+from fairsample.train.preference import PreferenceTuning  # noqa: E402
+
+
+def dpo(
+    *, preferences: str | None = None, pref_loss: str = "diffusion_dpo", beta: float | None = None,
+    weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
+) -> TrainMethod:  # fmt: skip
+    """Preference tuning alone (default Diffusion-DPO with a frozen reference); fine-tune a bundle with --init-from."""
+    return PreferenceTuning(preferences=preferences, pref_loss=pref_loss, beta=beta, weight=weight,  # type: ignore[arg-type]
+                            pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise)  # fmt: skip
+
+
+def fairgen(
+    *, preferences: str | None = None, pref_loss: str = "diffusion_dpo", beta: float | None = None,
+    weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
+    apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
+    gamma: float = 0.25, y_prime: str = "uniform",
+) -> TrainMethod:  # fmt: skip
+    """FairGen: SQRS sampler + class-diversity term + preference loss (``train_text_to_image_FairGen.py``); pass
+    pref_loss='fairgen_ref_free' for the reference-free loss of the FairGen code."""
+    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
+                      dpo(preferences=preferences, pref_loss=pref_loss, beta=beta, weight=weight,
+                          pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise)],
+                     name="fairgen")  # fmt: skip
+
+
+METHODS.update({"dpo": dpo, "fairgen": fairgen})
