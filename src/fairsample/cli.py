@@ -609,6 +609,7 @@ def export_tensorrt_cmd(
 
 from fairsample import cli_bench as _cli_bench  # noqa: E402,F401  (registers `bench`)
 from fairsample import cli_samplers as _cli_samplers  # noqa: E402,F401  (registers `tau`)
+from fairsample import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `evaluate`)
 from fairsample import cli_prefs as _cli_prefs  # noqa: E402,F401  (registers `prefs`)
 
 
