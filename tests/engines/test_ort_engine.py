@@ -87,3 +87,20 @@ def test_seq_len_is_required(monkeypatch) -> None:
     del bundle.conditioner
     with pytest.raises(ConfigError, match="`seq_len` is needed"):
         load_engine(bundle, "onnxruntime")
+
+
+def test_batch_parallel_sessions_are_bitwise_equal_to_one_session() -> None:
+    """Splitting a batch over single-thread sessions (the CPU default with > 1 thread) changes no bit."""
+    wide = load_ort(intra_op_threads=2, batch_parallel=False)
+    split = load_ort(intra_op_threads=2)
+    one = load_ort(intra_op_threads=1)
+    assert wide.manifest["batch_parallel"] is None and one.manifest["batch_parallel"] is None
+    assert split.manifest["batch_parallel"] == {"sessions": 2, "threads_each": 1}
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 5):
+        x, t, e = torch.randn(n, 3, 8, 8, generator=g), torch.linspace(5, 900, n), torch.randn(n, SEQ_LEN, HIDDEN_DIM)
+        ref = one(x, t, e)
+        assert torch.equal(split(x, t, e), ref) and torch.equal(wide(x, t, e), ref)
+    split.close()
+    split.close()  # idempotent, and the worker pool is gone
+    assert split._pool is None

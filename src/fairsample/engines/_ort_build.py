@@ -86,6 +86,7 @@ def load_ort_engine(
     intra_op_threads: int | None = None,
     batch_invariant: bool = False,
     check_finite: bool = False,
+    batch_parallel: bool | None = None,
 ) -> Any:
     """Export, validate and cache the bundle's U-Net on first use, then load an OrtEngine from the cache.
 
@@ -103,7 +104,8 @@ def load_ort_engine(
         try:
             return OrtEngine(entry / manifest["model_file"], spec=spec, device=device, manifest=manifest,
                              spatial_multiple=spatial_multiple(bundle.unet), intra_op_threads=intra_op_threads,
-                             batch_invariant=batch_invariant, check_finite=check_finite)  # fmt: skip
+                             batch_invariant=batch_invariant, check_finite=check_finite,
+                             batch_parallel=batch_parallel)  # fmt: skip
         except EngineLoadError as err:
             if attempt or "could not load" not in str(err):
                 raise
