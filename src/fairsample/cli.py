@@ -81,6 +81,13 @@ GroupColOpt = Annotated[
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Native layout: fitzpatrick17k, ham10000, chexpert, nih.")
 ]
+SamplerOpt = Annotated[
+    str | None, typer.Option(help="Sampler: conditional, attribute_switch, mixing, fairdiffusion_perturbed.")
+]
+SamplerOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--sampler-option", help="Sampler option key=value, e.g. tau=600, attribute=tone, to=dark."),
+]
 CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Artifact store (default $FAIRSAMPLE_CACHE_DIR or ~/.cache/...).")
 ]
@@ -131,6 +138,22 @@ def _emit(fmt: Format, doc: Any, human: Callable[[], str]) -> None:
         _print_json(doc)
     elif fmt is Format.human:
         print(human())
+
+
+def sample_config(bundle: Any, config: Path | None, *, sampler_option: list[str] | None, scheduler: Any,
+                  **flags: Any) -> Any:  # fmt: skip
+    """The generate-style :class:`~fairsample.config.SampleConfig`: bundle defaults < ``[generate]`` file < flags."""
+    from fairsample.config import SampleConfig, resolve
+
+    return resolve(
+        SampleConfig,
+        file=config,
+        section="generate",
+        base=bundle.sampling_defaults(),
+        sampler_options=_merged_options(config, "generate", "sampler_options", sampler_option, "--sampler-option"),
+        scheduler=scheduler.value if scheduler else None,
+        **flags,
+    )
 
 
 def _merged_options(
@@ -371,14 +394,8 @@ def generate(
     balanced: Annotated[int | None, typer.Option(min=1, help="Total images, split evenly over the cells.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seed list like 0-99,200 (default 0, 1, 2, ...).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON config ([generate] table or top level).")] = None,
-    sampler: Annotated[
-        str | None,
-        typer.Option(help="Sampler: conditional, attribute_switch, mixing, fairdiffusion_perturbed."),
-    ] = None,
-    sampler_option: Annotated[
-        list[str] | None,
-        typer.Option("--sampler-option", help="Sampler option key=value, e.g. tau=600, attribute=tone, to=dark."),
-    ] = None,
+    sampler: SamplerOpt = None,
+    sampler_option: SamplerOptionOpt = None,
     scheduler: Annotated[SchedulerName | None, typer.Option(help="Inference scheduler.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")] = None,
@@ -401,27 +418,15 @@ def generate(
 
     Example: fairsample generate --cells tone=dark,label=3 --per-cell 16 --seeds 0-15 --output-dir out --format json
     """
-    from fairsample.config import SampleConfig, resolve
     from fairsample.models.bundle import ModelBundle
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
     bundle = (
         ModelBundle.load(model, device=device or "cpu") if model else ModelBundle.load_default(device=device or "cpu")
     )
-    cfg = resolve(
-        SampleConfig,
-        file=config,
-        section="generate",
-        base=bundle.sampling_defaults(),
-        sampler=sampler,
-        sampler_options=_merged_options(config, "generate", "sampler_options", sampler_option, "--sampler-option"),
-        scheduler=scheduler.value if scheduler else None,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        batch_size=batch_size,
-        backend=backend,
-        device=device,
-    )
+    cfg = sample_config(bundle, config, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
+                        steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, backend=backend,
+                        device=device)  # fmt: skip
     if per_cell is not None and balanced is not None:
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
@@ -607,10 +612,11 @@ def export_tensorrt_cmd(
     _emit(fmt, doc, lambda: f"TensorRT engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
 
 
+from fairsample import cli_augment as _cli_augment  # noqa: E402,F401  (registers `augment`)
 from fairsample import cli_bench as _cli_bench  # noqa: E402,F401  (registers `bench`)
-from fairsample import cli_samplers as _cli_samplers  # noqa: E402,F401  (registers `tau`)
 from fairsample import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `evaluate`)
 from fairsample import cli_prefs as _cli_prefs  # noqa: E402,F401  (registers `prefs`)
+from fairsample import cli_samplers as _cli_samplers  # noqa: E402,F401  (registers `tau`)
 
 
 def main() -> None:  # pragma: no cover - console entry point
