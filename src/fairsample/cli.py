@@ -617,6 +617,7 @@ from fairsample import cli_bench as _cli_bench  # noqa: E402,F401  (registers `b
 from fairsample import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `evaluate`)
 from fairsample import cli_prefs as _cli_prefs  # noqa: E402,F401  (registers `prefs`)
 from fairsample import cli_samplers as _cli_samplers  # noqa: E402,F401  (registers `tau`)
+from fairsample import cli_study as _cli_study  # noqa: E402,F401  (registers `study`)
 
 
 def main() -> None:  # pragma: no cover - console entry point
