@@ -1,0 +1,145 @@
+"""``fairsample study``: the fairness-method comparison grid (train → export → generate → evaluate), resumable.
+
+A thin shell over :func:`fairsample.study.run_study`; registered on :data:`fairsample.cli.app` by the import at the end
+of ``fairsample/cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fairsample.cli import CacheDirOpt, Format, FormatOpt, _emit, _print_json, app, handle_errors
+
+
+class ProfileName(StrEnum):
+    small = "small"
+    full = "full"
+    tiny = "tiny"
+
+
+class StudyBackend(StrEnum):
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+def _human(doc: dict[str, Any]) -> str:
+    """Table 1 (means) and the written files."""
+    from fairsample.study import TABLE1_METRICS
+    from fairsample.study_report import fmt
+
+    res = doc["results"]
+    rows = [["row"] + [title for _, title, _ in TABLE1_METRICS]]
+    for r in res["table1"]["rows"]:
+        rows.append([r["label"]] + [fmt(r["metrics"][k]["mean"]) for k, _, _ in TABLE1_METRICS])
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = [f"Table 1 ({res['table1']['attribute']}; mean over {len(res['grid']['seeds'])} seeds):"]
+    lines += ["  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
+              for r in rows]  # fmt: skip
+    lines.append(f"{len(doc['ran'])} cells computed, {len(doc['skipped'])} already complete, {doc['seconds']:.0f} s")
+    lines.append(f"wrote {doc['markdown']}")
+    lines.append(f"      {doc['results_json']}")
+    return "\n".join(lines)
+
+
+@app.command("study")
+@handle_errors
+def study_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Real dataset folder (metadata.csv + images).")],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Study folder S: cells/, results.json, RESULTS.md, plots/.")
+    ],
+    profile: Annotated[
+        ProfileName,
+        typer.Option(help="small (2-core CPU, <= 60 min), full (GPU) or tiny (tests; meaningless numbers)."),
+    ] = ProfileName.small,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--methods",
+            help="Training methods (repeat or comma-separate): vanilla, cbrs, sqrs, cbdm, fairskin-s, fairdiffusion, "
+            "fairgen. Default: all (tiny: vanilla, fairdiffusion).",
+        ),
+    ] = None,
+    samplers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--samplers",
+            help="Samplers (repeat or comma-separate): conditional (every model), attribute_switch and "
+            "fairdiffusion_perturbed (on the vanilla and fairdiffusion models). Default: all three.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Downstream classifier seeds 0..N-1 (mean ± sd over them).")] = 3,
+    attribute: Annotated[
+        str | None, typer.Option(help="Sensitive attribute (default: the data's first group column).")
+    ] = None,
+    backend: Annotated[StudyBackend, typer.Option(help="Sampling engine (exported once per model).")] = (
+        StudyBackend.onnxruntime
+    ),
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch and ONNX Runtime intra-op threads (default: the profile's torch threads, 1 on small and tiny; "
+            "ONNX Runtime's default).",
+        ),
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid (cells in order) and exit.")] = False,
+    fmt: FormatOpt = Format.human,
+) -> None:
+    """Compare fairness methods like FairGen Table 1: fine-tune every method, generate, evaluate; resumable.
+
+    Every grid cell (training run, export, τ, perturbation, generated set, evaluation) has its own folder under
+    OUTPUT_DIR/cells with a completion marker written last: re-running the same command after a kill skips the
+    completed cells and resumes the others. Writes OUTPUT_DIR/results.json and OUTPUT_DIR/RESULTS.md.
+
+    Example: fairsample data demo demo && fairsample study --data demo --output-dir study --profile small
+    """
+    from fairsample.study import plan_study, run_study
+
+    if dry_run:
+        plan = plan_study(profile=profile.value, methods=methods, samplers=samplers, seeds=seeds,
+                          attribute=attribute or "(first group column)")  # fmt: skip
+        _print_json(plan.to_dict() | {"profile_settings": plan.profile.to_dict()})
+        return
+    t0 = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {line}", file=sys.stderr, flush=True)
+
+    result = run_study(
+        data,
+        output_dir,
+        profile=profile.value,
+        methods=methods,
+        samplers=samplers,
+        seeds=seeds,
+        attribute=attribute,
+        backend=backend.value,
+        cache_dir=cache_dir,
+        threads=threads,
+        command=shlex.join(["fairsample", *sys.argv[1:]]),
+        progress=None if fmt is Format.json else progress,
+    )
+    doc = {
+        "output_dir": str(result.output_dir),
+        "results_json": str(result.results_path),
+        "markdown": str(result.markdown_path),
+        "ran": result.ran,
+        "skipped": result.skipped,
+        "seconds": round(result.seconds, 2),
+        "results": result.results,
+    }
+    if fmt is Format.json:
+        print(json.dumps({k: v for k, v in doc.items() if k != "results"} | {"table1": result.results["table1"]},
+                         indent=2, default=str))  # fmt: skip
+        return
+    _emit(fmt, doc, lambda: _human(doc))
