@@ -694,6 +694,7 @@ def run_study(
     try:
         with _cache_env(cache_dir):
             runner.run_all()
+        versions = _versions()  # with the run's torch threads
     finally:
         runner.close()
         torch_threads = torch.get_num_threads()
@@ -725,7 +726,7 @@ def run_study(
         data=ds,
         identity=identity,
         command=command,
-        versions=_versions(),
+        versions=versions,
         run=this_run,
         invocations=_read_jsonl(root / "invocations.jsonl"),
     )

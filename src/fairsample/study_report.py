@@ -127,6 +127,7 @@ def build_results(
                        "metrics": _summary(row, attr), "seeds": row["seeds"], "n_train": row["n_train"],
                        "n_train_synthetic": row["n_train_synthetic"], "sources": sources})  # fmt: skip
     _deltas(table1)
+    floor = _dp_floor(data, attr, report["settings"])
     group_acc = {}
     for r in table1:
         eval_id = "base" if r["id"] == "base" else f"real+{r['id']}"
@@ -224,6 +225,7 @@ def build_results(
             "metrics": [list(m) for m in TABLE1_METRICS],
             "rows": table1,
             "accuracy_by_group": group_acc,
+            "dp_gap_perfect_classifier": floor,
         },
         "generative": {"attribute": attr, "groups": groups, "ber_real": ber_real, "rows": generative},
         "samplers": {"tau": tau, "perturbation": pert},
@@ -233,6 +235,19 @@ def build_results(
         "warnings": warnings_list,
         "plots": {},
     }
+
+
+def _dp_floor(data: Any, attr: str, settings: Mapping[str, Any]) -> float | None:
+    """DP gap of a perfect classifier (ŷ = y) on the evaluation's test split: the part of the gap that is the label
+    mix per group, which no classifier can remove without being wrong."""
+    from fairsample.data.splits import split_indices
+    from fairsample.eval.fairness import dp_gap
+
+    test = split_indices(data, fractions=tuple(settings["fractions"]), seed=int(settings["seed"]))["test"]
+    y = data.frame[data.spec.label].astype(str).to_numpy()[test]
+    groups = data.frame[attr].astype(str).to_numpy()[test]
+    value = dp_gap(y, y, sensitive_features=groups)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -348,6 +363,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     rows = [[r["label"]] + [_pm(r["metrics"][k]) for k, _, _ in TABLE1_METRICS] for r in t1["rows"]]
     lines += _table(header, rows)
     lines.append("")
+    if t1.get("dp_gap_perfect_classifier") is not None:
+        lines.append(f"For scale: a perfect classifier (ŷ = y) has DP gap {fmt(t1['dp_gap_perfect_classifier'])} on "
+                     f"this test split, because the label mix differs between {attr} groups; EOpp gap and NAR would "
+                     "be 0.")  # fmt: skip
+        lines.append("")
     has_vanilla = any(r["id"] == "vanilla" for r in t1["rows"])
     if has_vanilla:
         lines.append("### Δ vs vanilla (row mean − vanilla mean)")
@@ -427,14 +447,34 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if results["warnings"]:
         lines.append("## Warnings raised during the run")
         lines.append("")
-        seen = set()
-        for w in results["warnings"]:
-            text = f"- `{w['cell']}`: {w['message']}"
-            if text not in seen:
-                seen.add(text)
-                lines.append(text)
+        lines.append("Grouped by text (the set or row named in parentheses replaced by `…`); every instance is in "
+                     "`results.json` under `warnings`.")  # fmt: skip
+        lines.append("")
+        lines += _grouped_warnings(results["warnings"])
         lines.append("")
     return "\n".join(lines)
+
+
+_WHERE_RE = re.compile(r"^(\w+) \(((?:[^()]|\([^()]*\))*)\): ")
+
+
+def _grouped_warnings(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per distinct warning text, with how many cells / sets raised it."""
+    groups: dict[str, list[str]] = {}
+    for w in items:
+        msg = str(w["message"])
+        m = _WHERE_RE.match(msg)
+        where = w["cell"]
+        if m is not None:
+            where, msg = m.group(2), f"{m.group(1)} (…): {msg[m.end() :]}"
+        groups.setdefault(msg, [])
+        if where not in groups[msg]:
+            groups[msg].append(where)
+    out = []
+    for msg, wheres in groups.items():
+        shown = ", ".join(f"`{x}`" for x in wheres[:3]) + (f" and {len(wheres) - 3} more" if len(wheres) > 3 else "")
+        out.append(f"- {msg} — {shown}")
+    return out
 
 
 def _test_text(results: Mapping[str, Any]) -> str:
