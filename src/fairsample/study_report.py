@@ -559,22 +559,34 @@ def _timings(results: Mapping[str, Any]) -> list[str]:
     out.append(f"This invocation: {fmt(run['wall_seconds'], 1)} s wall, {len(run['ran'])} cells computed, "
                f"{len(run['skipped'])} found complete; torch threads {run['torch_threads']}; load average "
                f"(1/5/15 min) {la.get('start')} at start, {la.get('end')} at the end.")  # fmt: skip
-    inv = t.get("invocations") or []
-    if len(inv) > 2:
+    runs = _paired(t.get("invocations") or [])
+    if len(runs) > 1:
         out.append("")
-        out.append("Invocations of this study folder (a killed run has a start and no end):")
+        out.append("Every invocation on this study folder (an interrupted one has no end):")
         out.append("")
-        for i in inv:
-            if i.get("event") == "start":
-                out.append(f"- {i['time']} start (load average {i.get('load_average')})")
+        for start, end in runs:
+            head = f"- {start.get('time')} (load average {start.get('load_average')}): "
+            if end is None:
+                out.append(head + "interrupted")
             else:
-                out.append(f"- {i['time']} end: {fmt(i.get('wall_seconds'), 1)} s wall, {i.get('ran')} cells "
-                           f"computed, {i.get('skipped')} found complete")  # fmt: skip
+                out.append(head + f"{fmt(end.get('wall_seconds'), 1)} s wall, {end.get('ran')} cells computed, "
+                                  f"{end.get('skipped')} found complete")  # fmt: skip
         out.append("")
     ev = t.get("evaluation_stages") or {}
     if ev:
         out.append("Evaluation stages (s): " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in ev.items()) + ".")
     out.append("")
+    return out
+
+
+def _paired(events: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]:
+    """invocations.jsonl events → (start, end or None) per invocation."""
+    out: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
+    for e in events:
+        if e.get("event") == "start":
+            out.append((e, None))
+        elif e.get("event") == "end" and out and out[-1][1] is None:
+            out[-1] = (out[-1][0], e)
     return out
 
 
