@@ -257,6 +257,7 @@ class FairSamplePipeline:
         self.bundle = (bundle or ModelBundle.load_default(device=device)).to(device).eval()
         self.device = torch.device(device)
         self.engine = engine or load_engine(self.bundle, backend=backend, device=device, **dict(engine_options or {}))
+        self._options_cache: tuple[SampleConfig, dict[str, Any]] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FairSamplePipeline:
@@ -303,7 +304,7 @@ class FairSamplePipeline:
         self, cfg: SampleConfig, cells: Sequence[CellKey], seeds: Sequence[int], uncond: Tensor
     ) -> dict[str, Any]:
         """The sampler-specific arguments built from ``cfg.sampler_options`` (checked by :meth:`_check`)."""
-        opts = resolve_sampler_options(self.bundle, cfg)
+        opts = self._sampler_options(cfg)
         if cfg.sampler in ("attribute_switch", "mixing"):
             s1 = switched_cells(cells, opts["attribute"], self.bundle.attribute_values[opts["attribute"]],
                                 opts.get("to"), seeds)  # fmt: skip
@@ -331,7 +332,14 @@ class FairSamplePipeline:
         if cfg.output_type not in ("pil", "np", "pt"):
             raise ConfigError(_BAD_OUTPUT_TYPE.format(value=cfg.output_type))
         get_sampler(cfg.sampler)
-        resolve_sampler_options(self.bundle, cfg)
+        self._sampler_options(cfg)
+
+    def _sampler_options(self, cfg: SampleConfig) -> dict[str, Any]:
+        """``cfg.sampler_options`` resolved once per config (files read and warnings issued once per run)."""
+        cached = self._options_cache
+        if cached is None or cached[0] is not cfg:
+            cached = self._options_cache = (cfg, resolve_sampler_options(self.bundle, cfg))
+        return cached[1]
 
     def manifest(self, cfg: SampleConfig) -> dict[str, Any]:
         """Provenance recorded with every output."""
@@ -541,7 +549,7 @@ class FairSamplePipeline:
         man = self.manifest(cfg)
         switched: list[str] = []
         if cfg.sampler in ("attribute_switch", "mixing"):  # cells stay the requested s0; s1 gets its own column
-            opts = resolve_sampler_options(self.bundle, cfg)
+            opts = self._sampler_options(cfg)
             attr = opts["attribute"]
             header.append(f"{attr}_switched_to")
             s1 = switched_cells([it.cell for it in plan.items], attr, self.bundle.attribute_values[attr],

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairsample._json import json_safe
 from fairsample._version import __version__
 from fairsample.errors import ConfigError, DataError, FairsampleWarning
 
@@ -510,23 +511,6 @@ def _check_set(name: str, syn: FolderDataset, real: FolderDataset, attrs: Sequen
                 )
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types; NaN / inf → None; tuples → lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
     """``{"mean", "sd" (ddof=1), "n" (finite values), "values"}``; undefined parts are None."""
     vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
@@ -704,7 +688,7 @@ def _generative_stage(
                 for entry in cells["groups"].values():
                     entry.pop("fid_draws", None)
                 cells["overall_at_n_star"].pop("fid_draws", None)
-            rep["cells"] = _json_safe(cells)
+            rep["cells"] = json_safe(cells)
             rep["cells_missing"] = [c for c in n_r if n_s.get(c, 0) == 0]
             out[name] = rep
     return out, feat_doc
@@ -1056,6 +1040,6 @@ def evaluate(
         "warnings": list(log.items),
         "plots": {},
     }
-    result = EvaluationResult(_json_safe(report), reports, samples)
+    result = EvaluationResult(json_safe(report), reports, samples)
     log.reissue()
     return result

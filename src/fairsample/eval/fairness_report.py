@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from fairsample._json import json_safe
 from fairsample.errors import FairsampleWarning
 from fairsample.eval.fairness import (
     _NO_NEGATIVES,
@@ -49,21 +50,6 @@ from fairsample.eval.fairness_equity import _equity_scale, _nar, _pqd
 
 _SKIPPED_MANY = "bootstrap: metrics undefined in some resamples were skipped there ({items}); CIs use the rest."
 Method = Literal["between_groups", "to_overall"]
-
-
-def _json_safe(value: Any) -> Any:
-    """Recursively: NaN/inf → None, numpy scalars → Python, tuples → lists, dict keys → str."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 @dataclass
@@ -127,7 +113,7 @@ class FairnessReport:
             >>> r.to_dict()["by_group"]["b"]["accuracy"], r.to_dict()["group_sizes"]
             (0.5, {'a': 2, 'b': 2})
         """
-        return _json_safe(
+        return json_safe(
             {
                 "attribute": self.attribute,
                 "classes": self.classes,

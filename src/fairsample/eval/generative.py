@@ -28,9 +28,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from fairsample._json import json_safe
 from fairsample.data.folder import FolderDataset
 from fairsample.data.tables import natural_key
 from fairsample.errors import ConfigError, DataError, FairsampleWarning
+from fairsample.eval.fairness_equity import equity_scale
 from fairsample.eval.features import DomainFeatures, module_hash
 
 __all__ = [
@@ -674,13 +676,11 @@ def es_fid(
         15.0
     """
     v = _values(per_group)
-    delta = float(np.abs(overall - v).sum())
-    if relative:
-        if not overall > 0:
-            raise ConfigError(_RELATIVE_NONPOSITIVE.format(value=overall))
-        delta = delta / overall
+    if relative and not overall > 0:
+        raise ConfigError(_RELATIVE_NONPOSITIVE.format(value=overall))
+    delta = float(np.abs(overall - v).sum()) / (overall if relative else 1.0)
     return {
-        "value": float(overall * (1.0 + delta)),
+        "value": equity_scale(overall, v, higher_is_better=False, relative=relative),
         "overall": float(overall),
         "delta": delta,
         "relative": relative,
@@ -702,7 +702,7 @@ def es_is(overall: float, per_group: Mapping[str, float] | Sequence[float]) -> d
     v = _values(per_group)
     delta = float(np.abs(overall - v).sum())
     return {
-        "value": float(overall / (1.0 + delta)),
+        "value": equity_scale(overall, v, higher_is_better=True),
         "overall": float(overall),
         "delta": delta,
         "higher_is_better": True,
@@ -734,21 +734,6 @@ def _groupings(real: FolderDataset, group_by: Any) -> list[tuple[str, Any]]:
                 raise ConfigError(_BAD_GROUP_BY.format(value=group_by))
         return out
     raise ConfigError(_BAD_GROUP_BY.format(value=group_by))
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types; NaN / inf → None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _is_draws(
@@ -894,4 +879,4 @@ def generative_report(
             res["overall_at_n_star"]["is_domain_mean"], res["overall_at_n_star"]["is_domain_sd"] = is_all
             res["es_is"] = es_is(is_all[0], is_g)
         report["by"][name] = res
-    return _json_safe(report)
+    return json_safe(report)

@@ -8,7 +8,6 @@ the cache manifest, and an artifact whose report failed is never used (:func:`re
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairsample._json import json_safe
 from fairsample.errors import ConfigError, ValidationFailed
 
 Forward = Callable[[Tensor, Tensor, Tensor], Tensor | np.ndarray]
@@ -238,16 +238,5 @@ def write_report(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
         {'passed': True, 'x': None}
     """
     path = Path(path)
-    path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2, sort_keys=True) + "\n")
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats to None, recursively (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value

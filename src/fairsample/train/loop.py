@@ -180,22 +180,27 @@ def _unique_report(seen: set[int], epoch: int, n: int, train_cells: Sequence[Cel
             "unique_by_cell": dict(sorted(per_cell.items()))}  # fmt: skip
 
 
+def _to_model_range(images: Sequence[Any]) -> Tensor:
+    """RGB PIL images of one size → ``(B, 3, H, W)`` float32 in [-1, 1] (the one pixel normalisation of training)."""
+    arrs = [np.asarray(im, dtype=np.float32) for im in images]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
 def _load_paths(root: Path, paths: Sequence[Any], size: int) -> Tensor:
     """Image files (relative to ``root`` or absolute) → ``(B, 3, size, size)`` float32 in [-1, 1]."""
     from PIL import Image
 
-    arrs = []
+    images = []
     for p in paths:
         path = Path(p) if Path(p).is_absolute() else Path(root) / p
         with Image.open(path) as im:
-            arrs.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32))
-    return (torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0).contiguous()
+            images.append(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    return _to_model_range(images).contiguous()
 
 
 def _load_batch(ds: FolderDataset, rows: Sequence[int], size: int, flip: Tensor | None) -> Tensor:
     """Images → ``(B, 3, size, size)`` float32 in [-1, 1]."""
-    arrs = [np.asarray(ds.load_image(r, size=size), dtype=np.float32) for r in rows]
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    x = _to_model_range([ds.load_image(r, size=size) for r in rows])
     if flip is not None:
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x.contiguous()
