@@ -30,6 +30,12 @@ def test_bench_json(tiny_model, tmp_path):
     assert abs(row["gflops"] - flops["2"] / (row["ms"] / 1e3) / 1e9) < 0.02 * row["gflops"] + 0.01
     assert {p["backend"] for p in doc["cfg_packing"]} == {"torch-eager", "onnxruntime"}
     assert set(doc["targets"]) == {"onnxruntime_over_torch_eager_B1", "gflops_fraction_of_matmul_N2"}
+    b1 = doc["targets"]["onnxruntime_over_torch_eager_B1"]
+    # ceiling: ORT's U-Net at the matmul rate, nothing else costing time, against the measured eager rate
+    ceiling = min(1 / (flops[str(n)] / (doc["matmul_gflops"] * 1e9)) / eager[(1, cfg)]
+                  for n, cfg in ((2, True), (1, False)))  # fmt: skip
+    assert abs(b1["ceiling_at_matmul_rate"] - ceiling) < 0.01 * ceiling + 1e-3
+    assert b1["reachable_here"] == (b1["ceiling_at_matmul_rate"] >= b1["target"])
 
 
 def test_bench_unknown_backend_is_one_line(tiny_model):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fairsample.engines import BACKENDS, load_engine
+from fairsample.engines import BACKENDS, load_engine, ort_engine
 from fairsample.engines.ort_engine import _NO_REFIT, _SPATIAL, ORT_EXTRA_HINT, OrtEngine
 from fairsample.errors import ConfigError, EngineLoadError
 from fairsample.export.validate import GATES, compare
@@ -89,18 +89,30 @@ def test_seq_len_is_required(monkeypatch) -> None:
         load_engine(bundle, "onnxruntime")
 
 
-def test_batch_parallel_sessions_are_bitwise_equal_to_one_session() -> None:
-    """Splitting a batch over single-thread sessions (the CPU default with > 1 thread) changes no bit."""
+@pytest.mark.parametrize("chunk_pixels", [4096, 128])
+def test_batch_parallel_sessions_are_bitwise_equal_to_one_session(monkeypatch, chunk_pixels) -> None:
+    """Splitting a batch over single-thread sessions (the CPU default with > 1 thread), in chunks of 2 rows at 8x8
+    when ``CHUNK_PIXELS`` is 128, changes no bit."""
+    monkeypatch.setattr(ort_engine, "CHUNK_PIXELS", chunk_pixels)
     wide = load_ort(intra_op_threads=2, batch_parallel=False)
     split = load_ort(intra_op_threads=2)
     one = load_ort(intra_op_threads=1)
     assert wide.manifest["batch_parallel"] is None and one.manifest["batch_parallel"] is None
     assert split.manifest["batch_parallel"] == {"sessions": 2, "threads_each": 1}
     g = torch.Generator().manual_seed(3)
-    for n in (1, 2, 5):
+    for n in (1, 2, 5, 9):
         x, t, e = torch.randn(n, 3, 8, 8, generator=g), torch.linspace(5, 900, n), torch.randn(n, SEQ_LEN, HIDDEN_DIM)
         ref = one(x, t, e)
         assert torch.equal(split(x, t, e), ref) and torch.equal(wide(x, t, e), ref)
     split.close()
     split.close()  # idempotent, and the worker pool is gone
     assert split._pool is None
+
+
+def test_chunks_cover_the_range_evenly() -> None:
+    assert ort_engine._chunks(0, 5, 4) == [(0, 2), (2, 5)]
+    assert ort_engine._chunks(8, 16, 4) == [(8, 12), (12, 16)]
+    assert ort_engine._chunks(0, 1, 4) == [(0, 1)]
+    spans = ort_engine._chunks(3, 40, 4)
+    assert spans[0][0] == 3 and spans[-1][1] == 40 and all(b - a in (3, 4) for a, b in spans)
+    assert all(p[1] == q[0] for p, q in zip(spans[:-1], spans[1:], strict=True))

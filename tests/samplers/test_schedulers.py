@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from fairsample.errors import ConfigError
-from fairsample.samplers import SCHEDULERS, init_noise_sigma, make_scheduler
+from fairsample.samplers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
 from fairsample.samplers.schedulers import _UNKNOWN_SCHEDULER
 
 NAMES = sorted(SCHEDULERS)
@@ -53,3 +55,27 @@ def test_init_noise_sigma_follows_set_timesteps() -> None:
     sigma = init_noise_sigma(euler, 10)
     assert sigma > 1.0
     assert euler.num_inference_steps is None
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_cached_instances_are_fresh_and_independent(name: str) -> None:
+    """make_scheduler / fresh_scheduler come from a cached template: each call is a new, unused instance equal to
+    diffusers' from_config, and stepping one never touches another."""
+    config = {"num_train_timesteps": 1000, "prediction_type": "epsilon"}
+    a, b = make_scheduler(name, config), make_scheduler(name, config)
+    assert a is not b and a.config == b.config
+    a.set_timesteps(7)
+    ref = type(a).from_config(a.config)
+    for s in (b, fresh_scheduler(a)):
+        assert s.num_inference_steps is None and s.config == ref.config
+        assert torch.equal(s.alphas_cumprod, ref.alphas_cumprod) and s.alphas_cumprod is not a.alphas_cumprod
+        s.set_timesteps(7)
+        assert torch.equal(s.timesteps, a.timesteps)
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = a.timesteps[0]
+    kw = {"generator": torch.Generator().manual_seed(1)} if "generator" in inspect.signature(a.step).parameters else {}
+    stepped = a.step(x, t, x, **kw).prev_sample
+    fresh = fresh_scheduler(a)
+    fresh.set_timesteps(7)
+    kw = {"generator": torch.Generator().manual_seed(1)} if kw else {}
+    assert torch.equal(fresh.step(x, t, x, **kw).prev_sample, stepped)  # a's step state did not leak into the copy

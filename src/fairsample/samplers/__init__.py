@@ -17,7 +17,7 @@ from fairsample.samplers.base import (
 from fairsample.samplers.conditional import sample_conditional
 from fairsample.samplers.guidance import GuidanceScale, guided_prediction
 from fairsample.samplers.perturbed import Perturbation, sample_fairdiffusion_perturbed
-from fairsample.samplers.schedulers import SCHEDULERS, init_noise_sigma, make_scheduler
+from fairsample.samplers.schedulers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
 from fairsample.samplers.switch import sample_attribute_switch, sample_mixing, switched_cells
 from fairsample.samplers.tau import TauResult, search_tau
 
@@ -31,6 +31,7 @@ __all__ = [
     "StepCallback",
     "StepInfo",
     "TauResult",
+    "fresh_scheduler",
     "get_sampler",
     "guided_prediction",
     "init_noise_sigma",

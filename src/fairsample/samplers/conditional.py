@@ -18,6 +18,7 @@ from fairsample.engines.base import Engine
 from fairsample.errors import ConfigError
 from fairsample.samplers.base import ConditioningPlan, StepCallback, StepInfo
 from fairsample.samplers.guidance import GuidanceScale, check_guidance_scale, guided_prediction, is_unguided
+from fairsample.samplers.schedulers import fresh_scheduler
 
 _PREDICTION_MISMATCH = (
     "engine predicts {engine!r} but the scheduler is configured for prediction_type={scheduler!r}; build the "
@@ -45,7 +46,8 @@ def sample_conditional(
 ) -> Tensor:
     """Classifier-free guided sampling (Ho & Salimans, 2022); one batched engine call per step.
 
-    The caller's scheduler is never mutated: the loop runs on ``type(scheduler).from_config(scheduler.config)``.
+    The caller's scheduler is never mutated: the loop runs on a fresh, unused copy of it
+    (:func:`~fairsample.samplers.schedulers.fresh_scheduler`).
     Timesteps reach the engine as float32 (Euler's are fractional); they are never cast to int.
 
     Batch invariance: with a list of B per-sample generators (:func:`~fairsample.samplers.base.make_generators`),
@@ -134,7 +136,7 @@ def run_guided_loop(
     if not engine.supports(n, h, wd):
         raise ConfigError(_UNSUPPORTED.format(n=n, h=h, w=wd, ranges=engine.spec.describe_ranges()))
 
-    sched = type(scheduler).from_config(scheduler.config)
+    sched = fresh_scheduler(scheduler)
     sched.set_timesteps(num_inference_steps, device=engine.device)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
     x = latents.to(device=engine.device, dtype=torch.float32, copy=True)

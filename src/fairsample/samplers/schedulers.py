@@ -6,6 +6,9 @@ the noise schedule and ``prediction_type``; the name picks the algorithm.
 
 from __future__ import annotations
 
+import copy
+import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +38,43 @@ _BAD_STEPS = "`num_inference_steps` must be a positive int, got {value!r}."
 
 _OVERRIDES: dict[str, dict[str, Any]] = {"dpmsolver++": {"algorithm_type": "dpmsolver++"}}
 
+_TEMPLATES: dict[tuple[type, str], SchedulerMixin] = {}
+_TEMPLATES_MAX = 64
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _from_template(cls: type[SchedulerMixin], config: Mapping[str, Any]) -> SchedulerMixin:
+    """``cls.from_config(config)`` as a deep copy of a cached, never-used instance.
+
+    diffusers' ``from_config`` costs ~3 ms for DDIM (a 1000-step beta table built in Python plus signature
+    inspection) and a sampling call needs three fresh schedulers, so it was ~10 ms of the ~14 ms per-call overhead of
+    a 10-step B = 1 run; a deep copy of the pristine instance is ~0.5 ms and gives the same state.
+    """
+    key = (cls, json.dumps({k: v for k, v in config.items()}, sort_keys=True, default=repr))
+    with _TEMPLATES_LOCK:
+        template = _TEMPLATES.get(key)
+    if template is None:
+        template = cls.from_config(dict(config))
+        with _TEMPLATES_LOCK:
+            if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
+    return copy.deepcopy(template)
+
+
+def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """A new, unused scheduler of ``scheduler``'s class and config, as ``type(scheduler).from_config(
+    scheduler.config)`` gives (no timesteps set, no step state), built from a cached template.
+
+    Example:
+        >>> s = make_scheduler("ddim", {"num_train_timesteps": 1000})
+        >>> s.set_timesteps(10)
+        >>> f = fresh_scheduler(s)
+        >>> f is not s, f.num_inference_steps is None, f.config == s.config
+        (True, True, True)
+    """
+    return _from_template(type(scheduler), scheduler.config)
+
 
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     """Build the named scheduler from a bundle's scheduler config, keeping its schedule and ``prediction_type``.
@@ -61,7 +101,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     if not isinstance(base_config, Mapping):
         raise ConfigError(_BAD_CONFIG.format(type_name=type(base_config).__name__))
     config = {k: v for k, v in base_config.items() if k not in ("_class_name", "_diffusers_version")}
-    return SCHEDULERS[name].from_config(config, **_OVERRIDES.get(name, {}))
+    return _from_template(SCHEDULERS[name], {**config, **_OVERRIDES.get(name, {})})
 
 
 def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> float:
@@ -88,6 +128,6 @@ def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> flo
         raise ConfigError(_BAD_STEPS.format(value=num_inference_steps))
     if num_inference_steps < 1:
         raise ConfigError(_BAD_STEPS.format(value=num_inference_steps))
-    fresh = type(scheduler).from_config(scheduler.config)
+    fresh = fresh_scheduler(scheduler)
     fresh.set_timesteps(num_inference_steps)
     return float(fresh.init_noise_sigma)
