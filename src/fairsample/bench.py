@@ -2,7 +2,8 @@
 
 Everything is measured in one process, on one bundle, with one scheduler and step count, so the ratios compare like
 with like (issue #3 §8). Each configuration is timed ``repeats`` times, backends interleaved (so drift hits every
-backend alike), and the best time is kept. Backends:
+backend alike), and the best time is kept; each timed sampling run follows one untimed U-Net call of the same
+backend, so the previous backend's spinning threads do not bill their idle time to it. Backends:
 
 - ``torch-eager``: the bundle's U-Net called directly, batched (``TorchEngine(batch_invariant=False)``) — the
   baseline the speed targets refer to;
@@ -176,11 +177,16 @@ def run_bench(
             scale = guidance_scale if cfg_on else 1.0
             times = {k: float("inf") for k in pipes}
             kwargs = {"steps": steps, "guidance_scale": scale, "batch_size": b, "output_type": "np"}
+            n = 2 * b if cfg_on else b
+            warm = (torch.randn(n, spec.in_channels, h, w), torch.full((n,), 500.0), torch.randn(n, s, d))
             for _ in range(repeats):  # interleaved
                 for k, pipe in pipes.items():
                     run = functools.partial(pipe, plan_cells, list(range(b)), **kwargs)
                     if times[k] == float("inf"):
                         run()  # warm-up
+                    # one untimed U-Net call first: the previous backend's idle threads (torch's OpenMP pool) spin
+                    # for ~5-20 ms and slowed this backend's first step by up to 8 ms when it followed at once
+                    engines[k](*warm)
                     times[k] = min(times[k], _best(run, 1))
             for k, sec in times.items():
                 sampling.append({"backend": k, "batch": b, "cfg": cfg_on, "seconds": round(sec, 4),

@@ -310,9 +310,17 @@ def tiny_bundle(tmp_path_factory, demo_ds) -> Path:
 
 
 def test_dpo_fine_tunes_a_bundle(demo_ds, pref_dir, tiny_bundle, tmp_path):
-    cfg = TrainConfig(**_TINY, method="dpo", init_from=str(tiny_bundle),
+    parent = ModelBundle.load(tiny_bundle)  # a named parent, like the embedded model
+    parent.config.update(name="parent-32", description="the parent", train_command="fairsample train ...")
+    parent.save(tmp_path / "parent")
+    cfg = TrainConfig(**_TINY, method="dpo", init_from=str(tmp_path / "parent"),
                       method_options={"preferences": str(pref_dir / "preferences.csv")})  # fmt: skip
     res = train(demo_ds, tmp_path / "dpo", cfg, progress=False)
+    child = ModelBundle.load(tmp_path / "dpo")
+    assert child.bundle_id == str(tmp_path / "dpo")  # not the parent's name
+    assert "description" not in child.config and "train_command" not in child.config
+    assert child.config["init_from"]["name"] == "parent-32"
+    assert child.config["init_from"]["path"] == str(tmp_path / "parent")
     logs = [json.loads(x) for x in res.log_path.read_text().splitlines()]
     assert logs[0]["pref_loss"] == LOG2 and logs[0]["pref_delta_theta"] == logs[0]["pref_delta_ref"]
     assert len(logs) == 3 and all(math.isfinite(r["loss"]) for r in logs)

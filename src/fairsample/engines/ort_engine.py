@@ -18,7 +18,10 @@ small and intra-op threads spend much of it synchronising. Each part is run in c
 2-core AMD EPYC (AVX2, 1 MiB L2 per core) N = 32 went from 269 ms (two chunks of 16) to 232-241 ms (chunks of 2 or 4;
 3 was slower), N = 64 from 504 to 475 ms (onnxruntime 1.32.0). Outputs are bitwise identical whatever the split, the
 chunking or the thread count (measured on onnxruntime 1.31.1 and 1.32.0 at N = 1, 2, 3, 5, 8, 32; a test pins it).
-One row (N = 1) runs on the T-thread session. Each session holds its own copy of the weights, so it is used
+One row (N = 1) runs on the T-thread session. That session stops its threads' spin-wait when a run returns
+(``session.force_spinning_stop``): left spinning, they kept a core busy for tens of ms and an N = 2 call right after
+an N = 1 call took 31-38 ms instead of 18.6 ms (the CFG "two calls" pattern); sustained N = 1 loops were within
+noise of the spinning default. Each session holds its own copy of the weights, so batch parallelism is used
 automatically only for models up to :data:`PARALLEL_MAX_BYTES`; ``batch_parallel=False`` turns it off.
 
 The CUDA path (``onnxruntime-gpu``, ``fairsample[gpu]``) binds caller tensors with ``session.io_binding()`` and is
@@ -108,7 +111,11 @@ def physical_cores() -> int:
 
 
 def create_session(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", intra_op_threads: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    intra_op_threads: int | None = None,
+    stop_spinning: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """An ``InferenceSession`` for ``path`` with speed-oriented options, plus those options as a JSON-safe dict.
 
@@ -116,6 +123,8 @@ def create_session(
         path: the ``.onnx`` file (external data next to it is resolved by onnxruntime).
         device: ``"cpu"`` (CPU EP) or ``"cuda[:k]"`` (CUDA EP with the CPU EP as fallback for unsupported ops).
         intra_op_threads: intra-op thread count; None = physical cores.
+        stop_spinning: set ``session.force_spinning_stop``: the intra-op threads spin during ``run`` but stop when
+            it returns, so they do not steal cores from other sessions running next (module docstring).
 
     Returns:
         ``(session, options)``; ``options`` records providers, thread count and optimisation level.
@@ -140,6 +149,8 @@ def create_session(
     opts.inter_op_num_threads = 1
     opts.enable_mem_pattern = True
     opts.log_severity_level = 3
+    if stop_spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if dev.type == "cuda":
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" not in available or not torch.cuda.is_available():
@@ -159,6 +170,7 @@ def create_session(
         "intra_op_num_threads": threads,
         "inter_op_num_threads": 1,
         "enable_mem_pattern": True,
+        "force_spinning_stop": stop_spinning,
         "onnxruntime_version": ort.__version__,
     }
     return session, record
@@ -230,19 +242,21 @@ class OrtEngine(EngineLifetime):
         self.spatial_multiple = int(spatial_multiple)
         self.batch_invariant = batch_invariant
         self.check_finite = check_finite
+        files = [self.path, self.path.with_name(self.path.name + ".data")]
+        self._weights_bytes = sum(f.stat().st_size for f in files if f.exists())
+        threads = intra_op_threads if isinstance(intra_op_threads, int) and intra_op_threads > 0 else physical_cores()
+        if batch_parallel is None:
+            batch_parallel = threads > 1 and self._weights_bytes <= PARALLEL_MAX_BYTES
+        parallel = bool(batch_parallel) and self.device.type == "cpu" and threads > 1 and not batch_invariant
         self._session, session_options = create_session(self.path, device=self.device,
-                                                        intra_op_threads=intra_op_threads)  # fmt: skip
+                                                        intra_op_threads=intra_op_threads,
+                                                        stop_spinning=parallel)  # fmt: skip
         self.capabilities: frozenset[str] = frozenset(
             {"dynamic_shapes", "io_binding"} if self.device.type == "cuda" else {"dynamic_shapes"}
         )
-        files = [self.path, self.path.with_name(self.path.name + ".data")]
-        self._weights_bytes = sum(f.stat().st_size for f in files if f.exists())
-        threads = int(session_options["intra_op_num_threads"])
-        if batch_parallel is None:
-            batch_parallel = threads > 1 and self._weights_bytes <= PARALLEL_MAX_BYTES
         self._narrow: list[Any] = []
         self._pool: ThreadPoolExecutor | None = None
-        if batch_parallel and self.device.type == "cpu" and threads > 1 and not batch_invariant:
+        if parallel:
             self._narrow = [create_session(self.path, device="cpu", intra_op_threads=1)[0] for _ in range(threads)]
             self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fairsample-ort")
         self.manifest: Mapping[str, Any] = MappingProxyType(

@@ -53,6 +53,9 @@ _BAD_LR_SCHEDULE = "`lr_schedule` must be 'constant' or 'cosine', got {value!r}.
 _NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
 _EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
 _UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
+_PARENT_ONLY_KEYS = ("name", "path", "description", "train_command", "train_seconds", "sampling_selection")
+"""Bundle-config keys that describe the --init-from parent only; a fine-tuned bundle drops them (its id becomes its
+own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
@@ -550,6 +553,12 @@ def train(
         if ema is not None:
             ema.copy_to(params)
         bundle.unet, bundle.conditioner = unwrapped.unet, unwrapped.conditioner
+        if cfg.init_from:  # the parent's identity and training record must not pass for this model's
+            parent = {"name": bundle.config.get("name"), "path": str(cfg.init_from),
+                      "method": bundle.config.get("method")}  # fmt: skip
+            for key in _PARENT_ONLY_KEYS:
+                bundle.config.pop(key, None)
+            bundle.config["init_from"] = parent
         bundle.config.update(
             method=method.config(),
             method_status=method.method_status,
