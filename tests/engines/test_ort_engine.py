@@ -99,6 +99,9 @@ def test_batch_parallel_sessions_are_bitwise_equal_to_one_session(monkeypatch, c
     one = load_ort(intra_op_threads=1)
     assert wide.manifest["batch_parallel"] is None and one.manifest["batch_parallel"] is None
     assert split.manifest["batch_parallel"] == {"sessions": 2, "threads_each": 1}
+    # the wide session must not keep spinning into the parallel sessions' runs; without them it may
+    assert split.manifest["session"]["force_spinning_stop"] is True
+    assert wide.manifest["session"]["force_spinning_stop"] is False
     g = torch.Generator().manual_seed(3)
     for n in (1, 2, 5, 9):
         x, t, e = torch.randn(n, 3, 8, 8, generator=g), torch.linspace(5, 900, n), torch.randn(n, SEQ_LEN, HIDDEN_DIM)
