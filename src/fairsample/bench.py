@@ -13,7 +13,9 @@ backend, so the previous backend's spinning threads do not bill their idle time 
 - ``tensorrt``: only when a CUDA GPU and tensorrt are present.
 
 FLOPs are counted once with ``torch.utils.flop_counter`` on the torch U-Net; achieved GFLOP/s = FLOPs per U-Net call
-/ measured call time. The reference rate is a float32 (2048 x 2048) @ (2048 x 2048) matmul timed in the same run.
+/ measured call time. The reference rate is a float32 (2048 x 2048) @ (2048 x 2048) matmul timed in the same run with
+torch and with numpy, before, between and after the measurements; the best is kept, so the fraction is never
+flattered by one slow sample or one slow BLAS.
 
 Each speed-up target also reports ``ceiling_at_matmul_rate``: the ratio onnxruntime would reach if its U-Net ran at
 the measured matmul rate and sampling cost nothing else (steps x U-Net FLOPs / matmul rate, against the measured
@@ -43,19 +45,24 @@ _BAD_BATCHES = "`batches` must be positive ints, got {value!r}; e.g. 1,8,32."
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` float32 ``size x size`` matmul rate of this process, in GFLOP/s (2·size³ per product).
+    """Best-of-``repeats`` float32 ``size x size`` matmul rate of this process, in GFLOP/s (2·size³ per product),
+    the better of torch's BLAS (MKL in the x86 wheels) and numpy's (OpenBLAS): on an AMD EPYC the two differed by
+    ~6 %, and the reference must be the machine's best, not one library's.
 
     Example:
         >>> matmul_gflops(64, repeats=1) > 0
         True
     """
+
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
+    na, nb = a.numpy(), b.numpy()
     best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
+    for product in (lambda: a @ b, lambda: na @ nb):
+        product()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
 
@@ -170,8 +177,12 @@ def run_bench(
     spec = next(iter(engines.values())).spec
     (h, w), s, d = spec.sample_size, int(bundle.conditioner.seq_len), spec.hidden_dim
 
+    # the matmul reference is sampled before, between and after the batches and the best kept: on a shared VM the
+    # machine's speed drifts by 10-15 % over minutes, and a single late sample made the ceilings drift with it
+    mm_samples = [matmul_gflops()]
     sampling: list[dict[str, Any]] = []
     for b in batches:
+        mm_samples.append(matmul_gflops())
         plan_cells = [cells[i % len(cells)] for i in range(b)]
         for cfg_on in (True, False):
             scale = guidance_scale if cfg_on else 1.0
@@ -217,7 +228,7 @@ def run_bench(
                 f"CFG packed {tp * 1e3:.2f} ms vs two calls {tt * 1e3:.2f} ms")  # fmt: skip
     for eng in engines.values():
         eng.close()
-    mm = matmul_gflops()
+    mm = max(*mm_samples, matmul_gflops())
     say(f"matmul   float32 2048^3: {mm:.1f} GFLOP/s")
     return _summarise(sampling, unet_rows, packing, mm, flops_cache, names, batches, steps, guidance_scale, repeats,
                       threads, bundle)  # fmt: skip
