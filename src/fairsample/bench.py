@@ -21,7 +21,7 @@ Each speed-up target also reports ``ceiling_at_matmul_rate``: the ratio onnxrunt
 the measured matmul rate and sampling cost nothing else (steps x U-Net FLOPs / matmul rate, against the measured
 torch-eager time). A target above that ceiling cannot be met on this machine by any fp32 engine that computes the
 same FLOPs: torch eager is already close to the CPU's arithmetic limit there (seen on a 2-core AVX2 AMD EPYC, where
-the matmul runs at ~79 GFLOP/s and eager at 53-71 % of it for N ≥ 8).
+the matmul ran at 62-88 GFLOP/s and eager's U-Net at 41-87 % of it for N = 8 and 32).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
         >>> matmul_gflops(64, repeats=1) > 0
         True
     """
-
     a, b = torch.randn(size, size), torch.randn(size, size)
     na, nb = a.numpy(), b.numpy()
     best = float("inf")

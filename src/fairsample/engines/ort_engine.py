@@ -15,10 +15,10 @@ same time on T single-thread sessions (ORT releases the GIL in ``run``), instead
 threads. On the 2-core project machines this is 1.15-1.5x faster for N ≥ 8 on the embedded model: per-op work is
 small and intra-op threads spend much of it synchronising. Each part is run in chunks of about
 :data:`CHUNK_PIXELS` / (H·W) rows (4 rows at 32x32), so a chunk's activations stay in the core's L2 cache: on a
-2-core AMD EPYC (AVX2, 1 MiB L2 per core) N = 32 went from 269 ms (two chunks of 16) to 232-241 ms (chunks of 2 or 4;
-3 was slower), N = 64 from 504 to 475 ms (onnxruntime 1.32.0). Outputs are bitwise identical whatever the split, the
-chunking or the thread count (measured on onnxruntime 1.31.1 and 1.32.0 at N = 1, 2, 3, 5, 8, 32; a test pins it).
-One row (N = 1) runs on the T-thread session. That session stops its threads' spin-wait when a run returns
+2-core AMD EPYC (AVX2, 1 MiB L2 per core) N = 32 went from 269 ms (two chunks of 16) to 232-241 ms (chunks of 2 or 4,
+equal within noise), N = 64 from 504 to 475 ms (onnxruntime 1.32.0). Outputs are bitwise identical whatever the
+split, the chunking or the thread count (measured on onnxruntime 1.31.1 and 1.32.0 at N = 1, 2, 3, 5, 8, 32; a test
+pins it). One row (N = 1) runs on the T-thread session. That session stops its threads' spin-wait when a run returns
 (``session.force_spinning_stop``): left spinning, they kept a core busy for tens of ms and an N = 2 call right after
 an N = 1 call took 31-38 ms instead of 18.6 ms (the CFG "two calls" pattern); sustained N = 1 loops were within
 noise of the spinning default. Each session holds its own copy of the weights, so batch parallelism is used

@@ -50,7 +50,7 @@ def _from_template(cls: type[SchedulerMixin], config: Mapping[str, Any]) -> Sche
     inspection) and a sampling call needs three fresh schedulers, so it was ~10 ms of the ~14 ms per-call overhead of
     a 10-step B = 1 run; a deep copy of the pristine instance is ~0.5 ms and gives the same state.
     """
-    key = (cls, json.dumps({k: v for k, v in config.items()}, sort_keys=True, default=repr))
+    key = (cls, json.dumps(dict(config), sort_keys=True, default=repr))
     with _TEMPLATES_LOCK:
         template = _TEMPLATES.get(key)
     if template is None:
