@@ -1,6 +1,9 @@
 """Suite-wide settings: offline, CPU, deterministic. Subpackage fixtures live in tests/<subpackage>/conftest.py."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -8,6 +11,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny test models gain nothing from intra-op threads, and OpenMP spin-waiting makes them 10-100x slower when the
 # two cores are shared with another process; one thread keeps the suite fast and its timing stable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Engines built by the tests go to a per-session cache, never the user's ~/.cache/fairsample (so a run on a developer
+# machine neither reuses nor pollutes real artifacts, and every run pays the same exports a fresh CI machine does).
+if "FAIRSAMPLE_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="fairsample-test-cache-")
+    os.environ["FAIRSAMPLE_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 import torch  # noqa: E402
 

@@ -130,6 +130,7 @@ def run_bench(
     threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    matmul_size: int = 2048,
 ) -> dict[str, Any]:
     """Benchmark sampling and U-Net calls on every backend in one process.
 
@@ -143,6 +144,8 @@ def run_bench(
         threads: intra-op threads for torch and onnxruntime (default: physical cores).
         cache_dir: engine artifact cache.
         progress: receives one line per finished measurement.
+        matmul_size: side of the reference float32 matmul (:func:`matmul_gflops`); smaller is faster but further
+            from the BLAS peak.
 
     Returns:
         JSON-safe ``{"machine", "config", "sampling": [{"backend", "batch", "cfg", "seconds", "images_per_s"}],
@@ -153,7 +156,8 @@ def run_bench(
 
     Example:
         >>> from fairsample.models.bundle import ModelBundle
-        >>> doc = run_bench(ModelBundle.load_default(), backends=["torch-eager"], batches=[1], steps=1, repeats=1)
+        >>> doc = run_bench(ModelBundle.load_default(), backends=["torch-eager"], batches=[1], steps=1, repeats=1,
+        ...                 matmul_size=256)
         >>> doc["sampling"][0]["images_per_s"] > 0
         True
     """
@@ -178,10 +182,10 @@ def run_bench(
 
     # the matmul reference is sampled before, between and after the batches and the best kept: on a shared VM the
     # machine's speed drifts by 10-15 % over minutes, and a single late sample made the ceilings drift with it
-    mm_samples = [matmul_gflops()]
+    mm_samples = [matmul_gflops(matmul_size)]
     sampling: list[dict[str, Any]] = []
     for b in batches:
-        mm_samples.append(matmul_gflops())
+        mm_samples.append(matmul_gflops(matmul_size))
         plan_cells = [cells[i % len(cells)] for i in range(b)]
         for cfg_on in (True, False):
             scale = guidance_scale if cfg_on else 1.0
@@ -227,10 +231,12 @@ def run_bench(
                 f"CFG packed {tp * 1e3:.2f} ms vs two calls {tt * 1e3:.2f} ms")  # fmt: skip
     for eng in engines.values():
         eng.close()
-    mm = max(*mm_samples, matmul_gflops())
-    say(f"matmul   float32 2048^3: {mm:.1f} GFLOP/s")
-    return _summarise(sampling, unet_rows, packing, mm, flops_cache, names, batches, steps, guidance_scale, repeats,
-                      threads, bundle)  # fmt: skip
+    mm = max(*mm_samples, matmul_gflops(matmul_size))
+    say(f"matmul   float32 {matmul_size}^3: {mm:.1f} GFLOP/s")
+    doc = _summarise(sampling, unet_rows, packing, mm, flops_cache, names, batches, steps, guidance_scale, repeats,
+                     threads, bundle)  # fmt: skip
+    doc["config"]["matmul_size"] = matmul_size
+    return doc
 
 
 def _summarise(sampling: list[dict[str, Any]], unet_rows: list[dict[str, Any]], packing: list[dict[str, Any]],

@@ -23,6 +23,9 @@ def bench_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Scheduler steps per image.")] = 10,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repetitions per configuration (best kept).")] = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: physical cores).")] = None,
+    matmul_size: Annotated[
+        int, typer.Option(min=64, help="Side of the float32 reference matmul (size x size) @ (size x size).")
+    ] = 2048,
     output: Annotated[Path | None, typer.Option(help="Also write the JSON result to this file.")] = None,
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,
@@ -37,7 +40,7 @@ def bench_cmd(
     bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
     progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
     doc = run_bench(bundle, backends=backend, batches=parse_int_list(batches), steps=steps, repeats=repeats,
-                    threads=threads, cache_dir=cache_dir, progress=progress)  # fmt: skip
+                    threads=threads, cache_dir=cache_dir, progress=progress, matmul_size=matmul_size)  # fmt: skip
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(doc, indent=2) + "\n")

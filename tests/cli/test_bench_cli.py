@@ -11,7 +11,8 @@ def test_bench_json(tiny_model, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "--model", tiny_model, "--backend", "torch-eager", "--backend", "onnxruntime",
                    "--batches", "1,2", "--steps", "1", "--repeats", "1", "--threads", "1",
-                   "--cache-dir", tmp_path / "cache", "--output", out, "--format", "json")  # fmt: skip
+                   "--cache-dir", tmp_path / "cache", "--output", out, "--format", "json",
+                   "--matmul-size", 256)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == doc
@@ -30,6 +31,7 @@ def test_bench_json(tiny_model, tmp_path):
     assert abs(row["gflops"] - flops["2"] / (row["ms"] / 1e3) / 1e9) < 0.02 * row["gflops"] + 0.01
     assert {p["backend"] for p in doc["cfg_packing"]} == {"torch-eager", "onnxruntime"}
     assert set(doc["targets"]) == {"onnxruntime_over_torch_eager_B1", "gflops_fraction_of_matmul_N2"}
+    assert doc["config"]["matmul_size"] == 256
     b1 = doc["targets"]["onnxruntime_over_torch_eager_B1"]
     # ceiling: ORT's U-Net at the matmul rate, nothing else costing time, against the measured eager rate
     ceiling = min(1 / (flops[str(n)] / (doc["matmul_gflops"] * 1e9)) / eager[(1, cfg)]

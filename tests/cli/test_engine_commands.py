@@ -13,7 +13,7 @@ def test_doctor_json(runner):
     assert doc["cuda_available"] in (True, False) and "ort" in doc["extras"] and doc["torch"]
 
 
-def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path):
+def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     res = invoke(runner, "export", "onnx", "--model", tiny_model, "--exporter", "legacy", "--cache-dir", cache,
                  "--format", "json")  # fmt: skip
@@ -27,24 +27,19 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path):
     # torch and onnxruntime give the same PNGs for the same seeds
     args = ["generate", "--model", tiny_model, "--cells", "tone=dark,label=1", "--seeds", "0-3", "--steps", "3"]
     assert invoke(runner, *args, "--output-dir", tmp_path / "t").exit_code == 0
-    import os
-
-    os.environ["FAIRSAMPLE_CACHE_DIR"] = str(cache)
-    try:
-        assert invoke(runner, *args, "--backend", "onnxruntime", "--output-dir", tmp_path / "o").exit_code == 0
-        # no GPU here: tensorrt falls back to onnxruntime (CPU EP, fp32) with one line and the same images
-        proc = run_cli(*args, "--backend", "tensorrt", "--output-dir", tmp_path / "r", "--format", "json")
-        assert proc.returncode == 0, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if "falling back" in ln]
-        assert len(lines) == 1 and "no CUDA device — falling back to onnxruntime (CPUExecutionProvider)" in lines[0]
-        proc = run_cli("export", "tensorrt", "--model", tiny_model)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines() == [
-            "error: no CUDA device: the tensorrt backend needs a CUDA GPU and `pip install 'fairsample[tensorrt]'`; "
-            "use the onnxruntime backend on this machine (or drop strict to fall back automatically)."
-        ]
-    finally:
-        del os.environ["FAIRSAMPLE_CACHE_DIR"]
+    monkeypatch.setenv("FAIRSAMPLE_CACHE_DIR", str(cache))
+    assert invoke(runner, *args, "--backend", "onnxruntime", "--output-dir", tmp_path / "o").exit_code == 0
+    # no GPU here: tensorrt falls back to onnxruntime (CPU EP, fp32) with one line and the same images
+    proc = run_cli(*args, "--backend", "tensorrt", "--output-dir", tmp_path / "r", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "falling back" in ln]
+    assert len(lines) == 1 and "no CUDA device — falling back to onnxruntime (CPUExecutionProvider)" in lines[0]
+    proc = run_cli("export", "tensorrt", "--model", tiny_model)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: no CUDA device: the tensorrt backend needs a CUDA GPU and `pip install 'fairsample[tensorrt]'`; "
+        "use the onnxruntime backend on this machine (or drop strict to fall back automatically)."
+    ]
     digest = {d: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / d / "images").glob("*.png"))
               for d in ("t", "o", "r")}  # fmt: skip
     assert len(digest["t"]) == 4 and digest["t"] == digest["o"] == digest["r"]
