@@ -418,6 +418,17 @@ def generate(
 
     Example: fairsample generate --cells tone=dark,label=3 --per-cell 16 --seeds 0-15 --output-dir out --format json
     """
+    # arguments that need no model are checked before the heavy imports (diffusers alone takes seconds to import)
+    if per_cell is not None and balanced is not None:
+        raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
+    seed_list = parse_int_list(seeds) if seeds else None
+    if backend is not None:
+        from fairsample.config import check_backend
+
+        check_backend(backend)
+        if strict and backend != "tensorrt":
+            raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
+
     from fairsample.models.bundle import ModelBundle
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
@@ -427,9 +438,6 @@ def generate(
     cfg = sample_config(bundle, config, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
                         steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, backend=backend,
                         device=device)  # fmt: skip
-    if per_cell is not None and balanced is not None:
-        raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
-    seed_list = parse_int_list(seeds) if seeds else None
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else bundle.cells()
     if balanced is not None:
         plan = GenerationPlan.balanced(cell_list, balanced, seed_list)

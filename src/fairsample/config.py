@@ -16,6 +16,27 @@ from typing import Any, TypeVar
 
 from fairsample.errors import ConfigError
 
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+"""Engine backends this release can load (defined here, without torch, so the CLI can check them before importing
+the heavy modules)."""
+
+UNKNOWN_BACKEND = "`backend` must be one of {supported}, got {backend!r}; use backend='torch'."
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` itself if it is one of :data:`BACKENDS`.
+
+    Raises:
+        ConfigError: any other value (the message lists the backends).
+
+    Example:
+        >>> check_backend("onnxruntime")
+        'onnxruntime'
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend))
+    return backend
+
 T = TypeVar("T")
 
 _UNKNOWN_KEYS = "{where} has unknown setting(s) {extra}; known settings are {known}."

@@ -57,3 +57,9 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, m
 def test_unknown_backend_is_one_line(tiny_model, tmp_path):
     proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
     assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime', 'tensorrt']" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+    # checked before the model is loaded: a missing bundle is not even looked at
+    proc = run_cli("generate", "--model", tmp_path / "nope", "--backend", "tvm", "--output-dir", tmp_path / "x")
+    assert proc.returncode == 1 and "`backend` must be one of" in proc.stderr and "bundle" not in proc.stderr
+    proc = run_cli("generate", "--backend", "torch", "--strict", "--output-dir", tmp_path / "x")
+    assert proc.returncode == 2 and "--strict only applies to --backend tensorrt" in proc.stderr

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fairsample.config import BACKENDS, UNKNOWN_BACKEND, check_backend
 from fairsample.engines.base import (
     BOUNDARY_DTYPE,
     PREDICTION_TYPES,
@@ -50,10 +51,7 @@ __all__ = [
     "load_engine",
 ]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
-"""Backends this release can load."""
-
-_UNKNOWN_BACKEND = "`backend` must be one of {supported}, got {backend!r}; use backend='torch'."
+_UNKNOWN_BACKEND = UNKNOWN_BACKEND
 _TORCH_ONLY_OPTIONS = "`{name}` only applies to the compiled backends; drop it for backend='torch'."
 
 
@@ -106,8 +104,7 @@ def load_engine(
         >>> engine.backend, engine.spec.in_channels
         ('torch', 3)
     """
-    if backend not in BACKENDS:
-        raise ConfigError(_UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend))
+    check_backend(backend)
     if backend == "onnxruntime":
         from fairsample.engines._ort_build import load_ort_engine
 
