@@ -37,6 +37,7 @@ def check_backend(backend: str) -> str:
         raise ConfigError(UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend))
     return backend
 
+
 T = TypeVar("T")
 
 _UNKNOWN_KEYS = "{where} has unknown setting(s) {extra}; known settings are {known}."
