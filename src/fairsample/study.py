@@ -599,16 +599,9 @@ def _check_base(ds: Any, profile: StudyProfile) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
     from fairsample.eval.evaluate import versions
 
-    out = dict(versions())
-    for dist in ("diffusers", "onnxruntime", "onnx", "accelerate", "botorch"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+    out = versions(extra=("diffusers", "onnxruntime", "onnx", "accelerate", "botorch"))
     out["cpu_count"] = str(os.cpu_count())
     return out
 

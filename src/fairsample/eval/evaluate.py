@@ -523,10 +523,12 @@ def _mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, the platform and every library whose numbers enter the report."""
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python, the platform and every library whose numbers enter the report, plus the ``extra``
+    distributions (``"not installed"`` when missing)."""
     out = {"fairsample": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torch", "torchmetrics", "fairlearn", "scikit-learn", "numpy", "pandas", "scipy", "matplotlib"):
+    reported = ("torch", "torchmetrics", "fairlearn", "scikit-learn", "numpy", "pandas", "scipy", "matplotlib")
+    for dist in (*reported, *extra):
         try:
             out[dist] = importlib_metadata.version(dist)
         except importlib_metadata.PackageNotFoundError:
