@@ -122,17 +122,33 @@ def test_offsets_and_blocks_for_two_attributes():
 
 
 # -- reward --------------------------------------------------------------------------------------------------------
-def test_reward_gap_ignores_absent_groups():
-    # race: Asian absent; Black mean 2, White mean 5 -> gap 3. sex: only F present -> gap 0 (NaN -> 0)
-    cells = [cell("Black", "F"), cell("White", "F"), cell("White", "F")]
-    losses = torch.tensor([2.0, 4.0, 6.0])
+def test_reward_gap_absent_group_zero_in_reference_present_range_in_improved():
+    # race: Asian absent; Black mean 2, White mean 5. sex: F mean 3, M mean 6 -> gap 3 in every mode
+    cells = [cell("Black", "F"), cell("White", "M"), cell("White", "F")]
+    losses = torch.tensor([2.0, 6.0, 4.0])
     m = setup_method(FairBayesianPerturbation(FBPConfig(window=100)))
-    gaps = loss_gaps(losses, m.group_index(cells), m.sizes)
-    assert gaps.tolist() == [3.0, 0.0]
+    idx = m.group_index(cells)
+    # reference: torch.max over the group means is NaN with Asian absent -> the race gap is set to 0
+    assert loss_gaps(losses, idx, m.sizes).tolist() == [0.0, 3.0]
+    assert loss_gaps(losses, idx, m.sizes, absent="zero").tolist() == [0.0, 3.0]
+    # improved (project extension): the range over the groups present
+    assert loss_gaps(losses, idx, m.sizes, absent="ignore").tolist() == [3.0, 3.0]
+    with pytest.raises(ConfigError, match="`absent` must be one of"):
+        loss_gaps(losses, idx, m.sizes, absent="drop")
     out = m.after_step(make_ctx(0, cells, losses))
     assert out["fbp_reward"] == -3.0
-    assert m.trajectory[0]["gaps"] == [3.0, 0.0] and m.Y == [-3.0]
+    assert m.trajectory[0]["gaps"] == [0.0, 3.0] and m.Y == [-3.0]
     assert m.X == [[1.0] * 5]  # the σ that produced the reward (σ starts at ones)
+    rnd = setup_method(get_method("fbp-random"))
+    assert rnd.after_step(make_ctx(0, cells, losses))["fbp_reward"] == -3.0
+    improved = setup_method(get_method("fairdiffusion-improved", {"window": 100}))
+    assert improved.after_step(make_ctx(0, cells, losses))["fbp_reward"] == -6.0
+    assert improved.trajectory[0]["gaps"] == [3.0, 3.0] and improved.trajectory[0]["ema_gap"] == 6.0
+    # the whole batch present: both rules agree
+    full = [cell("Asian", "F"), *cells]
+    x = torch.tensor([1.0, *losses])
+    both = [loss_gaps(x, m.group_index(full), m.sizes, absent=a) for a in ("zero", "ignore")]
+    assert both[0].tolist() == both[1].tolist() and both[0][0] == 4.0
 
 
 # -- σ updates -----------------------------------------------------------------------------------------------------
@@ -174,8 +190,8 @@ def test_bo_counts_optimizer_steps_not_micro_batches(monkeypatch):
             assert (out == {}) == (micro == 0)
     assert [r["step"] for r in m.trajectory] == [0, 1, 2, 3, 4]
     assert [c["n"] for c in calls] == [3, 2]
-    # the reward pools both micro-batches: race Asian 1 vs Black 2, sex F 1 vs M 2
-    assert m.trajectory[0]["reward"] == -2.0
+    # the reward pools both micro-batches: sex F 1 vs M 2 (gap 1); race has White absent (reference: gap 0)
+    assert m.trajectory[0]["reward"] == -1.0 and m.trajectory[0]["gaps"] == [0.0, 1.0]
 
 
 def test_sigma_stays_in_unit_cube_with_real_bo():

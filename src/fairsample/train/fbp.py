@@ -6,9 +6,11 @@ one-attribute demo: G = 3), starting at all ones. Per optimizer step:
 1. ``loss_weights``: w_i = 1 + Σ_a σ[off_a + g_a(i)]·ξ_{i,a}, ξ_{i,a} ~ N(0, 1) drawn from the micro-step generator
    (``weights="lognormal"``: w_i = Π_a exp(s ξ − s²/2), s = σ[off_a + g_a(i)]; both have E[w] = 1). The loop then
    minimises mean_i(w_i ℓ_i).
-2. ``after_step``: on the gathered (all-process) *unweighted* losses, gap_a = max_g mean ℓ − min_g mean ℓ over the
-   groups present (a group absent from the batch is NaN and ignored; fewer than two present → gap_a = 0), and
-   r = −Σ_a gap_a. ``reference`` mode appends (σ, r) to the buffers (X, Y).
+2. ``after_step``: on the gathered (all-process) *unweighted* losses, gap_a = max_g mean ℓ − min_g mean ℓ, and
+   r = −Σ_a gap_a. ``reference`` (and ``random``) mode: a group absent from the batch has mean NaN, the reference
+   code's ``torch.max`` over the group means is then NaN and gap_a is set to 0 — so one absent group zeroes the
+   whole attribute's gap. ``improved`` mode (project extension) takes the gap over the groups present (fewer than
+   two present → 0). ``reference`` mode appends (σ, r) to the buffers (X, Y).
 3. If step > 0 and step % W == 0 (``step`` = 0-based optimizer step): fit a ``SingleTaskGP`` on (X, Y), maximise
    UCB(x) = μ(x) + √β·s(x) over [0, 1]^G (q = 1), σ ← argmax, clear the buffers.
 4. Every step (also right after a BO update): σ ← ρσ + (1 − ρ)u, u ~ U(0, 1)^G.
@@ -24,12 +26,13 @@ Modes:
 - ``improved`` (project extension): one GP observation per *window* — x = the mean σ applied over the window's steps,
   y = −mean_t gap_t over those steps, where gap_t is computed from a per-(attribute, group) EMA of the gathered
   per-group mean losses (decay ``ema_decay``; an absent group keeps its EMA; the EMA restarts at every window so a
-  window's reward only sees losses trained under that window's σ). Window observations are kept across BO updates
-  (the latest ``history`` of them) instead of being cleared, the GP outcome is ``Standardize(m=1)``, and the GP is
-  fitted only once ≥ 2 window observations exist. The timestep-stratified / common-random-number evaluation batches
-  that METHODS.md also lists are **not** implemented: the loop owns t and ε.
+  window's reward only sees losses trained under that window's σ), and every gap is taken over the groups present
+  (a group not yet seen does not zero its attribute's gap, unlike the reference). Window observations are kept
+  across BO updates (the latest ``history`` of them) instead of being cleared, the GP outcome is
+  ``Standardize(m=1)``, and the GP is fitted only once ≥ 2 window observations exist. The timestep-stratified /
+  common-random-number evaluation batches that METHODS.md also lists are **not** implemented: the loop owns t and ε.
 - ``random`` (the ``fbp-random`` ablation, ``train_text_to_image_random.py``): σ ≡ 1, no BO, no exploration; the
-  reward is still computed and logged.
+  reward is still computed (as in ``reference``) and logged.
 
 GP [project, METHODS.md §3.1 "botorch defaults moved"]: every model component is explicit, never botorch's default —
 ``covar_module`` = Scale(Matérn-5/2 ARD) with Gamma(3, 6) lengthscale and Gamma(2, 0.15) outputscale priors,
@@ -54,7 +57,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,6 +68,8 @@ from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 _MODES = ("improved", "random", "reference")
+Absent = Literal["zero", "ignore"]
+_ABSENT = ("zero", "ignore")
 _WEIGHT_FORMS = ("lognormal", "normal")
 _BAD_CHOICE = "`{name}` must be one of {allowed}, got {value!r}."
 _BAD_RANGE = "`{name}` must be {rule}, got {value!r}."
@@ -168,23 +173,36 @@ def group_offsets(attribute_values: Mapping[str, Sequence[str]], attributes: Seq
     return out
 
 
-def loss_gaps(losses: Tensor, groups: Tensor, sizes: Sequence[int]) -> Tensor:
-    """Per-attribute gap max_g mean ℓ − min_g mean ℓ over the groups present.
+def loss_gaps(losses: Tensor, groups: Tensor, sizes: Sequence[int], *, absent: Absent = "zero") -> Tensor:
+    """Per-attribute loss gap max_g mean ℓ − min_g mean ℓ on one (gathered) batch.
 
     Args:
         losses: ``(N,)`` unweighted per-sample losses.
         groups: ``(N, A)`` long, the group index of every sample for every attribute (within its block).
         sizes: the number of groups of every attribute.
+        absent: what a group missing from the batch does to its attribute's gap. ``"zero"`` (reference and random
+            modes): the reference code's ``torch.max`` over the group means is NaN, and the NaN gap is set to 0, so
+            the attribute's gap is 0. ``"ignore"`` (improved mode, project extension): the gap over the groups
+            present; fewer than two present → 0.
 
     Returns:
-        ``(A,)`` float64 gaps; an attribute with fewer than two groups present has gap 0 (the reference's NaN → 0).
+        ``(A,)`` float64 gaps, each ≥ 0.
+
+    Raises:
+        ConfigError: ``absent`` is neither ``"zero"`` nor ``"ignore"``.
 
     Example:
-        >>> loss_gaps(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([[0], [1], [1]]), [3])
+        >>> loss_gaps(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([[0], [1], [1]]), [2])
+        tensor([1.5000], dtype=torch.float64)
+        >>> loss_gaps(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([[0], [1], [1]]), [3])  # group 2 absent
+        tensor([0.], dtype=torch.float64)
+        >>> loss_gaps(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([[0], [1], [1]]), [3], absent="ignore")
         tensor([1.5000], dtype=torch.float64)
     """
+    if absent not in _ABSENT:
+        raise ConfigError(_BAD_CHOICE.format(name="absent", allowed=list(_ABSENT), value=absent))
     means = group_means(losses, groups, sizes)
-    return torch.stack([_gap(m) for m in means]) if means else torch.zeros(0, dtype=torch.float64)
+    return torch.stack([_gap(m, absent) for m in means]) if means else torch.zeros(0, dtype=torch.float64)
 
 
 def group_means(losses: Tensor, groups: Tensor, sizes: Sequence[int]) -> list[Tensor]:
@@ -199,7 +217,11 @@ def group_means(losses: Tensor, groups: Tensor, sizes: Sequence[int]) -> list[Te
     return out
 
 
-def _gap(means: Tensor) -> Tensor:
+def _gap(means: Tensor, absent: Absent = "zero") -> Tensor:
+    """max − min of the group means: NaN (an absent group) → 0 (reference), or over the present groups (improved)."""
+    if absent == "zero":
+        gap = means.max() - means.min()  # torch.max propagates NaN, as in the reference code
+        return torch.zeros((), dtype=torch.float64) if torch.isnan(gap) else gap
     present = means[~torch.isnan(means)]
     if present.numel() < 2:
         return torch.zeros((), dtype=torch.float64)
@@ -322,6 +344,8 @@ class FairBayesianPerturbation(TrainMethod):
         if deviations:
             warnings.warn(_DEVIATION.format(what=", ".join(deviations)), FairsampleWarning, stacklevel=2)
         self.method_status = "project-extension" if self.cfg.mode == "improved" or deviations else "reference"
+        # a group absent from the batch zeroes its attribute's gap (reference code); improved: gap of present groups
+        self._absent: Absent = "ignore" if self.cfg.mode == "improved" else "zero"
         self.attributes: tuple[str, ...] = ()
         self.values: dict[str, list[str]] = {}
         self.offsets: dict[str, int] = {}
@@ -421,7 +445,7 @@ class FairBayesianPerturbation(TrainMethod):
 
     def _finish_step(self, ctx: StepContext, step: int, losses: Tensor, groups: Tensor) -> dict[str, float]:
         means = group_means(losses, groups, self.sizes)
-        gaps = torch.stack([_gap(m) for m in means])
+        gaps = torch.stack([_gap(m, self._absent) for m in means])
         reward = -float(gaps.sum())
         used = self.sigma.clone()
         rec: dict[str, Any] = {
@@ -506,7 +530,7 @@ class FairBayesianPerturbation(TrainMethod):
         total = 0.0
         for a in self.attributes:
             off = self.offsets[a]
-            total += float(_gap(self.ema[off : off + len(self.values[a])]))
+            total += float(_gap(self.ema[off : off + len(self.values[a])], "ignore"))
         return total
 
     def _generator(self, step: int, stream: int) -> torch.Generator:
