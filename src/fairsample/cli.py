@@ -276,15 +276,20 @@ def data_demo(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
-    """Write the tone-digits demo dataset (synthetic grouping; Fitzpatrick-17k-like imbalance).
+    """Write the tone-digits demo dataset (synthetic grouping; dark tone 5 %, harder) with its counterfactual test set
+    (OUT/counterfactual: held-out digits in every tone) and the oracle's holdout pool (OUT/holdout).
 
     Example: fairsample data demo demo/ && fairsample data check demo/
     """
     from fairsample.data.demo import make_demo_dataset
 
     info_ = make_demo_dataset(out, seed=seed, source=source.value, overwrite=overwrite)
-    doc = {"root": str(info_.root), "source": info_.source, "n_images": info_.n_images, "counts": info_.counts}
-    _emit(fmt, doc, lambda: f"wrote {info_.n_images} images ({info_.source}) to {info_.root}")
+    n_holdout = sum(sum(v.values()) for v in (info_.holdout_counts or {}).values())
+    doc = {"root": str(info_.root), "source": info_.source, "n_images": info_.n_images, "counts": info_.counts,
+           "counterfactual": str(info_.counterfactual), "n_counterfactual": info_.n_counterfactual,
+           "holdout": str(info_.holdout), "holdout_counts": info_.holdout_counts}  # fmt: skip
+    _emit(fmt, doc, lambda: f"wrote {info_.n_images} images ({info_.source}) to {info_.root}, "
+          f"{info_.n_counterfactual} to {info_.counterfactual} and {n_holdout} to {info_.holdout}")  # fmt: skip
 
 
 # -- train ---------------------------------------------------------------------------------------------------------
