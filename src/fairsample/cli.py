@@ -402,8 +402,16 @@ def generate(
     sampler: SamplerOpt = None,
     sampler_option: SamplerOptionOpt = None,
     scheduler: Annotated[SchedulerName | None, typer.Option(help="Inference scheduler.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default 50).")] = None,
-    guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default 3).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Inference steps (default: the model's recommended value, else 50).")
+    ] = None,
+    guidance_scale: Annotated[
+        float | None, typer.Option(min=0.0, help="CFG scale w (1 = none; default: the model's recommended value).")
+    ] = None,
+    guidance_rescale: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Guidance rescale phi for over-guided v-prediction models (0 = off)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch (default 32).")] = None,
     backend: Annotated[
         str | None,
@@ -441,8 +449,8 @@ def generate(
         ModelBundle.load(model, device=device or "cpu") if model else ModelBundle.load_default(device=device or "cpu")
     )
     cfg = sample_config(bundle, config, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
-                        steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, backend=backend,
-                        device=device)  # fmt: skip
+                        steps=steps, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                        batch_size=batch_size, backend=backend, device=device)  # fmt: skip
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else bundle.cells()
     if balanced is not None:
         plan = GenerationPlan.balanced(cell_list, balanced, seed_list)

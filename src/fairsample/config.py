@@ -108,6 +108,7 @@ class SampleConfig:
     scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | dpmsolver++
     steps: int = 50  # inference steps
     guidance_scale: float = 3.0  # CFG scale w (diffusers convention: 1 = no guidance)
+    guidance_rescale: float = 0.0  # guidance rescale φ in [0, 1] (Lin et al. 2024; 0 = off), for over-guided v-models
     batch_size: int = 32  # images per engine batch (the engine sees 2x with CFG)
     backend: str = "torch"  # engine backend
     device: str = "cpu"  # torch device for the engine and the sampler

@@ -35,6 +35,7 @@ is byte-identical to a single-process run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -60,6 +61,7 @@ from fairsample.models.bundle import ModelBundle, library_versions
 from fairsample.samplers import METHOD_STATUS as SAMPLER_STATUS
 from fairsample.samplers import get_sampler, switched_cells
 from fairsample.samplers.base import ConditioningPlan, initial_latents, make_generators
+from fairsample.samplers.guidance import check_guidance_rescale
 from fairsample.samplers.options import resolve_sampler_options
 from fairsample.samplers.schedulers import init_noise_sigma, make_scheduler
 
@@ -78,6 +80,10 @@ _NOT_EMPTY = (
 _BAD_OUTPUT_TYPE = "`output_type` must be one of ['np', 'pil', 'pt'], got {value!r}."
 _BAD_STEPS = "`steps` must be >= 1, got {value!r}."
 _BAD_BATCH = "`batch_size` must be >= 1, got {value!r}."
+_NO_RESCALE = (
+    "`guidance_rescale` {value!r} is applied by the 'conditional' sampler only, not {sampler!r}; pass "
+    "--guidance-rescale 0 (guidance_rescale=0.0) with this sampler."
+)
 _NO_CELLS = "`cells` is empty; give at least one cell (e.g. --cells tone=dark,label=3) or omit it to use every cell."
 _BAD_SHARD = "`shard` must be (rank, world) with 0 <= rank < world, got {value!r}."
 _SHARD_AND_DISTRIBUTED = "give either `shard` (independent processes) or `distributed=True` (accelerate), not both."
@@ -297,6 +303,7 @@ class FairSamplePipeline:
                 guidance_scale=cfg.guidance_scale,
                 generator=generators,
                 **extra,
+                **({"guidance_rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {}),
             )
             return self.bundle.decode(x)
 
@@ -331,7 +338,10 @@ class FairSamplePipeline:
             raise ConfigError(_BAD_BATCH.format(value=cfg.batch_size))
         if cfg.output_type not in ("pil", "np", "pt"):
             raise ConfigError(_BAD_OUTPUT_TYPE.format(value=cfg.output_type))
-        get_sampler(cfg.sampler)
+        fn = get_sampler(cfg.sampler)
+        check_guidance_rescale(cfg.guidance_rescale)
+        if cfg.guidance_rescale and "guidance_rescale" not in inspect.signature(fn).parameters:
+            raise ConfigError(_NO_RESCALE.format(value=cfg.guidance_rescale, sampler=cfg.sampler))
         self._sampler_options(cfg)
 
     def _sampler_options(self, cfg: SampleConfig) -> dict[str, Any]:
@@ -366,13 +376,15 @@ class FairSamplePipeline:
         sampler: str | None = None,
         output_type: Literal["pil", "np", "pt"] | None = None,
         progress: bool = False,
+        guidance_rescale: float | None = None,
     ) -> SampleOutput:
         """Generate one image per (cell, seed) pair, in memory.
 
         Args:
             cells: ``B`` cells (from :meth:`ModelBundle.parse_cell` or :meth:`ModelBundle.cells`).
             seeds: ``B`` seeds; image k depends only on ``cells[k]`` and ``seeds[k]``.
-            steps, guidance_scale, scheduler, batch_size, sampler, output_type: override :class:`SampleConfig`.
+            steps, guidance_scale, scheduler, batch_size, sampler, output_type, guidance_rescale: override
+                :class:`SampleConfig` (whose defaults the bundle's recommended ``sampling`` settings override).
             progress: a progress bar on stderr.
 
         Returns:
@@ -387,6 +399,7 @@ class FairSamplePipeline:
             batch_size=batch_size,
             sampler=sampler,
             output_type=output_type,
+            guidance_rescale=guidance_rescale,
         )
         self._check(cfg)
         arrays = []

@@ -17,7 +17,13 @@ from tqdm import tqdm
 from fairsample.engines.base import Engine
 from fairsample.errors import ConfigError
 from fairsample.samplers.base import ConditioningPlan, StepCallback, StepInfo
-from fairsample.samplers.guidance import GuidanceScale, check_guidance_scale, guided_prediction, is_unguided
+from fairsample.samplers.guidance import (
+    GuidanceScale,
+    check_guidance_rescale,
+    check_guidance_scale,
+    guided_prediction,
+    is_unguided,
+)
 from fairsample.samplers.schedulers import fresh_scheduler
 
 _PREDICTION_MISMATCH = (
@@ -43,6 +49,7 @@ def sample_conditional(
     generator: torch.Generator | list[torch.Generator] | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
+    guidance_rescale: float = 0.0,
 ) -> Tensor:
     """Classifier-free guided sampling (Ho & Salimans, 2022); one batched engine call per step.
 
@@ -69,13 +76,15 @@ def sample_conditional(
         generator: a CPU generator, or B of them (one per sample), for stochastic schedulers; None for fresh noise.
         callback: called after every step with ``{"step", "timestep", "latents", "model_output"}``.
         progress: show a tqdm progress bar on stderr.
+        guidance_rescale: φ in [0, 1] of :func:`~fairsample.samplers.guidance.rescale_guidance` (0: plain CFG), an
+            option against over-guided v-prediction models.
 
     Returns:
         (B, C, H, W) float32 final latents x_0 (decode with the VAE, or map ``x / 2 + 0.5`` for pixel models).
 
     Raises:
         ConfigError: prediction-type mismatch, ``latents`` not matching the plan or engine, a bad step count,
-            generator list or guidance scale, or a batch the engine does not support.
+            generator list, guidance scale or rescale, or a batch the engine does not support.
 
     Example:
         >>> import torch
@@ -98,7 +107,7 @@ def sample_conditional(
     """
     return run_guided_loop(engine, scheduler, latents, plan, num_inference_steps=num_inference_steps,
                            guidance_scale=guidance_scale, generator=generator, callback=callback,
-                           progress=progress)  # fmt: skip
+                           progress=progress, guidance_rescale=guidance_rescale)  # fmt: skip
 
 
 def run_guided_loop(
@@ -113,9 +122,11 @@ def run_guided_loop(
     callback: StepCallback | None,
     progress: bool,
     switch: tuple[ConditioningPlan, float] | None = None,
+    guidance_rescale: float = 0.0,
 ) -> Tensor:
     """The checked CFG loop shared by the samplers; ``switch=(plan_s1, tau)`` conditions on ``plan_s1`` at every
-    scheduler timestep ``t < tau`` (attribute switching, METHODS.md §4.2) and on ``plan`` before."""
+    scheduler timestep ``t < tau`` (attribute switching, METHODS.md §4.2) and on ``plan`` before; ``guidance_rescale``
+    is φ of :func:`~fairsample.samplers.guidance.rescale_guidance`."""
     b = plan.batch_size
     c = engine.spec.in_channels
     if not (isinstance(latents, Tensor) and latents.dim() == 4 and latents.shape[0] == b and latents.shape[1] == c):
@@ -131,6 +142,7 @@ def run_guided_loop(
             _PREDICTION_MISMATCH.format(engine=engine.spec.prediction_type, scheduler=scheduler_prediction)
         )
     w = check_guidance_scale(guidance_scale, b)
+    phi = check_guidance_rescale(guidance_rescale)
     h, wd = latents.shape[2:]
     n = b if is_unguided(w) else 2 * b
     if not engine.supports(n, h, wd):
@@ -151,7 +163,7 @@ def run_guided_loop(
         model_input = sched.scale_model_input(x, t)
         # 2. engine call + 3. guidance (attribute switching swaps only the conditional rows; ∅ stays)
         active = switched if switched is not None and float(t) < tau else cond_plan
-        model_output = guided_prediction(engine, model_input, t, active, w)
+        model_output = guided_prediction(engine, model_input, t, active, w, phi)
         # 4. scheduler step
         x = sched.step(model_output, t, x, **step_kwargs).prev_sample
         if callback is not None:

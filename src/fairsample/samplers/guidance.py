@@ -3,6 +3,11 @@
 The unconditional and conditional rows are concatenated ``[uncond; cond]`` along the batch, run in one call at
 N = 2B, split, and combined on the host as ε̂ = ε_∅ + w(ε_c − ε_∅) (Ho & Salimans, 2022), with w a float or a
 per-sample vector [B]. A float w == 1 needs no unconditional branch: one call at N = B on the conditional rows.
+
+Guidance rescale (Lin et al., 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4; diffusers'
+``rescale_noise_cfg``) is an option against over-guided v-prediction models: the guided prediction is rescaled to the
+per-sample standard deviation of the conditional one and mixed back with weight φ,
+ε̂ ← φ·ε̂·σ(ε_c)/σ(ε̂) + (1 − φ)·ε̂ (φ = 0 leaves ε̂ unchanged; the paper uses 0.7).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ GuidanceScale = float | Tensor
 """A float for every sample, or a (B,) tensor with one scale per sample."""
 
 _BAD_SCALE = "`guidance_scale` must be a finite float or a finite tensor of shape [{b}], got {got}."
+_BAD_RESCALE = "`guidance_rescale` must be a finite float in [0, 1], got {value!r}; use 0.0 (off) or 0.7 (Lin et al.)."
 _BAD_SAMPLE = "`sample` must be a (B, C, H, W) tensor with B={b} (the plan's batch size), got {got}."
 
 
@@ -45,6 +51,47 @@ def check_guidance_scale(guidance_scale: GuidanceScale, batch_size: int) -> Guid
     return float(guidance_scale)
 
 
+def check_guidance_rescale(guidance_rescale: float) -> float:
+    """A validated guidance-rescale weight φ as a Python float in [0, 1].
+
+    Raises:
+        ConfigError: a non-number, a bool, NaN/inf or a value outside [0, 1].
+
+    Example:
+        >>> check_guidance_rescale(0.7)
+        0.7
+    """
+    ok = isinstance(guidance_rescale, int | float) and not isinstance(guidance_rescale, bool)
+    if not (ok and math.isfinite(guidance_rescale) and 0.0 <= guidance_rescale <= 1.0):
+        raise ConfigError(_BAD_RESCALE.format(value=guidance_rescale))
+    return float(guidance_rescale)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, guidance_rescale: float) -> Tensor:
+    """Guidance rescale (Lin et al., 2024, §3.4; diffusers ``rescale_noise_cfg``): φ·ε̂·σ(ε_c)/σ(ε̂) + (1 − φ)·ε̂.
+
+    Args:
+        guided: ``(B, C, H, W)`` float guided prediction ε̂ (or v̂).
+        cond: ``(B, C, H, W)`` float conditional prediction ε_c (or v_c).
+        guidance_rescale: φ in [0, 1]; 0 returns ``guided`` itself.
+
+    Returns:
+        ``(B, C, H, W)``; σ is each sample's standard deviation over (C, H, W).
+
+    Example:
+        >>> g, c = torch.full((1, 1, 1, 2), 2.0) * torch.tensor([1.0, -1.0]), torch.tensor([[[[1.0, -1.0]]]])
+        >>> rescale_guidance(g, c, 1.0).tolist(), rescale_guidance(g, c, 0.5).tolist()
+        ([[[[1.0, -1.0]]]], [[[[1.5, -1.5]]]])
+    """
+    if guidance_rescale == 0.0:
+        return guided
+    dims = list(range(1, guided.dim()))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_guided)
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
+
+
 def is_unguided(guidance_scale: GuidanceScale) -> bool:
     """True for a float scale of exactly 1: ε̂ = ε_c, so the unconditional branch is skipped."""
     return not isinstance(guidance_scale, Tensor) and float(guidance_scale) == 1.0
@@ -56,6 +103,7 @@ def guided_prediction(
     timestep: Tensor | float,
     plan: ConditioningPlan,
     guidance_scale: GuidanceScale,
+    guidance_rescale: float = 0.0,
 ) -> Tensor:
     """The guided prediction ε̂ = ε_∅ + w(ε_c − ε_∅) from one packed engine call.
 
@@ -65,12 +113,13 @@ def guided_prediction(
         timestep: the scheduler timestep (0-d tensor or number; fractional for Euler), broadcast to every row.
         plan: B conditional rows and the null rows.
         guidance_scale: float w, or (B,) per-sample scales; a float 1.0 makes a single N = B call on ``plan.cond``.
+        guidance_rescale: φ in [0, 1] of :func:`rescale_guidance` (0: plain CFG; no effect when w == 1).
 
     Returns:
         (B, C_out, H, W) float32 guided prediction, owned by the caller (never an engine buffer).
 
     Raises:
-        ConfigError: ``sample`` does not match the plan, or a bad ``guidance_scale``.
+        ConfigError: ``sample`` does not match the plan, or a bad ``guidance_scale`` or ``guidance_rescale``.
 
     Example:
         >>> import torch
@@ -91,6 +140,7 @@ def guided_prediction(
         got = list(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
         raise ConfigError(_BAD_SAMPLE.format(b=b, got=got))
     w = check_guidance_scale(guidance_scale, b)
+    phi = check_guidance_rescale(guidance_rescale)
     t = torch.as_tensor(timestep, dtype=torch.float32, device=sample.device).reshape(1)
     if is_unguided(w):
         # 2. engine call (conditional rows only, N = B)
@@ -101,4 +151,5 @@ def guided_prediction(
     eps_uncond, eps_cond = packed[:b], packed[b:]
     # 3. guidance
     scale = w.to(packed.device).view(b, 1, 1, 1) if isinstance(w, Tensor) else w
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+    guided = eps_uncond + scale * (eps_cond - eps_uncond)
+    return rescale_guidance(guided, eps_cond, phi)
