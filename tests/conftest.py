@@ -11,6 +11,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny test models gain nothing from intra-op threads, and OpenMP spin-waiting makes them 10-100x slower when the
 # two cores are shared with another process; one thread keeps the suite fast and its timing stable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The post-training conditioning guard (fairsample.train.guard) samples every trained model at several guidance scales;
+# tests that train tiny models opt out through its default, and the guard's own tests turn it on explicitly.
+os.environ.setdefault("FAIRSAMPLE_GUARD", "0")
 # Engines built by the tests go to a per-session cache, never the user's ~/.cache/fairsample (so a run on a developer
 # machine neither reuses nor pollutes real artifacts, and every run pays the same exports a fresh CI machine does).
 if "FAIRSAMPLE_CACHE_DIR" not in os.environ:

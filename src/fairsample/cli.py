@@ -325,6 +325,15 @@ def train(
     seed: Annotated[int | None, typer.Option(min=0, help="The one seed of the run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output-dir.")] = False,
+    guard: Annotated[
+        bool | None,
+        typer.Option(
+            "--guard/--no-guard",
+            help="After training, check that samples still show their label and attributes (vs --init-from or the "
+            "real data) and pick the recommended guidance on validation seeds (default: on; FAIRSAMPLE_GUARD=0 "
+            "turns the default off).",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
@@ -362,6 +371,7 @@ def train(
         split=split,
         seed=seed,
         device=device,
+        guard=guard,
     )
     train_method = get_method(cfg.method, cfg.method_options)  # bad names/options fail here, before any data loads
     if dry_run:
@@ -371,6 +381,8 @@ def train(
     if fmt is Format.human:
         print(format_count_table(ds), file=sys.stderr)
     result = run_train(ds, output_dir, cfg, method=train_method, resume=resume, progress=fmt is Format.human)
+    bundle_cfg = json.loads((result.bundle_path / "fairsample_config.json").read_text(encoding="utf-8"))
+    guard_doc = bundle_cfg.get("conditioning_guard") or {}
     doc = {
         "bundle": str(result.bundle_path),
         "steps": result.steps,
@@ -378,11 +390,16 @@ def train(
         "final_loss": result.final_loss,
         "log": str(result.log_path),
         "seconds": round(result.seconds, 2),
+        "conditioning_guard": guard_doc.get("flag"),
+        "sampling": bundle_cfg.get("sampling"),
     }
     _emit(
         fmt,
         doc,
-        lambda: f"wrote model bundle {result.bundle_path} ({result.steps} steps, loss {result.final_loss:.4f})",
+        lambda: (
+            f"wrote model bundle {result.bundle_path} ({result.steps} steps, loss {result.final_loss:.4f}; "
+            f"conditioning guard: {guard_doc.get('flag')}, recommended sampling: {bundle_cfg.get('sampling')})"
+        ),
     )
 
 

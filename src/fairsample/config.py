@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,21 @@ def check_backend(backend: str) -> str:
 
 
 T = TypeVar("T")
+
+GUARD_ENV = "FAIRSAMPLE_GUARD"
+"""Set to ``0`` to turn the post-training conditioning guard off by default (test suites, CI smoke runs)."""
+
+
+def guard_default() -> bool:
+    """``TrainConfig.guard``'s default: True unless ``$FAIRSAMPLE_GUARD`` is ``0``/``false``/``no``/``off``.
+
+    Example:
+        >>> import os
+        >>> guard_default() == (os.environ.get("FAIRSAMPLE_GUARD", "1").lower() not in ("0", "false", "no", "off"))
+        True
+    """
+    return os.environ.get(GUARD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
 
 _UNKNOWN_KEYS = "{where} has unknown setting(s) {extra}; known settings are {known}."
 _BAD_FILE = "`config` {path} could not be read ({why}); give a TOML (.toml) or JSON (.json) file."
@@ -83,6 +99,12 @@ class TrainConfig:
     checkpoints_total_limit: int = 2  # keep at most this many checkpoints
     seed: int = 0  # the only seed: initialisation, batch order, noise and timesteps
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    # after training (rank 0): conditioning guard + recommended sampling settings (fairsample.train.guard)
+    guard: bool = dataclasses.field(default_factory=guard_default)  # on unless FAIRSAMPLE_GUARD=0
+    guard_images_per_cell: int = 8  # samples per cell (validation seeds 900000+, disjoint from evaluation seeds)
+    guard_guidance: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)  # candidate CFG scales w
+    guard_rescale: tuple[float, ...] = (0.7,)  # guidance-rescale φ tried at the largest w (v-prediction models)
+    guard_steps: int = 25  # DDIM steps of the guard's samples (recorded as the recommended steps)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (``None`` values are ignored)."""

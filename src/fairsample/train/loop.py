@@ -53,13 +53,15 @@ _BAD_LR_SCHEDULE = "`lr_schedule` must be 'constant' or 'cosine', got {value!r}.
 _NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
 _EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
 _UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
-_PARENT_ONLY_KEYS = ("name", "path", "description", "train_command", "train_seconds", "sampling_selection")
+_PARENT_ONLY_KEYS = ("name", "path", "description", "train_command", "train_seconds", "sampling_selection",
+                     "conditioning_guard")  # fmt: skip
 """Bundle-config keys that describe the --init-from parent only; a fine-tuned bundle drops them (its id becomes its
 own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
-_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device"}
+_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device", "guard",
+                   "guard_images_per_cell", "guard_guidance", "guard_rescale", "guard_steps"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -575,6 +577,9 @@ def train(
             (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if ema is not None:  # leave the in-memory modules as trained (raw), as callers may keep training
             unwrapped.load_state_dict(raw_state)
+        from fairsample.train.guard import guard_after_training  # conditioning guard + recommended sampling settings
+
+        guard_after_training(out, dataset, cfg, device=str(accelerator.device), log=say)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
