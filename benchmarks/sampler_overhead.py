@@ -10,8 +10,8 @@ kept. The timed region is what ``FairSamplePipeline`` runs per batch: conditioni
 decode to uint8 — not PNG writing. ``fairdiffusion_perturbed`` runs with non-zero offsets (a temporary
 perturbation.json), so its per-sample guidance / temperature path is exercised, not the zero-offset shortcut.
 ``attribute_switch`` uses ``tau`` (default 600) and ``to=uniform``; ``mixing`` uses ``to=uniform``. The τ search is
-:func:`fairsample.tau_search.find_tau` (tone light → dark, ``use_cache=False``) with the same step count, timed per
-engine, best of ``--tau-repeats``.
+:func:`fairsample.tau_search.find_tau` (tone light → dark, ``use_cache=False``) on its own 100-step search schedule
+(independent of ``--steps``), timed per engine, best of ``--tau-repeats``.
 
 Targets (reported, never asserted): attribute_switch / conditional <= 1.05 on every engine (the switch only swaps
 cached embeddings; the number and shape of engine calls are those of conditional).
@@ -112,7 +112,7 @@ def main() -> None:
         for b in backends if rep % 2 == 0 else backends[::-1]:
             t0 = time.perf_counter()
             result, cached = find_tau(bundle, engines[b], attribute="tone", source="light", target="dark",
-                                      steps=args.steps, use_cache=False)  # fmt: skip
+                                      use_cache=False)  # fmt: skip
             tau_times[b].append(time.perf_counter() - t0)
             assert not cached
             tau_star[b] = float(result.tau_star)

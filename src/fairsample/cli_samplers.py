@@ -21,9 +21,19 @@ def tau_cmd(
     target: Annotated[str, typer.Option("--to", help="Switched value s1, e.g. dark.")],
     model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
     n_per_label: Annotated[int, typer.Option(min=1, help="Trajectory pairs per label.")] = 4,
-    steps: Annotated[int | None, typer.Option(min=2, help="DDIM steps (default: the bundle's).")] = None,
+    search_steps: Annotated[
+        int, typer.Option(min=2, help="DDIM steps of the search schedule (>= 100; the notebook used 1000).")
+    ] = 100,
+    allow_coarse: Annotated[
+        bool, typer.Option("--allow-coarse", help="Allow --search-steps below 100 (smoke tests: J is then coarse).")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Sampling steps to map tau* onto (default: the bundle's).")
+    ] = None,
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG w (default: the bundle's).")] = None,
-    grid: Annotated[int, typer.Option(min=1, help="τ grid spacing in training timesteps.")] = 10,
+    grid: Annotated[
+        int | None, typer.Option(min=1, help="τ grid spacing in training timesteps (default: the search spacing).")
+    ] = None,
     norm: Annotated[str, typer.Option(help="official (over the batch) or per_sample.")] = "official",
     weighting: Annotated[str, typer.Option(help="riemann (β·Δt per step) or official (β per step).")] = "riemann",
     seed: Annotated[int, typer.Option(min=0, help="First seed of the initial latents.")] = 0,
@@ -33,29 +43,45 @@ def tau_cmd(
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,
 ) -> None:
-    """Find τ* for attribute switching: two trajectories from the same noise, conditioned on s0 and s1.
+    """Find τ* for attribute switching: two trajectories from the same noise, conditioned on s0 and s1, on a fine
+    search schedule; prints τ*, its step on the search schedule and the step it maps to on the sampling schedule.
 
     Example: fairsample tau --attribute tone --from light --to dark --output-dir out/tau --format json
     """
     from fairsample.engines import load_engine
     from fairsample.models.bundle import ModelBundle
-    from fairsample.tau_search import find_tau, plot_tau
+    from fairsample.samplers.schedulers import make_scheduler
+    from fairsample.samplers.switch import switch_step
+    from fairsample.samplers.tau import check_search
+    from fairsample.tau_search import plot_tau, resolve_tau
 
     bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    num_t = int(bundle.scheduler.config["num_train_timesteps"])
+    check_search(num_t, search_steps, grid, norm, weighting, allow_coarse)  # before the engine loads
     engine = load_engine(bundle, backend, **({"cache_dir": cache_dir} if backend != "torch" else {}))
     if fmt is Format.human:
         print(f"τ search on {bundle.bundle_id} ({backend}): {attribute} {source} → {target}", file=sys.stderr)
-    result, cached = find_tau(bundle, engine, attribute=attribute, source=source, target=target,
-                              n_per_label=n_per_label, steps=steps, guidance_scale=guidance_scale, grid=grid,
-                              norm=norm, weighting=weighting, seed=seed, use_cache=not no_cache,
-                              cache_dir=cache_dir.parent / "tau" if cache_dir else None)  # fmt: skip
-    doc = {"tau_star": result.tau_star, "cached": cached, "model": bundle.bundle_id, **result.to_dict()}
+    say = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result, info = resolve_tau(bundle, engine, attribute=attribute, pairs=[(source, target)], progress=say,
+                               n_per_label=n_per_label, search_steps=search_steps, allow_coarse=allow_coarse,
+                               guidance_scale=guidance_scale, grid=grid, norm=norm, weighting=weighting, seed=seed,
+                               use_cache=not no_cache,
+                               cache_dir=cache_dir.parent / "tau" if cache_dir else None)  # fmt: skip
+    defaults = bundle.sampling_defaults()
+    scheduler, n = str(defaults.get("scheduler", "ddim")), int(steps or defaults.get("steps", 50))
+    k = switch_step(result.tau_star, make_scheduler(scheduler, bundle.scheduler.config), n)
+    cached = info["source"] == "cached"
+    doc = {"tau_star": result.tau_star, "step_index": result.step_index, "search_steps": result.search_steps,
+           "cached": cached, "model": bundle.bundle_id,
+           "sampling": {"scheduler": scheduler, "steps": n, "switch_step": k}, **result.to_dict()}  # fmt: skip
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "tau.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         doc["plot"] = str(plot_tau(result, output_dir / "tau.png"))
     curve = ", ".join(f"{t}:{j:.3g}" for t, j in zip(result.taus, result.objective, strict=True))
-    _emit(fmt, doc, lambda: f"tau* = {result.tau_star} ({'cached' if cached else 'computed'}); J(tau) = {curve}")
+    _emit(fmt, doc, lambda: (f"tau* = {result.tau_star}: step {result.step_index} of {result.search_steps} search "
+                             f"steps ({'cached' if cached else 'computed'}); {scheduler} {n} sampling steps switch "
+                             f"at step {k}; J(tau) = {curve}"))  # fmt: skip
 
 
 @app.command("tune-perturbation")

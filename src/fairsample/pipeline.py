@@ -264,6 +264,7 @@ class FairSamplePipeline:
         self.device = torch.device(device)
         self.engine = engine or load_engine(self.bundle, backend=backend, device=device, **dict(engine_options or {}))
         self._options_cache: tuple[SampleConfig, dict[str, Any]] | None = None
+        self._tau_cache: tuple[SampleConfig, dict[str, Any]] | None = None  # attribute_switch: τ resolved + origin
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FairSamplePipeline:
@@ -351,9 +352,29 @@ class FairSamplePipeline:
             cached = self._options_cache = (cfg, resolve_sampler_options(self.bundle, cfg))
         return cached[1]
 
+    def _resolve_tau(self, cfg: SampleConfig, cells: Sequence[CellKey]) -> SampleConfig:
+        """attribute_switch without ``tau``: ``cfg`` with the cached or freshly searched τ* of the value pairs these
+        cells switch along (:func:`~fairsample.tau_search.resolve_tau`), said in one line on stderr."""
+        if cfg.sampler != "attribute_switch" or self._sampler_options(cfg)["tau"] is not None:
+            return cfg
+        from fairsample.samplers.switch import switch_pairs, switch_step
+        from fairsample.tau_search import describe_tau, resolve_tau
+
+        opts = self._sampler_options(cfg)
+        attr, values = opts["attribute"], self.bundle.attribute_values[opts["attribute"]]
+        sources = sorted({c.value(attr) for c in cells}, key=values.index)
+        say = _stderr_line("attribute_switch: tau not given; ")
+        _, info = resolve_tau(self.bundle, self.engine, attribute=attr, pairs=switch_pairs(sources, attr, values,
+                              opts["to"]), guidance_scale=float(cfg.guidance_scale), progress=say)  # fmt: skip
+        k = switch_step(info["tau_star"], make_scheduler(cfg.scheduler, self.bundle.scheduler.config), cfg.steps)
+        say(f"{describe_tau(info)}; sampling switches at step {k} of {cfg.steps}")
+        resolved = cfg.replace(sampler_options={**dict(cfg.sampler_options or {}), "tau": info["tau_star"]})
+        self._tau_cache = (resolved, info)
+        return resolved
+
     def manifest(self, cfg: SampleConfig) -> dict[str, Any]:
-        """Provenance recorded with every output."""
-        return {
+        """Provenance recorded with every output (attribute_switch: τ, where it came from, the switching step)."""
+        man = {
             "sampler": cfg.sampler,
             "method_status": SAMPLER_STATUS.get(cfg.sampler, "reference"),
             "sample_config": cfg.to_dict(),
@@ -363,6 +384,15 @@ class FairSamplePipeline:
             "engine": {"backend": self.engine.backend, "manifest": dict(self.engine.manifest)},
             "versions": library_versions(),
         }
+        if cfg.sampler == "attribute_switch":
+            from fairsample.samplers.switch import switch_step
+
+            tau = self._sampler_options(cfg)["tau"]
+            resolved = self._tau_cache[1] if self._tau_cache is not None and self._tau_cache[0] is cfg else None
+            man["tau"] = {"tau": tau, "origin": "given" if resolved is None else resolved["source"],
+                          "switch_step": switch_step(tau, make_scheduler(cfg.scheduler, self.bundle.scheduler.config),
+                                                     cfg.steps), "steps": cfg.steps, "search": resolved}  # fmt: skip
+        return man
 
     def __call__(
         self,
@@ -402,6 +432,7 @@ class FairSamplePipeline:
             guidance_rescale=guidance_rescale,
         )
         self._check(cfg)
+        cfg = self._resolve_tau(cfg, cells)
         arrays = []
         bar = tqdm(total=len(seeds), desc="generate", unit="img", file=sys.stderr, disable=not progress)
         for _, arr in self._batches(list(cells), list(seeds), cfg):
@@ -455,6 +486,7 @@ class FairSamplePipeline:
         t0 = time.time()
         cfg = config or self.default_config()
         self._check(cfg)
+        cfg = self._resolve_tau(cfg, [it.cell for it in plan.items])
         rank, world, state = self._resolve_shard(shard, distributed)
         out = Path(output_dir)
         label = self.bundle.label_name
@@ -615,6 +647,11 @@ class FairSamplePipeline:
             raise ConfigError(_NOT_EMPTY.format(path=out))
         shutil.rmtree(out)
         out.mkdir(parents=True)
+
+
+def _stderr_line(prefix: str) -> Callable[[str], None]:
+    """A one-line stderr printer (the train loop's convention for progress the caller did not ask to capture)."""
+    return lambda line: print(prefix + line, file=sys.stderr, flush=True)
 
 
 def _world_size() -> int:

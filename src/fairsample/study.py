@@ -132,7 +132,7 @@ class StudyProfile:
     sample_steps: int  # DDIM steps (generation, τ search, perturbation search, preference candidates)
     sample_batch: int  # images per engine batch
     tau_n_per_label: int  # τ search: trajectory pairs per label and attribute-value pair
-    tau_grid: int  # τ search: grid spacing in training timesteps
+    tau_grid: int  # τ search: grid spacing in training timesteps (on the 100-step search schedule: 10 = every step)
     perturb_iterations: int | None  # GP-UCB proposals after the initial design (None: zero offsets, no search)
     perturb_n_eval: int  # images per group and perturbation evaluation
     eval_epochs: int  # downstream classifier epochs per seed
@@ -175,7 +175,7 @@ PROFILES: dict[str, StudyProfile] = {
         sample_steps=10,
         sample_batch=32,
         tau_n_per_label=4,
-        tau_grid=50,
+        tau_grid=10,
         perturb_iterations=4,
         perturb_n_eval=16,
         eval_epochs=10,
@@ -872,7 +872,8 @@ class _Runner:
                               functools.partial(self._export, method=cell.name))  # fmt: skip
             elif cell.kind == "tau":
                 self.grid.run(cell, self._key(cell, {"n_per_label": p.tau_n_per_label, "grid": p.tau_grid,
-                                                     "steps": p.sample_steps, "attribute": self.plan.attribute}),
+                                                     "search_steps": 100, "steps": p.sample_steps,
+                                                     "attribute": self.plan.attribute}),
                               functools.partial(self._tau, method=cell.name))  # fmt: skip
             elif cell.kind == "perturbation":
                 self.grid.run(cell, self._key(cell, {"iterations": p.perturb_iterations, "n_eval": p.perturb_n_eval,
@@ -922,35 +923,24 @@ class _Runner:
         return {"backend": engine.backend, "engine_key": manifest.get("key"), "model": str(self._model_path(method))}
 
     def _tau(self, folder: Path, method: str) -> dict[str, Any]:
-        from fairsample.samplers.tau import TauResult
-        from fairsample.tau_search import find_tau, plot_tau
+        from fairsample.tau_search import plot_tau, resolve_tau
 
         p = self.prof
         bundle, engine = self._bundle(method), self._engine(method)
         attr = self.plan.attribute
         values = bundle.attribute_values[attr]
-        pairs: dict[str, Any] = {}
-        curves = []
-        for s0 in values:
-            for s1 in values:
-                if s0 == s1:
-                    continue
-                res, cached = find_tau(bundle, engine, attribute=attr, source=s0, target=s1,
-                                       n_per_label=p.tau_n_per_label, steps=p.sample_steps,
-                                       grid=p.tau_grid)  # fmt: skip
-                pairs[f"{s0}->{s1}"] = {"tau_star": res.tau_star, "cached": cached, **res.to_dict()}
-                curves.append(res)
-        taus = curves[0].taus
-        pooled = [float(sum(c.objective[i] for c in curves) / len(curves)) for i in range(len(taus))]
-        tau_star = int(taus[min(range(len(taus)), key=pooled.__getitem__)])
-        settings = dict(curves[0].settings) | {"source": "all", "target": "all (mean J over ordered pairs)"}
-        plot = plot_tau(TauResult(tau_star, list(taus), pooled, settings), folder / "tau.png")
-        doc = {"tau_star": tau_star, "rule": "argmin of the mean J(tau) over every ordered pair (s0, s1), s0 != s1",
-               "taus": list(taus), "objective": pooled, "pairs": pairs,
+        ordered = [(s0, s1) for s0 in values for s1 in values if s0 != s1]
+        # tau_search.resolve_tau: argmin of the mean J over the ordered pairs, on a 100-step search schedule
+        res, info = resolve_tau(bundle, engine, attribute=attr, pairs=ordered, n_per_label=p.tau_n_per_label,
+                                search_steps=100, grid=p.tau_grid)  # fmt: skip
+        plot = plot_tau(res, folder / "tau.png")
+        doc = {"tau_star": res.tau_star, "step_index": res.step_index, "search_steps": res.search_steps,
+               "rule": info["rule"], "taus": res.taus, "objective": res.objective, "pairs": info["pairs"],
                "plot": str(plot.relative_to(self.root))}  # fmt: skip
         _write_json(folder / "tau.json", doc)
-        return {"tau_star": tau_star, "tau_json": str((folder / "tau.json").relative_to(self.root)),
-                "pairs": {k: v["tau_star"] for k, v in pairs.items()}, "plot": doc["plot"]}  # fmt: skip
+        return {"tau_star": res.tau_star, "step_index": res.step_index, "search_steps": res.search_steps,
+                "tau_json": str((folder / "tau.json").relative_to(self.root)),
+                "pairs": {k: v["tau_star"] for k, v in info["pairs"].items()}, "plot": doc["plot"]}  # fmt: skip
 
     def _perturbation(self, folder: Path, method: str) -> dict[str, Any]:
         from fairsample.samplers.perturbed import Perturbation

@@ -140,16 +140,91 @@ def test_tau_search_properties(engine, scheduler_config, make_plan):
     sched = make_scheduler("ddpm", scheduler_config)
     x = _x(range(4))
     p0, p1 = make_plan([0, 0, 1, 1]), make_plan([2, 2, 3, 3])
-    r = search_tau(engine, sched, x, p0, p1, num_inference_steps=5, guidance_scale=1.5, grid=100)
+    # a coarse 5-step search is enough for these properties (explicitly allowed: smoke-test speed)
+    kw = {"search_steps": 5, "allow_coarse": True, "guidance_scale": 1.5, "grid": 100}
+    r = search_tau(engine, sched, x, p0, p1, **kw)
     assert r.taus == list(range(0, 1000, 100)) and len(r.objective) == 10
     assert r.objective[r.taus.index(r.tau_star)] == min(r.objective)
     assert r.settings["method_status"] == "project-extension" and r.settings["weighting"] == "riemann"
-    swapped = search_tau(engine, sched, x, p1, p0, num_inference_steps=5, guidance_scale=1.5, grid=100)
+    assert r.search_steps == 5 and r.timesteps == [800, 600, 400, 200, 0] and r.settings["coarse"] is True
+    swapped = search_tau(engine, sched, x, p1, p0, **kw)
     assert swapped.tau_star == r.tau_star  # J is symmetric in (s0, s1)
-    same = search_tau(engine, sched, x, p0, p0, num_inference_steps=5, guidance_scale=1.5, grid=100)
-    assert max(same.objective) == 0.0 and same.tau_star == 0
-    per_sample = search_tau(engine, sched, x, p0, p1, num_inference_steps=5, guidance_scale=1.5, grid=100,
-                            norm="per_sample", weighting="official")  # fmt: skip
+    same = search_tau(engine, sched, x, p0, p0, **kw)
+    assert max(same.objective) == 0.0 and same.tau_star == 0 and same.step_index == 5  # τ* = 0: never switch
+    per_sample = search_tau(engine, sched, x, p0, p1, **kw | {"norm": "per_sample", "weighting": "official"})
     assert per_sample.objective != r.objective
     with pytest.raises(ConfigError, match="`norm` must be"):
         search_tau(engine, sched, x, p0, p1, norm="l1")
+
+
+def test_tau_search_runs_on_a_fine_schedule(engine, scheduler_config, make_plan):
+    from fairsample.samplers.switch import switch_index
+
+    sched = make_scheduler("ddpm", scheduler_config)
+    x = _x(range(2))
+    p0, p1 = make_plan([0, 1]), make_plan([2, 3])
+    fine = search_tau(engine, sched, x, p0, p1, guidance_scale=1.0)  # defaults: 100 search steps, grid = spacing
+    assert fine.search_steps == 100 and fine.timesteps == list(range(990, -1, -10))
+    assert fine.taus == list(range(0, 1000, 10)) and fine.settings["grid"] == 10
+    # every grid point is its own step boundary, so J takes a distinct value at every τ; at 10 search steps J is
+    # constant over 100-timestep bins (at most 10 values on the same grid)
+    coarse = search_tau(engine, sched, x, p0, p1, guidance_scale=1.0, search_steps=10, grid=10, allow_coarse=True)
+    assert len(set(coarse.objective)) <= 10 < 90 <= len(set(fine.objective))
+    # the step index: the first search step with t < τ*
+    k = fine.step_index
+    assert k == switch_index(fine.tau_star, fine.timesteps) == fine.switch_step(fine.timesteps)
+    assert (k == 100 and fine.tau_star == 0) or fine.timesteps[k] < fine.tau_star <= fine.timesteps[k - 1] + 10
+    assert fine.settings["method_status"] == "project-extension"
+
+
+def test_tau_search_refuses_a_coarse_schedule_and_labels_the_notebook_setting(engine, make_plan):
+    from fairsample.samplers.tau import _COARSE
+
+    x = _x([0])
+    p0, p1 = make_plan([0]), make_plan([1])
+    with pytest.raises(ConfigError, match="^" + _COARSE.split("{")[0].replace("`", ".")):
+        search_tau(engine, make_scheduler("ddpm", {"num_train_timesteps": 1000}), x, p0, p1, search_steps=10)
+    # the notebook's setting (official weighting and norm, search_steps = T, grid 10) is the reference; a model with
+    # T < 100 can at best search every timestep (T = 20 keeps this test small)
+    sched = make_scheduler("ddpm", {"num_train_timesteps": 20, "beta_schedule": "linear"})
+    r = search_tau(engine, sched, x, p0, p1, search_steps=20, grid=10, weighting="official", guidance_scale=1.0)
+    assert r.settings["method_status"] == "reference" and r.timesteps == list(range(19, -1, -1))
+    assert r.settings["coarse"] is False and r.taus == [0, 10]
+    assert search_tau(engine, sched, x, p0, p1, search_steps=20, guidance_scale=1.0).settings["method_status"] == (
+        "project-extension"  # Riemann weighting (the default)
+    )
+
+
+@pytest.mark.parametrize(("tau", "steps"), [(480, 10), (480, 25), (930, 10), (0, 4), (1000, 4), (505, 7)])
+def test_switch_index_is_where_the_sampler_switches(engine, scheduler_config, make_plan, tau, steps):
+    from fairsample.samplers.switch import switch_step
+
+    seen = []
+
+    class Recorder(CountingEngine):
+        def __call__(self, sample, timestep, encoder_hidden_states, *, out=None):
+            seen.append(encoder_hidden_states[1].clone())
+            return super().__call__(sample, timestep, encoder_hidden_states, out=out)
+
+    p0, p1 = make_plan([0]), make_plan([5])
+    sched = make_scheduler("ddim", scheduler_config)
+    sample_attribute_switch(Recorder(engine), sched, _x([3]), p0, switch_plan=p1, tau=tau, num_inference_steps=steps,
+                            guidance_scale=2.0)  # fmt: skip
+    on_s1 = [torch.equal(e, p1.cond[0]) for e in seen]
+    k = switch_step(tau, sched, steps)
+    assert on_s1 == [i >= k for i in range(steps)]
+    assert sched.num_inference_steps is None  # switch_step leaves the caller's scheduler alone
+
+
+def test_switch_pairs_are_the_pairs_switched_cells_uses():
+    from fairsample.samplers.switch import switch_pairs
+
+    seeds = list(range(60))
+    for to in ("uniform", "dark", "light:dark", "light:dark,dark:medium,medium:light"):
+        cells = [LIGHT3, LIGHT3.replace(tone="dark")] * 30
+        s1 = switched_cells(cells, "tone", TONES, to, seeds)
+        used = {(a.value("tone"), b.value("tone")) for a, b in zip(cells, s1, strict=True)}
+        assert used == set(switch_pairs(["light", "dark"], "tone", TONES, to)), to
+    assert switch_pairs(["light"], "tone", ["light", "dark"], None) == [("light", "dark")]
+    with pytest.raises(ConfigError, match="has 3 values"):
+        switch_pairs(["light"], "tone", TONES, None)

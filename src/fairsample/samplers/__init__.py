@@ -18,7 +18,7 @@ from fairsample.samplers.conditional import sample_conditional
 from fairsample.samplers.guidance import GuidanceScale, guided_prediction
 from fairsample.samplers.perturbed import Perturbation, sample_fairdiffusion_perturbed
 from fairsample.samplers.schedulers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
-from fairsample.samplers.switch import sample_attribute_switch, sample_mixing, switched_cells
+from fairsample.samplers.switch import sample_attribute_switch, sample_mixing, switch_index, switched_cells
 from fairsample.samplers.tau import TauResult, search_tau
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "sample_fairdiffusion_perturbed",
     "sample_mixing",
     "search_tau",
+    "switch_index",
     "switched_cells",
 ]
 

@@ -3,7 +3,7 @@
 | sampler | options |
 |---|---|
 | ``conditional`` | none |
-| ``attribute_switch`` | ``attribute`` (default: the model's only sensitive attribute), ``to`` (a value, a map ``"light:dark,dark:light"``, ``"uniform"``; default: the other value of a binary attribute), ``tau`` (required, training timesteps in [0, T]) |
+| ``attribute_switch`` | ``attribute`` (default: the model's only sensitive attribute), ``to`` (a value, a map ``"light:dark,dark:light"``, ``"uniform"``; default: the other value of a binary attribute), ``tau`` (training timesteps in [0, T]; default None: the pipeline uses the cached τ* of this model, attribute and the value pairs switched, or searches it — :func:`fairsample.tau_search.resolve_tau`) |
 | ``mixing`` | ``attribute``, ``to`` |
 | ``fairdiffusion_perturbed`` | ``perturbation`` (a ``perturbation.json`` path; default: the bundle's own file, else zero offsets with a warning) |
 """  # noqa: E501
@@ -27,7 +27,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 _UNKNOWN = "sampler {sampler!r} does not take option(s) {extra}; its options are {known}."
 _NEED_ATTRIBUTE = "sampler {sampler!r} needs option `attribute`: the model has attributes {known}; e.g. {first}."
 _BAD_ATTRIBUTE = "option `attribute` {value!r} is not a sensitive attribute of the model; its attributes are {known}."
-_NEED_TAU = "sampler 'attribute_switch' needs option `tau` (training timesteps, 0-{t}); find it with `fairsample tau`."
 _NO_PERTURBATION = (
     "no perturbation.json for {bundle}: fairdiffusion_perturbed runs with zero offsets (identical to conditional); "
     "run `fairsample tune-perturbation` or pass perturbation=PATH."
@@ -42,7 +41,7 @@ def resolve_sampler_options(bundle: Any, cfg: Any) -> dict[str, Any]:
     """The checked options of ``cfg.sampler`` for ``bundle`` (see the module table).
 
     Raises:
-        ConfigError: an option the sampler does not take, an unknown attribute or value, τ missing or outside [0, T].
+        ConfigError: an option the sampler does not take, an unknown attribute or value, τ outside [0, T].
 
     Example:
         >>> from types import SimpleNamespace
@@ -50,6 +49,8 @@ def resolve_sampler_options(bundle: Any, cfg: Any) -> dict[str, Any]:
         ...                     scheduler=SimpleNamespace(config={"num_train_timesteps": 1000}), config={})
         >>> resolve_sampler_options(b, SimpleNamespace(sampler="attribute_switch", sampler_options={"tau": 600}))
         {'attribute': 'tone', 'to': None, 'tau': 600.0}
+        >>> resolve_sampler_options(b, SimpleNamespace(sampler="attribute_switch", sampler_options={}))["tau"] is None
+        True
     """
     sampler, opts = cfg.sampler, dict(cfg.sampler_options or {})
     known = ALLOWED.get(sampler, ())
@@ -80,9 +81,8 @@ def resolve_sampler_options(bundle: Any, cfg: Any) -> dict[str, Any]:
         out["to"] = target
         if sampler == "attribute_switch":
             num_t = int(bundle.scheduler.config["num_train_timesteps"])
-            if opts.get("tau") is None:
-                raise ConfigError(_NEED_TAU.format(t=num_t))
-            out["tau"] = check_tau(opts["tau"], num_t)
+            # None: resolved from the τ cache or a search once the cells are known (FairSamplePipeline)
+            out["tau"] = None if opts.get("tau") is None else check_tau(opts["tau"], num_t)
     elif sampler == "fairdiffusion_perturbed":
         path = opts.get("perturbation")
         where = bundle.config.get("path")

@@ -4,7 +4,10 @@ Attribute switching conditions each sample on its requested cell s0 while the sc
 switched cell s1 (same label, another value of one sensitive attribute) for t < τ. Only the conditional half of the
 CFG batch switches; the ∅ rows stay. Both cells' embeddings are cached before the loop, so the engine graph and the
 number of engine calls are those of ``conditional``. τ is in training-timestep units: τ = 0 never switches, τ ≥ T
-switches from the first step. The mixing baseline conditions every step on ½(c(s0) + c(s1)).
+switches from the first step. On a sampling schedule t_0 > t_1 > … the first step on s1 is
+:func:`switch_index` (τ, timesteps): the index of the first t_i < τ — the same rule whatever schedule τ was found on,
+so a τ* searched on a fine schedule maps onto any number of sampling steps (:func:`switch_step`). The mixing baseline
+conditions every step on ½(c(s0) + c(s1)).
 
 The output's cell label is the *requested initial* s0 (METHODS.md §5.11: BER is computed against s0).
 """
@@ -12,7 +15,7 @@ The output's cell label is the *requested initial* s0 (METHODS.md §5.11: BER is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +50,48 @@ def check_tau(tau: Any, num_train_timesteps: int) -> float:
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 <= float(tau) <= num_train_timesteps:
         raise ConfigError(_BAD_TAU.format(t=num_train_timesteps, value=tau))
     return float(tau)
+
+
+def switch_index(tau: float, timesteps: Sequence[float] | Tensor) -> int:
+    """The index of the first sampling step conditioned on s1: the first timestep ``< tau``.
+
+    :func:`sample_attribute_switch` conditions step i on s0 while ``timesteps[i] >= tau`` and on s1 once
+    ``timesteps[i] < tau``; timesteps descend, so steps ``0 … k−1`` run on s0 and ``k …`` on s1 with
+    ``k = switch_index(tau, timesteps)`` (``k = 0``: s1 throughout; ``k = len(timesteps)``: never switches).
+
+    Args:
+        tau: switching time in training timesteps.
+        timesteps: a sampling schedule, descending (``scheduler.timesteps`` after ``set_timesteps``).
+
+    Returns:
+        ``k`` in ``[0, len(timesteps)]``.
+
+    Example:
+        >>> switch_index(480, range(990, -1, -10)), switch_index(480, range(900, -1, -100))  # 100 and 10 DDIM steps
+        (52, 5)
+        >>> switch_index(930, range(900, -1, -100)), switch_index(0, [900, 0])
+        (0, 2)
+    """
+    ts = timesteps.tolist() if isinstance(timesteps, Tensor) else list(timesteps)
+    return next((i for i, t in enumerate(ts) if float(t) < float(tau)), len(ts))
+
+
+def switch_step(tau: float, scheduler: SchedulerMixin, num_inference_steps: int) -> int:
+    """:func:`switch_index` of ``tau`` on ``scheduler``'s schedule of ``num_inference_steps`` steps.
+
+    The scheduler is not mutated (a fresh copy sets its timesteps).
+
+    Example:
+        >>> from fairsample.samplers.schedulers import make_scheduler
+        >>> ddim = make_scheduler("ddim", {"num_train_timesteps": 1000})
+        >>> [switch_step(480, ddim, n) for n in (10, 25, 50, 100)]
+        [5, 13, 26, 52]
+    """
+    from fairsample.samplers.schedulers import fresh_scheduler
+
+    sched = fresh_scheduler(scheduler)
+    sched.set_timesteps(int(num_inference_steps))
+    return switch_index(tau, sched.timesteps)
 
 
 def parse_target(to: str | Mapping[str, str] | None) -> str | dict[str, str] | None:
@@ -131,6 +176,56 @@ def switched_cells(
     return out
 
 
+def switch_pairs(
+    sources: Iterable[str], attribute: str, values: Sequence[str], to: str | Mapping[str, str] | None
+) -> list[tuple[str, str]]:
+    """Every ordered pair (s0, s1) that :func:`switched_cells` can produce for cells whose value is in ``sources``.
+
+    Args:
+        sources: the values s0 of the requested cells (repeats are ignored; order kept).
+        attribute: the sensitive attribute switched (for messages).
+        values: every value of the attribute the model was trained on.
+        to: as in :func:`switched_cells`.
+
+    Returns:
+        ``[(s0, s1), ...]``: one pair per s0 for a fixed target, every other value for ``"uniform"`` (and for a
+        value the map or the target leaves open, where :func:`switched_cells` draws uniformly per seed).
+
+    Raises:
+        ConfigError: as :func:`switched_cells`.
+
+    Example:
+        >>> switch_pairs(["light", "dark"], "tone", ["dark", "light", "medium"], "dark")
+        [('light', 'dark'), ('dark', 'light'), ('dark', 'medium')]
+        >>> switch_pairs(["light"], "tone", ["dark", "light"], None)
+        [('light', 'dark')]
+    """
+    values = [str(v) for v in values]
+    target = parse_target(to)
+    out = []
+    for s0 in dict.fromkeys(str(v) for v in sources):
+        others = [v for v in values if v != s0]
+        if not others:
+            raise ConfigError(_NO_OTHER.format(attribute=attribute, value=s0))
+        if target is None:
+            if len(values) != 2:
+                raise ConfigError(_NEED_TARGET.format(attribute=attribute, n=len(values), known=values))
+            chosen = others
+        elif isinstance(target, dict):
+            if target.get(s0) == s0:
+                raise ConfigError(_SAME_VALUE.format(value=s0, attribute=attribute))
+            chosen = [target[s0]] if target.get(s0) else others
+        elif target == "uniform":
+            chosen = others
+        else:
+            chosen = [target] if target != s0 else others
+        for s1 in chosen:
+            if s1 not in values:
+                raise ConfigError(_BAD_TARGET.format(value=s1, attribute=attribute, known=values))
+            out.append((s0, s1))
+    return out
+
+
 @torch.no_grad()
 def sample_attribute_switch(
     engine: Engine,
@@ -152,7 +247,8 @@ def sample_attribute_switch(
         engine, scheduler, latents, plan, num_inference_steps, guidance_scale, generator, callback, progress: as
             :func:`~fairsample.samplers.conditional.sample_conditional` (``plan`` holds the s0 rows).
         switch_plan: the s1 rows (same B; its ∅ rows are ignored — the plan's ∅ rows are used throughout).
-        tau: switching time in training timesteps, in ``[0, T]``.
+        tau: switching time in training timesteps, in ``[0, T]``: step i uses s1 iff its timestep t_i < τ, i.e.
+            from step :func:`switch_index` (τ, timesteps) on (:func:`switch_step` for a scheduler + step count).
 
     Returns:
         (B, C, H, W) float32 final latents.
