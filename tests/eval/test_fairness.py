@@ -355,6 +355,22 @@ def test_count_path_equals_fairlearn_path():
         np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), atol=1e-12, err_msg=name)
 
 
+def test_rank_auc_equals_sklearn_auc():
+    """The bootstrap's Mann-Whitney AUC equals roc_auc_score (binary and ovr-macro), ties and NaN rules included."""
+    from fairsample.eval.fairness_auc import _auc, _rank_auc
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        k = 2 + trial % 4
+        codes = rng.integers(0, k, 120)
+        scores = np.round(rng.random(120), 1) if k == 2 else rng.dirichlet(np.ones(k), 120).round(2)
+        if k > 2:
+            scores = scores / scores.sum(axis=1, keepdims=True)
+        for m in (1, 30):
+            ref, fast = _auc(codes, scores, k, m), _rank_auc(codes, scores, k, m)
+            assert (math.isnan(ref) and math.isnan(fast)) or ref == pytest.approx(fast, abs=1e-12)
+
+
 # --- the report
 
 

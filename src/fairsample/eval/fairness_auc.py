@@ -99,16 +99,45 @@ def _auc(codes: np.ndarray, scores: np.ndarray, k: int, min_per_class: int) -> f
     return float(roc_auc_score(codes, scores, multi_class="ovr", average="macro", labels=np.arange(k)))
 
 
+def _rank_auc(codes: np.ndarray, scores: np.ndarray, k: int, min_per_class: int) -> float:
+    """:func:`_auc` through the Mann-Whitney rank statistic (average ranks for ties), all classes in one ranking.
+
+    Equal to ``roc_auc_score`` (binary, and ovr-macro over ``labels=range(k)``) up to float rounding (tested); about
+    50x faster, for bootstrap loops.
+    """
+    from scipy.stats import rankdata
+
+    counts = np.bincount(codes, minlength=k)
+    n = len(codes)
+    if counts.min() < min_per_class or (n - counts).min() < min_per_class:
+        return float("nan")
+    binary = scores.ndim == 1  # binary: the positive-class score, class 1 positive
+    s = scores[:, None] if binary else scores
+    onehot = codes[:, None] == (np.array([1]) if binary else np.arange(k))[None, :]
+    ranks = rankdata(s, axis=0)
+    pos = onehot.sum(axis=0).astype(float)
+    auc = ((ranks * onehot).sum(axis=0) - pos * (pos + 1) / 2) / (pos * (n - pos))
+    return float(auc.mean())
+
+
 def _auc_table(
-    codes: np.ndarray, scores: np.ndarray, group_codes: np.ndarray, k: int, g: int, min_per_class: int
+    codes: np.ndarray,
+    scores: np.ndarray,
+    group_codes: np.ndarray,
+    k: int,
+    g: int,
+    min_per_class: int,
+    fast: bool = False,
 ) -> tuple[float, np.ndarray]:
-    """Overall AUC (defined as soon as every class is present) and (G,) per-group AUC (NaN if undefined/empty)."""
-    overall = _auc(codes, scores, k, 1)
+    """Overall AUC (defined as soon as every class is present) and (G,) per-group AUC (NaN if undefined/empty);
+    ``fast`` uses :func:`_rank_auc` (bootstrap resamples) instead of scikit-learn."""
+    auc = _rank_auc if fast else _auc
+    overall = auc(codes, scores, k, 1)
     per_group = np.full(g, np.nan)
     for j in range(g):
         mask = group_codes == j
         if mask.any():
-            per_group[j] = _auc(codes[mask], scores[mask], k, min_per_class)
+            per_group[j] = auc(codes[mask], scores[mask], k, min_per_class)
     return overall, per_group
 
 
