@@ -286,8 +286,28 @@ def test_run_protocol_outputs_and_train_sizes(real, synthetic):
         assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
         assert out["summary"]["accuracy"]["sd"] == pytest.approx(np.std(accs, ddof=1))
         assert set(out["summary"]["accuracy_by_group"]) == {"light", "medium", "dark"}
-    again = run_protocol(real, synthetic, protocol="real_plus_synthetic", seeds=(0, 1, 2), **FAST)
-    assert again == mixed  # deterministic
+    # deterministic; preloaded images give the same run, and an extra test set is predicted by the same classifiers
+    x_test = pixels(real, parts["test"])
+    again = run_protocol(
+        real,
+        synthetic,
+        protocol="real_plus_synthetic",
+        seeds=(0, 1, 2),
+        real_images=pixels(real, range(len(real))),
+        synthetic_images=pixels(synthetic, range(len(synthetic))),
+        extra_tests={"copy": (x_test[::-1], test_truth[::-1])},
+        **FAST,
+    )
+    for run, ref in zip(again["runs"], mixed["runs"], strict=True):
+        extra = run.pop("extra")["copy"]
+        assert extra["y_pred"] == ref["y_pred"][::-1] and extra["y_true"] == test_truth[::-1]
+        assert np.allclose(extra["y_prob"], np.asarray(ref["y_prob"])[::-1], atol=1e-6)
+        assert extra["accuracy"] == pytest.approx(ref["test_accuracy"])
+    for run in mixed["runs"]:
+        assert run.pop("extra") == {}
+    assert again == mixed
+    with pytest.raises(ConfigError, match="`real_images` has 3 images"):
+        run_protocol(real, real_images=x_test[:3], **FAST)
 
 
 def test_test_split_never_used_for_selection(real):

@@ -84,6 +84,10 @@ _UNSEEN_VALUES = (
     "synthetic {what} value(s) {values} are not in the real data (real values: {real}); drop or relabel those rows."
 )
 _BAD_FRACTION = "`test_fraction` must be a number in (0, 1), got {value!r}."
+_PRELOADED = (
+    "`{name}` has {m} images of shape {shape} but the {which} dataset has {n} rows at size {size}; pass every row, "
+    "(N, size, size, 3) uint8 in row order, or None."
+)
 _BER_LENGTHS = "`images` has {n} rows but `s_labels` has {m}; give one attribute value per image."
 _BER_ONE_CLASS = "`s_labels` has a single value ({value!r}); BER needs at least two attribute values."
 _BER_SMALL_CLASS = (
@@ -547,6 +551,9 @@ def run_protocol(
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     allow_few_seeds: bool = False,
+    extra_tests: Mapping[str, tuple[np.ndarray, Sequence[str]]] | None = None,
+    real_images: np.ndarray | None = None,
+    synthetic_images: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train downstream classifiers under one protocol and predict the real test split, once per seed.
 
@@ -569,13 +576,19 @@ def run_protocol(
         split_seed, fractions: the real split (train, val, test).
         batch_size, learning_rate: optimisation settings.
         allow_few_seeds: accept fewer than 3 seeds (the summary's ``sd`` is ``None`` for one seed).
+        extra_tests: more test sets every classifier also predicts after training, ``{name: (images, labels)}``
+            with ``(M, H, W, 3)`` uint8 images at ``size`` (e.g. a counterfactual set); never used for selection.
+        real_images, synthetic_images: every row of ``real`` / ``synthetic`` already loaded at ``size``,
+            ``(N, size, size, 3)`` uint8 in row order (callers running several protocols load them once); None: read
+            from the folders.
 
     Returns:
         A JSON-safe dict: ``protocol``, ``attribute``, ``label``, ``classes``, ``groups``, ``config`` (every option),
         ``split_sizes``, ``n_train_real``, ``n_train_synthetic``, ``n_train``, ``n_by_group`` (per split);
         ``runs``: one dict per seed with ``seed``, ``selected_epoch``, ``y_true``, ``y_pred`` (class names),
         ``y_prob`` (``(n_test, K)`` lists, column k ↔ ``classes[k]``), ``sensitive_features``, ``test_accuracy``,
-        ``test_accuracy_by_group`` and ``history``; ``summary``: ``{"accuracy": {mean, sd, values},
+        ``test_accuracy_by_group``, ``history`` and ``extra`` (``{name: {"y_true", "y_pred", "y_prob",
+        "accuracy"}}`` for ``extra_tests``, same conventions); ``summary``: ``{"accuracy": {mean, sd, values},
         "accuracy_by_group": {group: {mean, sd, values}}, "n_seeds"}`` (fractions; sd with ddof=1).
 
     Raises:
@@ -618,6 +631,19 @@ def run_protocol(
             raise ConfigError(_NEED_SYNTHETIC.format(protocol=protocol))
         _check_columns(synthetic, "synthetic", synthetic.spec.label, attribute)
         _check_values(real, synthetic, attribute)
+    for name, which, ds, images in (
+        ("real_images", "real", real, real_images),
+        ("synthetic_images", "synthetic", synthetic, synthetic_images),
+    ):
+        if images is not None and (ds is None or tuple(images.shape) != (len(ds), size, size, 3)):
+            n = 0 if ds is None else len(ds)
+            raise ConfigError(
+                _PRELOADED.format(name=name, m=len(images), shape=tuple(images.shape[1:]), which=which, n=n, size=size)
+            )
+
+    def real_pixels(rows: np.ndarray) -> np.ndarray:
+        return real_images[rows] if real_images is not None else _pixels(real, rows, size)
+
     # 2. one fixed real split; test rows are only loaded for prediction after training
     parts = split_indices(real, fractions=fractions, seed=split_seed)
     for split in ("val", "test"):
@@ -629,14 +655,14 @@ def run_protocol(
     n_real = n_syn = 0
     if protocol in ("real_only", "real_plus_synthetic"):
         rows = parts["train"]
-        train_x.append(_pixels(real, rows, size))
+        train_x.append(real_pixels(rows))
         train_y += list(r_labels[rows])
         train_g += list(r_groups[rows])
         n_real = len(rows)
     if use_synthetic:
         assert synthetic is not None
         rows = np.arange(len(synthetic))
-        train_x.append(_pixels(synthetic, rows, size))
+        train_x.append(synthetic_images if synthetic_images is not None else _pixels(synthetic, rows, size))
         train_y += synthetic.frame[synthetic.spec.label].astype(str).tolist()
         train_g += synthetic.frame[attribute].astype(str).tolist()
         n_syn = len(rows)
@@ -644,7 +670,7 @@ def run_protocol(
         raise DataError(_EMPTY_SPLIT.format(split="training", fix="add images to the real train split or synthetic."))
     x_train = np.concatenate(train_x)
     val_rows, test_rows = parts["val"], parts["test"]
-    x_val = _pixels(real, val_rows, size)
+    x_val = real_pixels(val_rows)
     y_val, g_val = list(r_labels[val_rows]), list(r_groups[val_rows])
     classes = sorted(set(r_labels.tolist()), key=natural_key)
     groups = sorted(set(r_groups.tolist()), key=natural_key)
@@ -668,12 +694,23 @@ def run_protocol(
         for s in seed_list
     ]
     # 4. predict the real test split
-    x_test = _pixels(real, test_rows, size)
+    x_test = real_pixels(test_rows)
     y_test, g_test = [str(v) for v in r_labels[test_rows]], [str(v) for v in r_groups[test_rows]]
     runs = []
     for s, res in zip(seed_list, results, strict=True):
         prob = res.classifier.predict_proba(x_test)
         pred = [classes[k] for k in prob.argmax(1)]
+        extra = {}
+        for name, (x_extra, y_extra) in (extra_tests or {}).items():
+            p_extra = res.classifier.predict_proba(np.ascontiguousarray(x_extra))
+            y_pred_extra = [classes[k] for k in p_extra.argmax(1)]
+            y_true_extra = [str(v) for v in y_extra]
+            extra[name] = {
+                "y_true": y_true_extra,
+                "y_pred": y_pred_extra,
+                "y_prob": p_extra.astype(np.float64).tolist(),
+                "accuracy": float(np.mean(np.asarray(y_pred_extra) == np.asarray(y_true_extra))),
+            }
         runs.append(
             {
                 "seed": s,
@@ -685,6 +722,7 @@ def run_protocol(
                 "test_accuracy": float(np.mean(np.asarray(pred) == np.asarray(y_test))),
                 "test_accuracy_by_group": _accuracy_by_group(y_test, pred, g_test),
                 "history": [r.to_dict() for r in res.history],
+                "extra": extra,
             }
         )
     test_groups = sorted(set(g_test), key=natural_key)
