@@ -1,22 +1,69 @@
-"""One call from a real dataset and several generated sets to a full evaluation report (issue #4, METHODS.md §5.14).
+"""One call from a real dataset and several generated sets to a full evaluation report (issues #4, #12; METHODS.md
+§5.14).
 
 :func:`evaluate` checks every input first (one-line :class:`~fairsample.errors.DataError` /
 :class:`~fairsample.errors.ConfigError` before any training), then
 
 1. trains one :class:`~fairsample.eval.features.DomainFeatures` module on the real images, so every synthetic set is
    compared in the same feature space;
-2. computes :func:`~fairsample.eval.generative.generative_report` per synthetic set (each attribute separately) and a
-   size-matched FID / KID per cell (:func:`~fairsample.eval.generative.group_fid`);
+2. computes :func:`~fairsample.eval.generative.generative_report` per synthetic set *replicate* (each attribute
+   separately) and a size-matched FID / KID per cell (:func:`~fairsample.eval.generative.group_fid`), plus mean ± sd
+   over each name's replicates;
 3. measures the balanced error rate of attribute classifiers
-   (:func:`~fairsample.eval.downstream.attribute_classifier_ber`) on the real data and on each synthetic set, plus
-   the BER of the real-trained classifier on each synthetic set;
-4. runs the downstream protocols (:func:`~fairsample.eval.downstream.run_protocol`): ``real_only`` once (the "Base"
-   row), ``real_plus_synthetic`` / ``synthetic_only`` once per synthetic set, all tested on the same real test split;
-5. builds one :class:`~fairsample.eval.fairness_report.FairnessReport` per row, attribute and seed and aggregates every
-   metric as mean ± sd (ddof=1) over the seeds.
+   (:func:`~fairsample.eval.downstream.attribute_classifier_ber`) on the real data and on each replicate, plus the BER
+   of the real-trained classifier on each replicate;
+4. runs the downstream rows (:mod:`fairsample.eval.rows`): ``real_only`` once (Base), the oracle (real train split +
+   every real held-out image of ``oracle``) once, ``real_plus_synthetic`` / ``synthetic_only`` once per synthetic name
+   and replicate; every classifier predicts the real test split (view ``test``) and the ``counterfactual`` set;
+5. aggregates every metric as mean ± sd (ddof=1) over every (replicate, seed), and derives the minority gap and the
+   gap closure with hierarchical bootstrap CIs (:mod:`fairsample.eval.closure`).
 
-The result's :meth:`EvaluationResult.save` writes ``report.json`` (every number, fractions never ×100),
-``report.md``, a self-contained ``report.html`` and PNG plots under ``plots/``.
+Synthetic sets and replicates: ``synthetic={"vanilla": [dir_seed0, dir_seed1], "fair": dir}`` (a path, a dataset or a
+list of them per name; a list = one generator per generator training seed). Each replicate has a **set id**: the name
+itself for a single replicate, else ``<name>#1``, ``<name>#2``, ... The generative, BER, data and sample sections are
+keyed by set id; downstream rows by name. The sample grid shows the first replicate of each name.
+
+``report.json`` (schema ``fairsample.evaluation/2``; fractions are never ×100, NaN is stored as null):
+
+- ``schema``, ``run`` (``created``, ``command``, ``seconds`` per stage), ``settings`` (every option, plus ``real``,
+  ``synthetic`` {set id: root}, ``counterfactual`` / ``oracle`` roots or null, ``minority`` as requested,
+  ``reference``), ``versions``, ``features``, ``warnings`` [{where, message}], ``plots`` {key: relative PNG path},
+  ``samples`` {"real" or set id: {cell: [file names]}}.
+- ``data``: ``real`` {root, n, label, groups, by_attribute, cells}; ``sets`` {set id: {name, replicate (1-based),
+  root, n, by_attribute, cells, generator}}; ``replicates`` {name: [set ids]}; ``counterfactual`` null or {root, n,
+  attributes (the ones it is reported by), by_attribute, cells, n_content, pairing {attribute: {paired, n_content,
+  n_unpaired, values}}, overlap {bytes, first, content_id}}; ``oracle`` null or {root, n, by_attribute, cells, overlap
+  {real: ..., counterfactual: ...}}; ``cell_columns``.
+- ``generative`` {set id: generative_report + ``cells``, ``cells_missing``}; ``generative_summary`` {name:
+  {n_replicates, sets, fid, kid, is_domain, by {attribute: {fid_variance, es_fid, fid_by_group {group: …}}}}}, each
+  leaf {mean, sd, n, values} over the replicates (sd null for one replicate).
+- ``ber``: ``real`` {attribute: …}, ``sets`` {set id: {attribute: {…, real_trained}}}, ``summary`` {name: {attribute:
+  {ber, real_trained_ber}}} (mean ± sd over replicates).
+- ``downstream``: ``split``, ``classifier``, ``protocol_config``;
+  ``views``: the test views, primary first (``["counterfactual", "test"]`` or ``["test"]``);
+  ``view_attributes`` {view: [attributes]}; ``minority`` {attribute: {value, group, rule, n_train {value: images}}};
+  ``reference`` (name or null); ``problem`` {view: {attribute: {minority, base_gap, oracle_gap ({mean, sd, ci, n} or
+  null), difference (Base − oracle: {mean, ci} or null), closable, reason, base_by_group, oracle_by_group,
+  base_worst_best_gap, oracle_worst_best_gap, base_accuracy, oracle_accuracy}}};
+  ``rows``: one per row, each {id (``base``, ``oracle``, ``real+<name>``, ``<name>-only``), label, kind (``base`` |
+  ``oracle`` | ``synthetic``), protocol (``real_only``, ``real_plus_oracle``, ``real_plus_synthetic``,
+  ``synthetic_only``), set (name or null), n_replicates, replicates [{set, root, n_train,
+  n_train_real, n_train_synthetic, selected_epochs}], n_train / n_train_real / n_train_synthetic (first replicate;
+  for the oracle row n_train_synthetic counts its real held-out images), seeds, selected_epochs (every run,
+  replicate-major), test_accuracy, ``fairness`` (test view), ``by_cell`` (test view), ``counterfactual`` (null or
+  {accuracy, fairness, by_cell}), ``gap_closure`` (synthetic rows: {view: {attribute: closure block}}; else null)}.
+  A fairness block (one per view and attribute) is {summary {metric: {mean, sd, n, values}} with every
+  :data:`FAIRNESS_METRICS` metric plus ``minority_gap`` and ``worst_best_gap``, by_group {"attr=value": {n, accuracy,
+  auc}}, minority, minority_gap_by_replicate [[per-seed gaps] per replicate], runs [{replicate (0-based), seed,
+  selected_epoch, minority_gap, worst_best_gap, report (FairnessReport.to_dict())}]}; ``values`` lists are in run
+  order (replicate-major). A closure block is :func:`~fairsample.eval.closure.gap_closure`'s dict (value, ci, defined,
+  reason, base_gap, oracle_gap, row_gap {mean, ci, between_generator_sd, within_seed_sd, n_replicates, n_values,
+  by_replicate}, reduction, denominator, bootstrap), plus ``vs_reference`` ({reference: row id} |
+  :func:`~fairsample.eval.closure.closure_difference`) when ``reference`` is set.
+- ``definitions`` {evaluation, closure, generative, fairness, method_status}.
+
+The result's :meth:`EvaluationResult.save` writes ``report.json``, ``report.md``, a self-contained ``report.html`` and
+PNG plots under ``plots/``.
 """
 
 from __future__ import annotations
@@ -46,7 +93,11 @@ from fairsample._version import __version__
 from fairsample.errors import ConfigError, DataError, FairsampleWarning
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from fairsample.data.folder import FolderDataset
+
+    SetInput: TypeAlias = FolderDataset | str | os.PathLike[str]
 
 # Heavy modules (pandas, torch, torchmetrics, fairlearn, matplotlib) are imported inside the functions, so the CLI
 # starts fast and input errors are reported before torch is even imported.
@@ -63,7 +114,7 @@ __all__ = [
 ]
 
 #: ``report.json`` schema tag; bump when a key changes meaning.
-SCHEMA = "fairsample.evaluation/1"
+SCHEMA = "fairsample.evaluation/2"
 #: downstream protocols, in report order (equal to :data:`fairsample.eval.downstream.PROTOCOLS`; tested).
 PROTOCOLS: tuple[str, str, str] = ("real_only", "real_plus_synthetic", "synthetic_only")
 #: fairness metrics aggregated over seeds, in the order of the report tables.
@@ -80,26 +131,35 @@ FAIRNESS_METRICS: tuple[str, ...] = (
 )
 #: what the evaluation-level quantities mean (the metric modules add their own definitions).
 DEFINITIONS: dict[str, str] = {
-    "mean_sd_over_seeds": "downstream numbers are mean and sd (ddof=1) over the training seeds of the per-seed "
-    "FairnessReport values; metrics undefined (NaN) for a seed are left out of that mean and counted in `n`",
+    "mean_sd_over_seeds": "downstream numbers are mean and sd (ddof=1) over every (generator replicate, training "
+    "seed) run of the per-run FairnessReport values; metrics undefined (NaN) for a run are left out of that mean and "
+    "counted in `n`",
     "base_row": "Base = protocol real_only: a SmallCNN trained on the real train split only",
+    "oracle_row": "oracle = a SmallCNN trained on the real train split plus every image of the oracle set (real "
+    "held-out images, e.g. as many per cell as a balanced augmentation adds); same seeds, epochs and selection as "
+    "every row; never a generated set, never in the generative metrics",
+    "replicates": "a synthetic name may hold several sets made by the same method with different generator training "
+    "seeds (replicates); generative metrics and BER are computed per replicate (set id <name>#k) and summarised as "
+    "mean and sd over the replicates; downstream rows train every classifier seed on every replicate and report mean "
+    "and sd over all (replicate, seed) runs",
     "real_plus_synthetic": "a SmallCNN trained on the real train split plus every image of the synthetic set",
     "synthetic_only": "a SmallCNN trained on the synthetic set only",
     "test_split": "every downstream row is tested on the same real test split (split_indices with `seed` and "
     "`fractions`, stratified by cell); checkpoints are selected on the real validation split",
+    "views": "each classifier predicts the real test split (view `test`) and, when given, the counterfactual set "
+    "(view `counterfactual`: held-out content rendered in every value of an attribute, rows paired by content_id; "
+    "never used for training or selection); every per-row metric is reported for each view",
     "ber_fresh": "BER = 1 - balanced accuracy of a fresh attribute classifier trained on 80 % of the set (stratified, "
     "seed) and scored on the held-out 20 %; 0 = attribute fully recoverable, (K-1)/K = unpredictable",
     "ber_real_trained": "BER of the attribute classifier trained on the real data (80 % part), applied to every image "
     "of the synthetic set labelled with its requested attribute value (attribute fidelity of the generator)",
     "cell_fid": "per cell (attribute values x label): size-matched FID / KID as group_fid(groups='cell') over the "
     "cells with >= 2 real and >= 2 synthetic images",
-    "cell_accuracy": "per cell: accuracy of the downstream classifier on the real test images of that cell, mean and "
-    "sd (ddof=1) over seeds",
+    "cell_accuracy": "per cell: accuracy of the downstream classifier on the test images of that cell (per view), "
+    "mean and sd (ddof=1) over every (replicate, seed)",
     "features": "one DomainFeatures module trained once on all real images (target = cell) embeds every set; it is "
     "the FID / KID / IS-domain feature space of every number in the generative tables",
 }
-
-_DOWNSTREAM_CLASSIFIER = {"kind": "SmallCNN", "width": 16, "select": "val", "reweight": None}
 
 # ------------------------------------------------------------------------------------------- error templates
 _BAD_REAL = "`real` must be a FolderDataset or a dataset folder path, got {kind}."
@@ -108,6 +168,27 @@ _BAD_SYNTHETIC = (
     "got {kind}."
 )
 _NO_SYNTHETIC = "`synthetic` is empty; pass at least one generated set, e.g. {'vanilla': 'out/vanilla'}."
+_NO_REPLICATES = (
+    "synthetic set {name!r} has an empty list; give a folder or a list of replicate folders, e.g. "
+    "{{'vanilla': ['out/v0', 'out/v1']}}."
+)
+_DUPLICATE_REPLICATE = (
+    "synthetic set {name!r} lists {path} twice; each replicate must be a different generated folder."
+)
+_BAD_MINORITY = (
+    "`minority` {value!r} is not a value of {attribute!r} in the real data (values: {values}); pass one of them, or "
+    "leave it unset to use the value with the fewest real training images."
+)
+_BAD_MINORITY_ATTRIBUTE = (
+    "`minority` names attribute {attribute!r}, which is not reported (attributes: {attrs}); pass "
+    "{{attribute: value}} for one of them."
+)
+_BAD_MINORITY_KIND = "`minority` must be a value (str), a {{attribute: value}} mapping or None, got {kind}."
+_CF_NO_MINORITY = (
+    "`counterfactual` set {root} has no image of the minority {attribute}={value!r} (values: {values}); render its "
+    "content in that value too, or pass minority= another value."
+)
+_BAD_REFERENCE = "`reference` {value!r} is not a synthetic set name (names: {names}); pass one of them or None."
 _BAD_SET_NAME = (
     "synthetic set name {name!r} is not usable; use 1-40 letters, digits, '.', '_' or '-' "
     "(CLI: --synthetic NAME=PATH)."
@@ -190,6 +271,7 @@ class EvaluationSettings:
     min_per_class: int = 5  # a group AUC needs this many positives and negatives per class
     grid_per_cell: int = 6  # images per cell and set in the sample grid
     allow_few_seeds: bool = False  # accept fewer than 3 seeds (sd is then None)
+    closure_resamples: int = 2000  # hierarchical bootstrap resamples of the gap closure CIs
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples → lists)."""
@@ -205,17 +287,20 @@ class EvaluationResult:
 
     Attributes:
         report: the JSON document (every number of the Markdown / HTML; fractions, NaN stored as None).
-        fairness_reports: row id (``"base"``, ``"real+<set>"``, ``"<set>-only"``) → attribute → one
-            :class:`~fairsample.eval.fairness_report.FairnessReport` per seed (``.overall``, ``.by_group``,
-            ``.difference()``, ``.to_dict()``).
-        samples: ``"real"`` or a set name → cell text → ``(n, size, size, 3)`` uint8 images for the sample grid.
+        fairness_reports: row id (``"base"``, ``"oracle"``, ``"real+<name>"``, ``"<name>-only"``) → attribute → one
+            :class:`~fairsample.eval.fairness_report.FairnessReport` per (replicate, seed), replicate-major, on the
+            real test split (``.overall``, ``.by_group``, ``.difference()``, ``.to_dict()``).
+        samples: ``"real"`` or a set id → cell text → ``(n, size, size, 3)`` uint8 images for the sample grid.
         command: the command line that produced the result (set by the CLI), recorded in the report.
+        counterfactual_reports: the same as ``fairness_reports`` on the counterfactual set (empty without one; only
+            the attributes the counterfactual set is reported by).
     """
 
     report: dict[str, Any]
     fairness_reports: dict[str, dict[str, list[Any]]] = field(repr=False)
     samples: dict[str, dict[str, np.ndarray]] = field(repr=False)
     command: str | None = None
+    counterfactual_reports: dict[str, dict[str, list[Any]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (a deep copy), with ``run.command``."""
@@ -224,26 +309,37 @@ class EvaluationResult:
         return doc
 
     def headline(self) -> dict[str, Any]:
-        """A few numbers for a terminal summary: per set overall FID / KID and, for the first attribute, FID
-        variance, ES-FID and BER; per downstream row the mean accuracy and gaps (first attribute)."""
+        """A few numbers for a terminal summary, for the first attribute: per synthetic name the mean over its
+        replicates of FID, KID, FID variance, ES-FID and BER; per downstream row the test-split accuracy and gaps,
+        and, on the primary view (the counterfactual set when given), the minority gap and the gap closure."""
         r = self.report
         attr = r["settings"]["attributes"][0]
+        down = r["downstream"]
+        view = next((v for v in down["views"] if attr in down["view_attributes"][v]), "test")
         gen: dict[str, Any] = {}
-        for name, g in r["generative"].items():
+        for name, g in r["generative_summary"].items():
             by = g["by"][attr]
-            ber = r["ber"]["sets"][name].get(attr) or {}
+            ber = r["ber"]["summary"][name].get(attr) or {}
             gen[name] = {
-                "fid": g["overall"]["fid"],
-                "kid": g["overall"]["kid_mean"],
-                "fid_variance": by["fid_variance"]["variance"],
-                "es_fid": by["es_fid"]["value"],
-                "ber": ber.get("ber"),
+                "fid": g["fid"]["mean"],
+                "kid": g["kid"]["mean"],
+                "fid_variance": by["fid_variance"]["mean"],
+                "es_fid": by["es_fid"]["mean"],
+                "ber": (ber.get("ber") or {}).get("mean"),
+                "n_replicates": g["n_replicates"],
             }
         rows: dict[str, Any] = {}
-        for row in r["downstream"]["rows"]:
+        for row in down["rows"]:
             summary = row["fairness"][attr]["summary"]
-            rows[row["id"]] = {m: summary[m]["mean"] for m in ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp")}
-        return {"attribute": attr, "generative": gen, "fairness": rows}
+            entry = {m: summary[m]["mean"] for m in ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp")}
+            block = row["fairness"] if view == "test" else row["counterfactual"]["fairness"]
+            entry["minority_gap"] = block[attr]["summary"]["minority_gap"]["mean"]
+            closure = ((row.get("gap_closure") or {}).get(view) or {}).get(attr)
+            entry["gap_closure"] = closure["value"] if closure else None
+            entry["gap_closure_ci"] = closure["ci"] if closure else None
+            rows[row["id"]] = entry
+        minority = down["minority"][attr]["value"]
+        return {"attribute": attr, "view": view, "minority": minority, "generative": gen, "fairness": rows}
 
     def markdown(self) -> str:
         """``report.md`` text (plot links appear once :meth:`save` has written the plots)."""
@@ -416,12 +512,43 @@ def _attributes(real: FolderDataset, attribute: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _load_set(name: Any, value: Any, real: FolderDataset, attrs: tuple[str, ...]) -> FolderDataset:
-    """A synthetic set as a FolderDataset with the real label column and every attribute column (checked first)."""
+def _normalize_synthetic(synthetic: Any) -> dict[str, list[Any]]:
+    """``{name: value or [values]}`` → ``{name: [values]}``, names and replicate lists checked."""
+    from fairsample.data.folder import FolderDataset
+
+    if not isinstance(synthetic, Mapping):
+        raise ConfigError(_BAD_SYNTHETIC.format(kind=type(synthetic).__name__))
+    if not synthetic:
+        raise ConfigError(_NO_SYNTHETIC)
+    out: dict[str, list[Any]] = {}
+    for name, value in synthetic.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(_BAD_SET_NAME.format(name=name))
+        values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        if not values:
+            raise ConfigError(_NO_REPLICATES.format(name=name))
+        seen: set[str] = set()
+        for v in values:
+            if isinstance(v, FolderDataset) or not isinstance(v, str | os.PathLike):
+                continue
+            key = str(Path(v).expanduser().resolve())
+            if key in seen:
+                raise ConfigError(_DUPLICATE_REPLICATE.format(name=name, path=v))
+            seen.add(key)
+        out[name] = values
+    return out
+
+
+def _set_ids(name: str, n: int) -> list[str]:
+    """``[name]`` for one replicate, else ``[name#1, ..., name#n]``."""
+    return [name] if n == 1 else [f"{name}#{k}" for k in range(1, n + 1)]
+
+
+def _load_set(name: str, value: Any, real: FolderDataset, attrs: tuple[str, ...]) -> FolderDataset:
+    """A synthetic set (``name`` = its set id) as a FolderDataset with the real label column and every attribute
+    column (checked first)."""
     from fairsample.data.folder import FolderDataset, find_metadata, load_folder, read_metadata
 
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(_BAD_SET_NAME.format(name=name))
     needed = [("label", real.spec.label)] + [("attribute", a) for a in attrs]
     needed += [("group", g) for g in real.spec.groups if g not in attrs]
     if isinstance(value, FolderDataset):
@@ -509,6 +636,82 @@ def _check_set(name: str, syn: FolderDataset, real: FolderDataset, attrs: Sequen
                         name=name, group=group, n_real=n_real[group], n_synthetic=n_syn[group], column=a
                     )
                 )
+
+
+def _resolve_minority(
+    real: FolderDataset, train_rows: np.ndarray, attrs: Sequence[str], minority: Any
+) -> dict[str, dict[str, Any]]:
+    """Per attribute: the requested minority value, or the value with the fewest real training images."""
+    from fairsample.eval.closure import choose_minority
+
+    if minority is None:
+        requested: dict[Any, Any] = {}
+    elif isinstance(minority, str):
+        requested = {attrs[0]: minority}
+    elif isinstance(minority, Mapping):
+        requested = dict(minority)
+    else:
+        raise ConfigError(_BAD_MINORITY_KIND.format(kind=type(minority).__name__))
+    for a in requested:
+        if a not in attrs:
+            raise ConfigError(_BAD_MINORITY_ATTRIBUTE.format(attribute=a, attrs=list(attrs)))
+    out = {}
+    for a in attrs:
+        column = real.frame[a].astype(str).to_numpy()
+        values = sorted(set(column.tolist()), key=_natural_key)
+        train = column[train_rows]
+        n_train = {v: int((train == v).sum()) for v in values}
+        if a in requested:
+            value = str(requested[a])
+            if value not in values:
+                raise ConfigError(_BAD_MINORITY.format(value=requested[a], attribute=a, values=values))
+            rule = "given"
+        else:
+            value, rule = choose_minority(n_train), "fewest real training images"
+        out[a] = {"value": value, "group": f"{a}={value}", "rule": rule, "n_train": n_train}
+    return out
+
+
+def _replicate_summary(
+    replicates: Mapping[str, Sequence[str]],
+    generative: Mapping[str, Any],
+    ber: Mapping[str, Any],
+    attrs: Sequence[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mean ± sd over each name's replicates of the generative headline numbers and of BER."""
+    gen: dict[str, Any] = {}
+    ber_summary: dict[str, Any] = {}
+    for name, ids in replicates.items():
+        reps = [generative[i] for i in ids]
+        by: dict[str, Any] = {}
+        for a in attrs:
+            groups = list(dict.fromkeys(g for rep in reps for g in rep["by"][a]["groups"]))
+            by[a] = {
+                "fid_variance": _mean_sd([rep["by"][a]["fid_variance"]["variance"] for rep in reps]),
+                "es_fid": _mean_sd([rep["by"][a]["es_fid"]["value"] for rep in reps]),
+                "fid_by_group": {
+                    g: _mean_sd([(rep["by"][a]["groups"].get(g) or {}).get("fid_mean") for rep in reps])
+                    for g in groups
+                },
+            }
+        gen[name] = {
+            "n_replicates": len(ids),
+            "sets": list(ids),
+            "fid": _mean_sd([rep["overall"]["fid"] for rep in reps]),
+            "kid": _mean_sd([rep["overall"]["kid_mean"] for rep in reps]),
+            "is_domain": _mean_sd([rep["overall"]["is_domain_mean"] for rep in reps]),
+            "by": by,
+        }
+        ber_summary[name] = {
+            a: {
+                "ber": _mean_sd([(ber["sets"][i].get(a) or {}).get("ber") for i in ids]),
+                "real_trained_ber": _mean_sd(
+                    [((ber["sets"][i].get(a) or {}).get("real_trained") or {}).get("ber") for i in ids]
+                ),
+            }
+            for a in attrs
+        }
+    return gen, ber_summary
 
 
 def _mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
@@ -696,150 +899,18 @@ def _generative_stage(
     return out, feat_doc
 
 
-def _fairness_row(
-    run: dict[str, Any],
-    real: FolderDataset,
-    test_rows: np.ndarray,
-    attrs: Sequence[str],
-    cell_keys: np.ndarray,
-    cfg: EvaluationSettings,
-) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """FairnessReports per attribute and seed from one run_protocol output, aggregated over seeds."""
-    from fairsample.eval.fairness_report import fairness_report
-
-    classes = [str(c) for c in run["classes"]]
-    reports: dict[str, list[Any]] = {}
-    fairness: dict[str, Any] = {}
-    for a in attrs:
-        sensitive = real.frame[a].astype(str).to_numpy()[test_rows].tolist()
-        if a == run["attribute"]:
-            assert all(r["sensitive_features"] == sensitive for r in run["runs"]), "test split mismatch"
-        per_seed, docs = [], []
-        for r in run["runs"]:
-            present = sorted(set(r["y_true"]) | set(r["y_pred"]))  # fairness_report's class order
-            prob = np.asarray(r["y_prob"], dtype=np.float64)[:, [classes.index(c) for c in present]]
-            if len(present) < len(classes):
-                prob = prob / prob.sum(axis=1, keepdims=True)
-            rep = fairness_report(
-                r["y_true"],
-                r["y_pred"],
-                sensitive_features=sensitive,
-                scores=prob,
-                attribute=a,
-                min_per_class=cfg.min_per_class,
-                n_resamples=cfg.n_resamples,
-                seed=cfg.seed,
-            )
-            per_seed.append(rep)
-            docs.append({"seed": r["seed"], "selected_epoch": r["selected_epoch"], "report": rep.to_dict()})
-        reports[a] = per_seed
-        names = [m for m in FAIRNESS_METRICS if m in per_seed[0].overall]
-        names += [m for m in per_seed[0].overall if m not in names]
-        summary = {m: _mean_sd([rep.overall.get(m) for rep in per_seed]) for m in names}
-        groups = [str(g) for g in per_seed[0].by_group.index]
-        by_group = {}
-        for g in groups:
-            entry: dict[str, Any] = {"n": int(per_seed[0].by_group.loc[g, "n"])}
-            for col in ("accuracy", "auc"):
-                if col in per_seed[0].by_group.columns:
-                    entry[col] = _mean_sd([float(rep.by_group.loc[g, col]) for rep in per_seed])
-            by_group[f"{a}={g}"] = entry
-        fairness[a] = {"summary": summary, "by_group": by_group, "runs": docs}
-    test_cells = cell_keys[test_rows]
-    by_cell = {}
-    for cell, n in _counts(test_cells).items():
-        mask = test_cells == cell
-        accs = [float(np.mean(np.asarray(r["y_pred"])[mask] == np.asarray(r["y_true"])[mask])) for r in run["runs"]]
-        by_cell[cell] = {"n": n, "accuracy": _mean_sd(accs)}
-    row = {
-        "n_train": run["n_train"],
-        "n_train_real": run["n_train_real"],
-        "n_train_synthetic": run["n_train_synthetic"],
-        "seeds": [r["seed"] for r in run["runs"]],
-        "selected_epochs": [r["selected_epoch"] for r in run["runs"]],
-        "test_accuracy": run["summary"]["accuracy"],
-        "fairness": fairness,
-        "by_cell": by_cell,
-    }
-    return row, reports
-
-
-def _downstream_stage(
-    real: FolderDataset,
-    sets: Mapping[str, FolderDataset],
-    attrs: Sequence[str],
-    parts: Mapping[str, np.ndarray],
-    cfg: EvaluationSettings,
-    log: _Warnings,
-    say: Progress,
-) -> tuple[dict[str, Any], dict[str, dict[str, list[Any]]]]:
-    from fairsample.eval.downstream import run_protocol
-
-    plan: list[tuple[str, str, Any, str | None]] = []
-    if "real_only" in cfg.protocols:
-        plan.append(("base", "Base (real only)", "real_only", None))
-    for name in sets:
-        if "real_plus_synthetic" in cfg.protocols:
-            plan.append((f"real+{name}", f"Real + {name}", "real_plus_synthetic", name))
-        if "synthetic_only" in cfg.protocols:
-            plan.append((f"{name}-only", f"{name} only", "synthetic_only", name))
-    cell_keys = _keys(real, _cell_columns(real, attrs))
-    rows, reports = [], {}
-    classifier = dict(
-        _DOWNSTREAM_CLASSIFIER,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        size=cfg.size,
-    )
-    run_cfg: dict[str, Any] = {}
-    for row_id, label, protocol, set_name in plan:
-        say(f"downstream {label}: {len(cfg.seeds)} seeds x {cfg.epochs} epochs")
-        with log.stage(f"downstream ({label})"):
-            run = run_protocol(
-                real,
-                sets[set_name] if set_name else None,
-                protocol=protocol,
-                seeds=cfg.seeds,
-                size=cfg.size,
-                epochs=cfg.epochs,
-                attribute=attrs[0],
-                split_seed=cfg.seed,
-                fractions=cfg.fractions,
-                batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate,
-                allow_few_seeds=cfg.allow_few_seeds,
-            )
-            run_cfg = run["config"]
-            row, reps = _fairness_row(run, real, parts["test"], attrs, cell_keys, cfg)
-        rows.append({"id": row_id, "label": label, "protocol": protocol, "set": set_name, **row})
-        reports[row_id] = reps
-    blob = json.dumps(run_cfg | {"classifier": classifier}, sort_keys=True).encode()
-    classifier["config_hash"] = hashlib.sha256(blob).hexdigest()
-    classifier["weights"] = "not kept; training is deterministic in (data, config, seed), see config_hash"
-    n_by_group = {a: {s: _counts(_keys(real.subset(parts[s]), [a])) for s in ("train", "val", "test")} for a in attrs}
-    doc = {
-        "split": {
-            "seed": cfg.seed,
-            "fractions": list(cfg.fractions),
-            "sizes": {s: int(len(parts[s])) for s in ("train", "val", "test")},
-            "n_by_group": n_by_group,
-        },
-        "classifier": classifier,
-        "protocol_config": run_cfg,
-        "rows": rows,
-    }
-    return doc, reports
-
-
 # ---------------------------------------------------------------------------------------------------- evaluate
 
 
 def evaluate(
     real: FolderDataset | str | os.PathLike[str],
-    synthetic: Mapping[str, FolderDataset | str | os.PathLike[str]],
+    synthetic: Mapping[str, SetInput | Sequence[SetInput]],
     *,
     attribute: str | Sequence[str] | None = None,
+    counterfactual: SetInput | None = None,
+    oracle: SetInput | None = None,
+    minority: str | Mapping[str, str] | None = None,
+    reference: str | None = None,
     protocols: Sequence[str] = EvaluationSettings.protocols,
     seeds: Sequence[int] = EvaluationSettings.seeds,
     epochs: int = EvaluationSettings.epochs,
@@ -855,24 +926,35 @@ def evaluate(
     min_per_class: int = EvaluationSettings.min_per_class,
     grid_per_cell: int = EvaluationSettings.grid_per_cell,
     allow_few_seeds: bool = EvaluationSettings.allow_few_seeds,
+    closure_resamples: int = EvaluationSettings.closure_resamples,
     progress: Progress | None = None,
 ) -> EvaluationResult:
-    """Generative quality, attribute BER and downstream fairness of one or more synthetic sets against real data.
+    """Generative quality, attribute BER, downstream fairness, minority gaps and gap closure of synthetic sets.
 
     Args:
         real: the real dataset (a :class:`FolderDataset` or its folder); its split (``fractions``, ``seed``) gives
             the downstream train / val / test images.
-        synthetic: ``{name: dataset or folder}``, e.g. ``{"vanilla": "out/v", "fair": "out/f"}``; names use
-            letters, digits, ``.``, ``_``, ``-``. Each set needs the real label column and every attribute column.
+        synthetic: ``{name: set or [replicate sets]}``, a set being a :class:`FolderDataset` or a folder, e.g.
+            ``{"vanilla": ["out/v_seed0", "out/v_seed1"], "fair": "out/f"}``; a list holds the same method's sets
+            from different generator training seeds. Names use letters, digits, ``.``, ``_``, ``-``. Each set
+            needs the real label column and every attribute column.
         attribute: sensitive attribute(s) reported, each separately (default: every group column of ``real``).
+        counterfactual: a test-only dataset whose rows with the same ``content_id`` are one content rendered in
+            different attribute values (:mod:`fairsample.eval.heldout`); every classifier also predicts it (view
+            ``"counterfactual"``, the primary view). None: only the real test split.
+        oracle: real held-out images (dataset or folder); adds the ``oracle`` row = real train split + all of them.
+        minority: the minority value of the first attribute, or ``{attribute: value}``; default per attribute: the
+            value with the fewest real training images.
+        reference: a synthetic name (e.g. ``"vanilla"``) every other row's closure is compared with
+            (``vs_reference``: closure difference with its CI).
         protocols: downstream protocols among ``real_only`` (the Base row, run once), ``real_plus_synthetic`` and
-            ``synthetic_only`` (once per set).
+            ``synthetic_only`` (once per name and replicate).
         seeds: downstream training seeds (≥ 3 unless ``allow_few_seeds``); tables show mean ± sd (ddof=1).
         epochs: downstream epochs per seed.
         size: square side every image is loaded at.
         k: size-matched FID draws per group / cell.
         n_resamples: bootstrap resamples of each FairnessReport (its CIs, kept in the per-seed reports).
-        seed: seed of the feature module, FID draws, real split, bootstrap, BER and sample grid.
+        seed: seed of the feature module, FID draws, real split, bootstraps, BER and sample grid.
         feature_epochs: DomainFeatures epochs (None: its default).
         ber_epochs: attribute-classifier epochs.
         fractions: real train / val / test shares.
@@ -880,24 +962,29 @@ def evaluate(
         min_per_class: positives and negatives per class a group AUC needs (else NaN, excluded from ES-AUC).
         grid_per_cell: images per cell and set in the sample grid.
         allow_few_seeds: accept 1 or 2 seeds.
+        closure_resamples: hierarchical bootstrap resamples of every gap-closure CI.
         progress: called with one line per stage (the CLI prints it to stderr).
 
     Returns:
-        :class:`EvaluationResult`; ``.to_dict()`` is the JSON document, ``.save(dir)`` writes the report.
+        :class:`EvaluationResult`; ``.to_dict()`` is the JSON document (module docstring), ``.save(dir)`` writes the
+        report.
 
     Raises:
         ConfigError: a bad option (named, with the allowed values).
         DataError: unusable data, checked before any training: a missing label / attribute column, no cell shared by
             the real data and a set, set values absent from the real data, an attribute group with < 2 real or < 2
-            synthetic images, an empty real val / test split, an attribute with a single value.
+            synthetic images, an empty real val / test split, an attribute with a single value, a counterfactual
+            set without ``content_id`` or without the minority value.
 
     Warns:
-        FairsampleWarning: each warning of the metric modules once (small groups, undefined AUCs, ...); all are also
-            listed in ``report["warnings"]``.
+        FairsampleWarning: each warning of the metric modules once (small groups, undefined AUCs, ...), and
+            counterfactual / oracle images that are byte-identical to real images; all are also listed in
+            ``report["warnings"]``.
 
     Example:
-        >>> res = evaluate("demo", {"vanilla": "gen"})  # doctest: +SKIP
-        >>> res.report["generative"]["vanilla"]["overall"]["fid"], res.save("report")["markdown"]  # doctest: +SKIP
+        >>> res = evaluate("demo", {"vanilla": ["gen0", "gen1"]}, counterfactual="demo/counterfactual",
+        ...                oracle="oracle")  # doctest: +SKIP
+        >>> res.report["downstream"]["rows"][2]["gap_closure"]["counterfactual"]["tone"]["value"]  # doctest: +SKIP
     """
     t_start = time.perf_counter()
     say: Progress = progress or (lambda _line: None)
@@ -922,12 +1009,13 @@ def evaluate(
         min_per_class=_check_int("min_per_class", min_per_class, 1),
         grid_per_cell=_check_int("grid_per_cell", grid_per_cell, 1),
         allow_few_seeds=bool(allow_few_seeds),
+        closure_resamples=_check_int("closure_resamples", closure_resamples, 1),
     )
-    if not isinstance(synthetic, Mapping):
-        raise ConfigError(_BAD_SYNTHETIC.format(kind=type(synthetic).__name__))
-    if not synthetic:
-        raise ConfigError(_NO_SYNTHETIC)
+    inputs = _normalize_synthetic(synthetic)
+    if reference is not None and reference not in inputs:
+        raise ConfigError(_BAD_REFERENCE.format(value=reference, names=list(inputs)))
     from fairsample.data.splits import split_indices
+    from fairsample.eval.heldout import file_hashes, load_heldout, overlap, pairing
 
     say("loading and checking the data")
     with log.stage("real data"):
@@ -935,10 +1023,21 @@ def evaluate(
     attrs = _attributes(real_ds, attribute)
     cfg = dataclasses.replace(cfg, attributes=attrs)
     sets: dict[str, FolderDataset] = {}
-    for name, value in synthetic.items():
-        with log.stage(f"synthetic data ({name})"):
-            sets[name] = _load_set(name, value, real_ds, attrs)
-        _check_set(name, sets[name], real_ds, attrs)
+    replicates: dict[str, list[str]] = {}
+    for name, values in inputs.items():
+        replicates[name] = _set_ids(name, len(values))
+        for set_id, value in zip(replicates[name], values, strict=True):
+            with log.stage(f"synthetic data ({set_id})"):
+                sets[set_id] = _load_set(set_id, value, real_ds, attrs)
+            _check_set(set_id, sets[set_id], real_ds, attrs)
+    cf_ds = oracle_ds = None
+    cf_attrs: tuple[str, ...] = ()
+    if counterfactual is not None:
+        with log.stage("counterfactual data"):
+            cf_ds, cf_attrs = load_heldout("counterfactual", counterfactual, real_ds, attrs)
+    if oracle is not None:
+        with log.stage("oracle data"):
+            oracle_ds, _ = load_heldout("oracle", oracle, real_ds, attrs)
     for a in attrs:
         values = sorted(set(real_ds.frame[a].astype(str)), key=_natural_key)
         if len(values) < 2:
@@ -951,30 +1050,88 @@ def evaluate(
         values = sorted(set(real_ds.frame[a].astype(str).to_numpy()[parts["test"]]), key=_natural_key)
         if len(values) < 2:
             raise DataError(_FEW_VALUES.format(value=a, values=values, where="test split"))
+    minorities = _resolve_minority(real_ds, parts["train"], attrs, minority)
+    cf_doc: dict[str, Any] | None = None
+    oracle_doc: dict[str, Any] | None = None
+    cols = _cell_columns(real_ds, attrs)
+    if cf_ds is not None or oracle_ds is not None:
+        real_hashes = file_hashes(real_ds)
+    if cf_ds is not None:
+        for a in cf_attrs:
+            present = sorted(set(cf_ds.frame[a].astype(str)), key=_natural_key)
+            if minorities[a]["value"] not in present:
+                raise DataError(
+                    _CF_NO_MINORITY.format(root=cf_ds.root, attribute=a, value=minorities[a]["value"], values=present)
+                )
+        with log.stage("counterfactual data"):
+            cf_doc = {
+                "root": str(cf_ds.root),
+                "n": len(cf_ds),
+                "attributes": list(cf_attrs),
+                "by_attribute": {a: _counts(_keys(cf_ds, [a])) for a in cf_attrs},
+                "cells": _counts(_keys(cf_ds, [c for c in cols if c in cf_ds.frame.columns])),
+                "n_content": int(cf_ds.frame["content_id"].astype(str).nunique()),
+                "pairing": {a: pairing(cf_ds, a) for a in cf_attrs},
+                "overlap": overlap("counterfactual", cf_ds, "real", real_hashes, real=real_ds),
+            }
+    if oracle_ds is not None:
+        with log.stage("oracle data"):
+            oracle_doc = {
+                "root": str(oracle_ds.root),
+                "n": len(oracle_ds),
+                "by_attribute": {a: _counts(_keys(oracle_ds, [a])) for a in attrs},
+                "cells": _counts(_keys(oracle_ds, cols)),
+                "overlap": {
+                    "real": overlap("oracle", oracle_ds, "real", real_hashes),
+                    "counterfactual": None
+                    if cf_ds is None
+                    else overlap("oracle", oracle_ds, "counterfactual", file_hashes(cf_ds)),
+                },
+            }
     timing["checks"] = time.perf_counter() - t_start
 
-    # 2. feature module (once) + generative metrics per set
+    # 2. feature module (once) + generative metrics per replicate
     t = time.perf_counter()
     generative, feat_doc = _generative_stage(real_ds, sets, attrs, cfg, log, say)
     timing["generative"] = time.perf_counter() - t
 
     # 3. attribute classifiers (BER)
+    from fairsample.eval.closure import DEFINITIONS as CLOSURE_DEFINITIONS
     from fairsample.eval.generative import DEFINITIONS as GENERATIVE_DEFINITIONS
     from fairsample.eval.generative import folder_images
+    from fairsample.eval.rows import downstream_stage
 
     t = time.perf_counter()
     x_real = folder_images(real_ds, size=cfg.size)
     x_sets = {name: folder_images(ds, size=cfg.size) for name, ds in sets.items()}
     ber = _ber_stage(real_ds, x_real, sets, x_sets, attrs, cfg, log, say)
     timing["ber"] = time.perf_counter() - t
+    generative_summary, ber["summary"] = _replicate_summary(replicates, generative, ber, attrs)
 
-    # 4. downstream protocols and fairness reports
+    # 4. downstream rows, views, gaps and closures
     t = time.perf_counter()
-    downstream, reports = _downstream_stage(real_ds, sets, attrs, parts, cfg, log, say)
+    minority_values = {a: m["value"] for a, m in minorities.items()}
+    downstream, reports, cf_reports = downstream_stage(
+        real_ds,
+        sets,
+        replicates,
+        oracle_ds,
+        cf_ds,
+        cf_attrs,
+        attrs,
+        parts,
+        minority_values,
+        reference,
+        cfg,
+        log,
+        say,
+        images={"real": x_real, **x_sets},
+    )
+    del x_real, x_sets
+    downstream["minority"] = minorities
     timing["downstream"] = time.perf_counter() - t
 
-    # 5. sample grid and the document
-    cols = _cell_columns(real_ds, attrs)
+    # 5. sample grid (first replicate of each name) and the document
     real_keys = _keys(real_ds, cols)
     cells = list(_counts(real_keys))
     samples: dict[str, dict[str, np.ndarray]] = {}
@@ -982,10 +1139,12 @@ def evaluate(
     samples["real"], sample_files["real"] = _pick_samples(
         real_ds, real_keys, cells, cfg.grid_per_cell, cfg.seed, cfg.size, "\0real"
     )
-    for name, ds in sets.items():
-        samples[name], sample_files[name] = _pick_samples(
-            ds, _keys(ds, cols), cells, cfg.grid_per_cell, cfg.seed, cfg.size, name
+    for ids in replicates.values():
+        ds = sets[ids[0]]
+        samples[ids[0]], sample_files[ids[0]] = _pick_samples(
+            ds, _keys(ds, cols), cells, cfg.grid_per_cell, cfg.seed, cfg.size, ids[0]
         )
+    name_of = {i: (name, k) for name, ids in replicates.items() for k, i in enumerate(ids, start=1)}
     data = {
         "real": {
             "root": str(real_ds.root),
@@ -996,15 +1155,20 @@ def evaluate(
             "cells": _counts(real_keys),
         },
         "sets": {
-            name: {
+            set_id: {
+                "name": name_of[set_id][0],
+                "replicate": name_of[set_id][1],
                 "root": str(ds.root),
                 "n": len(ds),
                 "by_attribute": {a: _counts(_keys(ds, [a])) for a in attrs},
                 "cells": _counts(_keys(ds, cols)),
                 "generator": _generator_info(ds),
             }
-            for name, ds in sets.items()
+            for set_id, ds in sets.items()
         },
+        "replicates": replicates,
+        "counterfactual": cf_doc,
+        "oracle": oracle_doc,
         "cell_columns": list(cols),
     }
     fairness_definitions = {}
@@ -1021,16 +1185,25 @@ def evaluate(
             "seconds": timing,
         },
         "settings": cfg.to_dict()
-        | {"real": str(real_ds.root), "synthetic": {n: str(d.root) for n, d in sets.items()}},
+        | {
+            "real": str(real_ds.root),
+            "synthetic": {n: str(d.root) for n, d in sets.items()},
+            "counterfactual": None if cf_ds is None else str(cf_ds.root),
+            "oracle": None if oracle_ds is None else str(oracle_ds.root),
+            "minority": None if minority is None else dict(minority) if isinstance(minority, Mapping) else minority,
+            "reference": reference,
+        },
         "versions": versions(),
         "data": data,
         "features": feat_doc,
         "generative": generative,
+        "generative_summary": generative_summary,
         "ber": ber,
         "downstream": downstream,
         "samples": sample_files,
         "definitions": {
             "evaluation": dict(DEFINITIONS),
+            "closure": dict(CLOSURE_DEFINITIONS),
             "generative": dict(GENERATIVE_DEFINITIONS),
             "fairness": fairness_definitions,
             "method_status": {
@@ -1042,6 +1215,6 @@ def evaluate(
         "warnings": list(log.items),
         "plots": {},
     }
-    result = EvaluationResult(json_safe(report), reports, samples)
+    result = EvaluationResult(json_safe(report), reports, samples, counterfactual_reports=cf_reports)
     log.reissue()
     return result

@@ -8,7 +8,9 @@ Every plot reads its numbers from the document, so a figure never shows a value 
 - ``fairness_gaps_<attribute>.png``: DP / EOpp / EOdds gaps and NAR, and accuracy / AUC / ESSP / ES-AUC, per
   downstream row, ± sd over seeds;
 - ``accuracy_by_group_<attribute>.png``: per-group accuracy and AUC per downstream row, ± sd over seeds;
-- ``samples.png``: a few images per cell (rows) for the real data and each synthetic set (column blocks).
+- ``gap_closure_<view>.png``: per attribute of the view, the minority gap of every row (± sd over runs) and the gap
+  closure of every synthetic row with its bootstrap CI (0 = Base, 1 = oracle);
+- ``samples.png``: a few images per cell (rows) for the real data and each synthetic set's first replicate.
 
 matplotlib is imported lazily and only through ``matplotlib.figure.Figure`` (the Agg canvas; no pyplot, no global
 state), so plotting works headless and never changes the caller's backend.
@@ -29,12 +31,14 @@ __all__ = [
     "plot_fairness_by_group",
     "plot_fairness_gaps",
     "plot_fid_by_group",
+    "plot_gap_closure",
     "plot_samples",
     "write_plots",
 ]
 
 DPI = 110
 _BASE_COLOR = "#8c8c8c"
+_ORACLE_COLOR = "#3a3a3a"
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 _GAPS = (("dp_gap", "DP gap"), ("eopp_gap", "EOpp gap"), ("eodds_gap", "EOdds gap"), ("nar", "NAR"))
 _SCORES = (("accuracy", "Accuracy"), ("auc", "AUC"), ("essp", "ESSP"), ("es_auc", "ES-AUC"))
@@ -76,10 +80,17 @@ def _short(x: float, fraction: bool = False) -> str:
 
 
 def _set_colors(doc: Mapping[str, Any]) -> dict[str, str]:
-    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(doc["data"]["sets"])}
+    """A colour per synthetic name; every replicate (set id) of a name gets the name's colour."""
+    names = list(doc["data"].get("replicates") or doc["data"]["sets"])
+    colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
+    for set_id, info in doc["data"]["sets"].items():
+        colors.setdefault(set_id, colors.get(info.get("name", set_id), _PALETTE[0]))
+    return colors
 
 
 def _row_style(row: Mapping[str, Any], colors: Mapping[str, str]) -> dict[str, Any]:
+    if row.get("kind") == "oracle":
+        return {"color": _ORACLE_COLOR, "hatch": "..", "edgecolor": "white"}
     if row["set"] is None:
         return {"color": _BASE_COLOR}
     style: dict[str, Any] = {"color": colors[row["set"]]}
@@ -324,10 +335,80 @@ def plot_cell_heatmap(doc: Mapping[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _view_block(row: Mapping[str, Any], view: str) -> Mapping[str, Any]:
+    return row["fairness"] if view == "test" else (row.get("counterfactual") or {}).get("fairness") or {}
+
+
+def plot_gap_closure(doc: Mapping[str, Any], view: str, path: str | Path) -> Path:
+    """Per attribute of ``view``: the minority gap of every row (± sd over runs) and the gap closure of every
+    synthetic row with its bootstrap CI; undefined closures are marked, with the reason in the title."""
+    ds, colors = doc["downstream"], _set_colors(doc)
+    attrs = ds["view_attributes"][view]
+    rows = ds["rows"]
+    synthetic = [r for r in rows if r.get("kind") == "synthetic"]
+    fig = _figure(11.0, 1.2 + (1.0 + 0.42 * max(len(rows), 2)) * len(attrs))
+    axes = np.atleast_2d(fig.subplots(len(attrs), 2, squeeze=False))
+    where = "counterfactual set" if view == "counterfactual" else "real test split"
+    for i, a in enumerate(attrs):
+        ax_gap, ax_cl = axes[i]
+        # 1. minority gap per row, ± sd over (replicate, seed) runs
+        y = np.arange(len(rows))[::-1]
+        for yy, r in zip(y, rows, strict=True):
+            entry = (_view_block(r, view).get(a) or {}).get("summary", {}).get("minority_gap") or {}
+            m, sd = entry.get("mean"), entry.get("sd") or 0.0
+            style = _row_style(r, colors)
+            if m is None:
+                ax_gap.text(0, yy, "n/a", va="center", fontsize=8, color="#555555")
+                continue
+            ax_gap.barh(yy, m, 0.7, xerr=sd, capsize=3, error_kw={"elinewidth": 1, "ecolor": "#333333"}, **style)
+            ax_gap.annotate(f"{m:.3f}", (max(m, 0) + sd, yy), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7, color="#333333")  # fmt: skip
+        ax_gap.set_yticks(y, [r["label"] for r in rows], fontsize=8)
+        ax_gap.axvline(0, color="#999999", linewidth=0.8)
+        minority = ds["minority"][a]["value"]
+        ax_gap.set_title(f"minority gap by {a} (others − {minority}), ± sd over runs", fontsize=9)
+        ax_gap.set_xlabel("accuracy difference")
+        # 2. gap closure with its CI
+        ys = np.arange(len(synthetic))[::-1]
+        reasons = []
+        for yy, r in zip(ys, synthetic, strict=True):
+            block = ((r.get("gap_closure") or {}).get(view) or {}).get(a) or {}
+            value, ci = block.get("value"), block.get("ci")
+            color = colors.get(r["set"], _PALETTE[0])
+            if value is None:
+                ax_cl.text(0.5, yy, "undefined", ha="center", va="center", fontsize=8, color="#555555")
+                if block.get("reason") and block["reason"] not in reasons:
+                    reasons.append(block["reason"])
+                continue
+            err = None if not ci else [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
+            ax_cl.errorbar(value, yy, xerr=err, fmt="o", color=color, capsize=4, markersize=6)
+            ax_cl.annotate(f"{value:.2f}", (value, yy), xytext=(0, 6), textcoords="offset points", ha="center",
+                           fontsize=7, color="#333333")  # fmt: skip
+        ax_cl.axvline(0, color=_BASE_COLOR, linewidth=1, linestyle="--")
+        ax_cl.axvline(1, color=_ORACLE_COLOR, linewidth=1, linestyle="--")
+        ax_cl.set_yticks(ys, [r["label"] for r in synthetic], fontsize=8)
+        ax_cl.set_ylim(-0.8, max(len(synthetic), 1) - 0.2)
+        low, high = ax_cl.get_xlim()
+        ax_cl.set_xlim(min(low, -0.25), max(high, 1.25))
+        title = "gap closure [CI] (0 = Base, 1 = oracle)"
+        if reasons:
+            title += "\nundefined: " + reasons[0].split(":")[0][:70]
+        ax_cl.set_title(title, fontsize=9)
+        ax_cl.set_xlabel("(Base gap − row gap) / (Base gap − oracle gap)")
+        for ax in (ax_gap, ax_cl):
+            ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+            ax.set_axisbelow(True)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+    fig.suptitle(f"Minority gap and gap closure on the {where}", fontsize=11)
+    return _save(fig, path)
+
+
 def plot_samples(doc: Mapping[str, Any], samples: Mapping[str, Mapping[str, np.ndarray]], path: str | Path) -> Path:
-    """One row per cell; column blocks = real data then each synthetic set; empty tiles where a cell has no image."""
+    """One row per cell; column blocks = real data then each synthetic name's first replicate; empty tiles where a
+    cell has no image."""
     cells = list(doc["data"]["real"]["cells"])
-    sources = ["real", *doc["data"]["sets"]]
+    sources = ["real", *(s for s in doc.get("samples", {}) if s != "real")]
     per = int(doc["settings"]["grid_per_cell"])
     size = int(doc["settings"]["size"])
     gap, block_gap = max(1, size // 16), max(4, size // 3)
@@ -389,5 +470,8 @@ def write_plots(
         for a in doc["settings"]["attributes"]:
             put(f"fairness_gaps_{a}", plot_fairness_gaps, a)
             put(f"accuracy_by_group_{a}", plot_fairness_by_group, a)
+        for view in doc["downstream"].get("views", []):
+            if doc["downstream"]["view_attributes"].get(view):
+                put(f"gap_closure_{view}", plot_gap_closure, view)
     put("samples", plot_samples, samples)
     return out

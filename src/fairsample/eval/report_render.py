@@ -94,6 +94,38 @@ def _pm_pair(mean: float | None, sd: float | None, fmt: Any = fmt_number) -> str
     return fmt(mean) if sd is None else f"{fmt(mean)} ± {fmt(sd)}"
 
 
+def _ci(ci: Sequence[float | None] | None) -> str:
+    """``[low, high]`` of a CI pair (``n/a`` when missing)."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return _NA
+    return f"[{fmt_fraction(ci[0])}, {fmt_fraction(ci[1])}]"
+
+
+def _gap(entry: Mapping[str, Any] | None) -> str:
+    """``mean ± sd [low, high]`` of a ``{"mean", "sd", "ci"}`` gap entry."""
+    if not entry or entry.get("mean") is None:
+        return _NA
+    text = _pm(entry)
+    return f"{text} {_ci(entry['ci'])}" if entry.get("ci") else text
+
+
+def _closure(block: Mapping[str, Any] | None) -> str:
+    """``value [low, high]``, or ``undefined``."""
+    if not block:
+        return _DASH
+    if block.get("value") is None:
+        return "undefined"
+    return f"{fmt_fraction(block['value'])} {_ci(block.get('ci'))}"
+
+
+def _view_name(view: str) -> str:
+    return {"counterfactual": "counterfactual set", "test": "real test split"}.get(view, view)
+
+
+def _view_fairness(row: Mapping[str, Any], view: str) -> Mapping[str, Any]:
+    return row["fairness"] if view == "test" else (row.get("counterfactual") or {}).get("fairness") or {}
+
+
 def _value(key: str) -> str:
     """``"tone=dark"`` → ``"dark"``; ``"tone=dark,label=3"`` stays."""
     return key.split("=", 1)[1] if key.count("=") == 1 else key
@@ -140,15 +172,52 @@ def _data_blocks(doc: Mapping[str, Any]) -> list[_Block]:
             + [str(info["by_attribute"][a].get(g, 0)) for a in attrs for g in groups[a]]
             + [", ".join(gen.get("sampler", [])) or _DASH, ", ".join(gen.get("method_status", [])) or _DASH]
         )
+    for key, label in (
+        ("oracle", "oracle (real held-out, training only)"),
+        ("counterfactual", "counterfactual (test)"),
+    ):
+        info = data.get(key)
+        if info:
+            by = info["by_attribute"]
+            rows.append(
+                [label, str(info["n"])]
+                + [str(by[a].get(g, 0)) if a in by else _DASH for a in attrs for g in groups[a]]
+                + [_DASH, _DASH]
+            )
     sets = ", ".join(f"**{n}** (`{i['root']}`)" for n, i in data["sets"].items())
-    return [
-        _Block("h2", "Data"),
-        _Block(
-            "p",
-            f"Real: `{data['real']['root']}`. Synthetic sets: {sets}. Cells are {' × '.join(data['cell_columns'])}.",
-        ),
-        _table(header, rows),
-    ]
+    reps = {n: ids for n, ids in data.get("replicates", {}).items() if len(ids) > 1}
+    text = f"Real: `{data['real']['root']}`. Synthetic sets: {sets}. Cells are {' × '.join(data['cell_columns'])}."
+    if reps:
+        text += (
+            " Generator replicates (same method, different generator training seeds): "
+            + "; ".join(f"**{n}** = {', '.join(ids)}" for n, ids in reps.items())
+            + "."
+        )
+    out = [_Block("h2", "Data"), _Block("p", text), _table(header, rows)]
+    cf = data.get("counterfactual")
+    if cf:
+        pairs = ", ".join(
+            f"{a}: " + ("paired" if p["paired"] else f"{p['n_unpaired']} contents unpaired")
+            for a, p in cf["pairing"].items()
+        )
+        out.append(
+            _Block(
+                "note",
+                f"Counterfactual set `{cf['root']}`: {cf['n']} images of {cf['n_content']} contents, each rendered in "
+                f"every value of {', '.join(cf['attributes'])} ({pairs}); test only, never used for training or "
+                f"selection. Byte-identical to real images: {cf['overlap']['bytes']}.",
+            )
+        )
+    if data.get("oracle"):
+        o = data["oracle"]
+        out.append(
+            _Block(
+                "note",
+                f"Oracle set `{o['root']}`: {o['n']} real held-out images added to the real train split in the oracle "
+                f"row. Byte-identical to real images: {o['overlap']['real']['bytes']}.",
+            )
+        )
+    return out
 
 
 def _generative_blocks(doc: Mapping[str, Any]) -> list[_Block]:
@@ -240,7 +309,160 @@ def _generative_blocks(doc: Mapping[str, Any]) -> list[_Block]:
         key = f"fid_by_group_{a}"
         if key in plots:
             out.append(_Block("img", f"Size-matched FID by {a}", path=plots[key]))
+    out += _replicate_blocks(doc)
     out += _cell_blocks(doc)
+    return out
+
+
+def _replicate_blocks(doc: Mapping[str, Any]) -> list[_Block]:
+    """Mean ± sd over generator replicates, when some name has more than one."""
+    summary = doc.get("generative_summary") or {}
+    if not any(g["n_replicates"] > 1 for g in summary.values()):
+        return []
+    attr = doc["settings"]["attributes"][0]
+    header = ["Set", "Replicates", "FID", "KID", "IS-domain", f"FID variance ({attr})", f"ES-FID ({attr})"]
+    header += [f"BER {attr} (fresh)", f"BER {attr} (real-trained)"]
+    body = []
+    for name, g in summary.items():
+        b = doc["ber"]["summary"][name].get(attr) or {}
+        body.append(
+            [name, str(g["n_replicates"])]
+            + [_pm(g[m], fmt_number) for m in ("fid", "kid", "is_domain")]
+            + [_pm(g["by"][attr]["fid_variance"], fmt_number), _pm(g["by"][attr]["es_fid"], fmt_number)]
+            + [_pm(b.get("ber")), _pm(b.get("real_trained_ber"))]
+        )
+    return [
+        _Block("h3", "Across generator replicates"),
+        _Block("p", "Mean ± sd (ddof=1) over each set's replicates (one generator per training seed)."),
+        _table(header, body),
+    ]
+
+
+def _problem_blocks(doc: Mapping[str, Any]) -> list[_Block]:
+    """Base vs oracle per view: how large the minority gap is, and whether real minority data closes it."""
+    ds = doc["downstream"]
+    problem = ds.get("problem") or {}
+    if not problem:
+        return []
+    out = [
+        _Block("h2", "Problem: the minority gap"),
+        _Block(
+            "p",
+            "Minority gap = accuracy of the other groups pooled − accuracy of the minority group (positive: the "
+            "minority is behind), mean ± sd over classifier seeds [bootstrap CI over seeds]. Base trains on the real "
+            "train split only; the oracle adds real held-out images. Gap closure is defined only when Base gap − "
+            "oracle gap is clearly positive (its CI excludes 0).",
+        ),
+    ]
+    for a in doc["settings"]["attributes"]:
+        views = [v for v in ds["views"] if a in problem.get(v, {})]
+        if not views:
+            continue
+        header = ["View", "Minority", "Base gap", "Oracle gap", "Base − oracle", "Closable", "Base accuracy"]
+        header += ["Oracle accuracy"]
+        body, notes = [], []
+        for v in views:
+            e = problem[v][a]
+            diff = e.get("difference")
+            body.append(
+                [
+                    _view_name(v),
+                    f"{a}={e['minority']}",
+                    _gap(e.get("base_gap")),
+                    _gap(e.get("oracle_gap")),
+                    f"{fmt_fraction(diff['mean'])} {_ci(diff['ci'])}" if diff else _NA,
+                    "yes" if e["closable"] else "no",
+                    _pm(e.get("base_accuracy")),
+                    _pm(e.get("oracle_accuracy")),
+                ]
+            )
+            if e.get("reason"):
+                notes.append(f"{_view_name(v)}: {e['reason']}.")
+        groups: list[str] = []
+        for v in views:
+            for key in ("base_by_group", "oracle_by_group"):
+                groups += [g for g in (problem[v][a].get(key) or {}) if g not in groups]
+        g_body = []
+        for v in views:
+            for key, label in (("base_by_group", "Base"), ("oracle_by_group", "oracle")):
+                by = problem[v][a].get(key)
+                if by:
+                    g_body.append(
+                        [f"{label} ({_view_name(v)})"]
+                        + [_pm((by.get(g) or {}).get("accuracy")) if g in by else _NA for g in groups]
+                        + [str(by[g]["n"]) if g in by else _NA for g in groups]
+                    )
+        out += [_Block("h3", f"By {a}"), _table(header, body)]
+        if notes:
+            out.append(_Block("note", " ".join(notes)))
+        if g_body:
+            g_header = ["Row (view)"] + [f"Acc {_value(g)}" for g in groups] + [f"n {_value(g)}" for g in groups]
+            out += [_Block("p", f"Per-group accuracy by {a} (mean ± sd over seeds):"), _table(g_header, g_body)]
+    return out
+
+
+_VIEW_METRICS = (("accuracy", "Accuracy"), ("dp_gap", "DP gap"), ("eopp_gap", "EOpp gap"), ("essp", "ESSP"))
+
+
+def _closure_blocks(doc: Mapping[str, Any]) -> list[_Block]:
+    """Per view and attribute: minority gap, worst–best gap, main metrics and gap closure of every row."""
+    ds, plots = doc["downstream"], doc.get("plots", {})
+    if not ds["rows"]:
+        return []
+    reference = ds.get("reference")
+    out = [
+        _Block("h2", "Gap closure"),
+        _Block(
+            "p",
+            "Gap closure = (Base gap − row gap) / (Base gap − oracle gap) on the means (1 = as much as real held-out "
+            "minority images close, 0 = no change). [CI]: hierarchical percentile bootstrap over generator "
+            "replicates, classifier seeds within each, and Base's and the oracle's seeds. Metrics are mean ± sd over "
+            "every (replicate, seed) run. Gap sd: between generators (sd of the replicate means) / within "
+            "(pooled over classifier seeds)."
+            + (f" vs {reference}: closure of the row minus closure of {reference} [CI]." if reference else ""),
+        ),
+    ]
+    for view in ds["views"]:
+        for a in ds["view_attributes"][view]:
+            header = ["Row", "Runs (replicates × seeds)", "Minority gap", "Worst–best gap"]
+            header += [t for _, t in _VIEW_METRICS] + ["NAR", "Gap closure [CI]", "Gap sd between / within"]
+            if reference:
+                header.append(f"vs {reference} [CI]")
+            body, notes = [], []
+            for r in ds["rows"]:
+                block = _view_fairness(r, view).get(a)
+                if not block:
+                    continue
+                summary = block["summary"]
+                closure = ((r.get("gap_closure") or {}).get(view) or {}).get(a)
+                gap = (closure or {}).get("row_gap") or {}
+                spread = _DASH
+                if closure and gap:
+                    spread = (
+                        f"{fmt_fraction(gap.get('between_generator_sd'))} / {fmt_fraction(gap.get('within_seed_sd'))}"
+                    )
+                line = [
+                    _row_label(r),
+                    f"{r['n_replicates']} × {len(r['seeds'])}",
+                    _pm(summary["minority_gap"]),
+                    _pm(summary["worst_best_gap"]),
+                ]
+                line += [_pm(summary.get(m)) for m, _ in _VIEW_METRICS] + [_pm(summary.get("nar"))]
+                line += [_closure(closure), spread]
+                if reference:
+                    vs = (closure or {}).get("vs_reference")
+                    line.append(_closure(vs))
+                body.append(line)
+                if closure and closure.get("reason") and closure["reason"] not in notes:
+                    notes.append(closure["reason"])
+            minority = ds["minority"][a]["value"]
+            out += [_Block("h3", f"{_view_name(view).capitalize()}, by {a} (minority {a}={minority})")]
+            out.append(_table(header, body))
+            if notes:
+                out.append(_Block("note", "Closure undefined: " + "; ".join(notes) + "."))
+        key = f"gap_closure_{view}"
+        if key in plots:
+            out.append(_Block("img", f"Minority gap and gap closure ({_view_name(view)})", path=plots[key]))
     return out
 
 
@@ -294,51 +516,64 @@ def _fairness_blocks(doc: Mapping[str, Any]) -> list[_Block]:
         _Block("h2", "Downstream fairness"),
         _Block(
             "p",
-            f"A {clf['kind']} classifier per row and seed ({clf['epochs']} epochs, checkpoint selected on the real "
-            f"validation split), tested on the same real test split ({sizes['test']} images; train {sizes['train']}, "
-            f"val {sizes['val']}). Mean ± sd over seeds {', '.join(str(s) for s in st['seeds'])}. Gaps and NAR: lower "
-            "is fairer; accuracy, AUC, ESSP, ES-ACC, ES-AUC: higher is better.",
+            f"A {clf['kind']} classifier per row, generator replicate and seed ({clf['epochs']} epochs, checkpoint "
+            f"selected on the real validation split), tested on the same real test split ({sizes['test']} images; "
+            f"train {sizes['train']}, val {sizes['val']})"
+            + (" and on the counterfactual set" if "counterfactual" in ds.get("views", []) else "")
+            + f". Mean ± sd over seeds {', '.join(str(s) for s in st['seeds'])} (and replicates). Gaps and NAR: "
+            "lower is fairer; accuracy, AUC, ESSP, ES-ACC, ES-AUC: higher is better.",
         ),
     ]
-    for a in attrs:
-        header = ["Row", "Protocol", "Train images (real + synthetic)"] + [t for _, t in _GAP_METRICS]
-        body = []
-        for r in ds["rows"]:
-            summary = r["fairness"][a]["summary"]
-            body.append(
-                [_row_label(r), r["protocol"], f"{r['n_train_real']} + {r['n_train_synthetic']}"]
-                + [_pm(summary.get(m)) for m, _ in _GAP_METRICS]
-            )
-        groups = list(ds["rows"][0]["fairness"][a]["by_group"]) if ds["rows"] else []
-        first = ds["rows"][0]["fairness"][a]["by_group"] if ds["rows"] else {}
-        g_header = ["Row"] + [f"Acc {_value(g)} (n={first[g]['n']})" for g in groups]
-        g_header += [f"AUC {_value(g)}" for g in groups]
-        g_body = []
-        for r in ds["rows"]:
-            by = r["fairness"][a]["by_group"]
-            g_body.append(
-                [_row_label(r)]
-                + [_pm(by[g].get("accuracy")) for g in groups]
-                + [_pm(by[g].get("auc")) for g in groups]
-            )
-        out += [
-            _Block("h3", f"By {a}"),
-            _table(header, body),
-            _Block("p", f"Per {a} group (real test images):"),
-            _table(g_header, g_body),
-        ]
-        for key, alt in (
-            (f"fairness_gaps_{a}", f"Fairness metrics by {a}"),
-            (f"accuracy_by_group_{a}", f"Accuracy and AUC by {a}"),
-        ):
-            if key in plots:
-                out.append(_Block("img", alt, path=plots[key]))
+    for view in ds.get("views", ["test"]):
+        for a in ds.get("view_attributes", {}).get(view, attrs):
+            out += _fairness_tables(ds, view, a)
+            if view != "test":
+                continue
+            for key, alt in (
+                (f"fairness_gaps_{a}", f"Fairness metrics by {a}"),
+                (f"accuracy_by_group_{a}", f"Accuracy and AUC by {a}"),
+            ):
+                if key in plots:
+                    out.append(_Block("img", alt, path=plots[key]))
     return out
+
+
+def _fairness_tables(ds: Mapping[str, Any], view: str, a: str) -> list[_Block]:
+    """Every metric and the per-group accuracy / AUC of every row, on one view."""
+    rows = [r for r in ds["rows"] if a in _view_fairness(r, view)]
+    header = ["Row", "Protocol", "Train images (real + added)"] + [t for _, t in _GAP_METRICS]
+    body = []
+    for r in rows:
+        summary = _view_fairness(r, view)[a]["summary"]
+        body.append(
+            [_row_label(r), r["protocol"], f"{r['n_train_real']} + {r['n_train_synthetic']}"]
+            + [_pm(summary.get(m)) for m, _ in _GAP_METRICS]
+        )
+    first = _view_fairness(rows[0], view)[a]["by_group"] if rows else {}
+    groups = list(first)
+    g_header = ["Row"] + [f"Acc {_value(g)} (n={first[g]['n']})" for g in groups]
+    g_header += [f"AUC {_value(g)}" for g in groups]
+    g_body = []
+    for r in rows:
+        by = _view_fairness(r, view)[a]["by_group"]
+        g_body.append(
+            [_row_label(r)]
+            + [_pm((by.get(g) or {}).get("accuracy")) for g in groups]
+            + [_pm((by.get(g) or {}).get("auc")) for g in groups]
+        )
+    where = "real test images" if view == "test" else "counterfactual images"
+    return [
+        _Block("h3", f"{_view_name(view).capitalize()}, by {a}"),
+        _table(header, body),
+        _Block("p", f"Per {a} group ({where}):"),
+        _table(g_header, g_body),
+    ]
 
 
 def _definition_blocks(doc: Mapping[str, Any]) -> list[_Block]:
     defs = doc["definitions"]
     items = [f"`{k}`: {v}" for k, v in defs["evaluation"].items()]
+    items += [f"`{k}`: {v}" for k, v in defs.get("closure", {}).items()]
     items += [f"`{k}`: {v}" for k, v in defs["generative"].items()]
     for a, metrics in defs["fairness"].items():
         items += [f"`{k}` ({a}): {_options(v)}" for k, v in metrics.items() if isinstance(v, Mapping)]
@@ -396,7 +631,8 @@ def _blocks(doc: Mapping[str, Any]) -> list[_Block]:
             f"{', '.join(doc['settings']['attributes'])}. All rates are fractions (never ×100).",
         ),
     ]
-    out += _data_blocks(doc) + _generative_blocks(doc) + _fairness_blocks(doc)
+    out += _data_blocks(doc) + _problem_blocks(doc) + _closure_blocks(doc) + _generative_blocks(doc)
+    out += _fairness_blocks(doc)
     if "samples" in plots:
         out += [
             _Block("h2", "Samples"),
