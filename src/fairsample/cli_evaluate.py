@@ -16,15 +16,31 @@ from typing import Annotated, Any
 
 import typer
 
-from fairsample.cli import Format, FormatOpt, _emit, app, handle_errors, parse_int_list
+from fairsample.cli import (
+    Format,
+    FormatOpt,
+    GroupColOpt,
+    LabelColOpt,
+    _emit,
+    _load_dataset,
+    app,
+    handle_errors,
+    parse_int_list,
+)
 from fairsample.errors import ConfigError
 from fairsample.eval.evaluate import EvaluationSettings
 
 _NAME_PATH_RE = re.compile(r"^([A-Za-z0-9._-]{1,40})=(.+)$")
 _DUPLICATE_NAME = (
     "two --synthetic sets are named {name!r} ({first} and {second}); name them with NAME=PATH, "
-    "e.g. --synthetic vanilla=out/v --synthetic fair=out/f"
+    "e.g. --synthetic vanilla=out/v --synthetic fair=out/f (repeat one NAME for generator replicates)"
 )
+_DUPLICATE_PATH = "--synthetic {name}={path} is given twice; each replicate of {name!r} must be a different folder"
+_BAD_MINORITY = (
+    "--minority {value!r} must be VALUE (of the first attribute) or ATTRIBUTE=VALUE, e.g. --minority dark or "
+    "--minority tone=dark; give at most one bare VALUE"
+)
+_BAD_REFERENCE = "--reference {value!r} is not a --synthetic name (names: {names}); pass one of them"
 _NOT_A_FOLDER = "--{flag} {path} is not a folder; pass a dataset folder with metadata.csv"
 _OUTPUT_NOT_EMPTY = "--output-dir {path} is not empty; pass --overwrite to replace it or choose a new folder"
 
@@ -35,28 +51,53 @@ class ProtocolName(StrEnum):
     synthetic_only = "synthetic_only"
 
 
-def parse_synthetic(values: list[str]) -> dict[str, Path]:
-    """``["out/v", "fair=out/f"]`` → ``{"v": Path("out/v"), "fair": Path("out/f")}`` (name = folder name by default).
+def parse_synthetic(values: list[str]) -> dict[str, list[Path]]:
+    """``--synthetic`` values → ``{name: [replicate folders]}``; a repeated NAME=PATH name adds a generator replicate.
+
+    A value without ``NAME=`` is named after its folder; two such folders with the same name are an error (name them
+    explicitly), and so is one folder given twice.
 
     Example:
-        >>> parse_synthetic(["runs/vanilla", "fair=runs/x"])
-        {'vanilla': PosixPath('runs/vanilla'), 'fair': PosixPath('runs/x')}
+        >>> parse_synthetic(["runs/vanilla", "fair=runs/x0", "fair=runs/x1"])
+        {'vanilla': [PosixPath('runs/vanilla')], 'fair': [PosixPath('runs/x0'), PosixPath('runs/x1')]}
     """
-    out: dict[str, Path] = {}
+    out: dict[str, list[Path]] = {}
+    explicit: dict[str, bool] = {}
     for text in values:
         m = _NAME_PATH_RE.match(text)
-        if m is not None and not Path(text).exists():
+        named = m is not None and not Path(text).exists()
+        if named:
+            assert m is not None
             name, path = m.group(1), Path(m.group(2))
         else:
             path = Path(text)
             name = path.resolve().name if path.name in ("", ".", "..") else path.name
             name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:40] or "synthetic"
-        if name in out:
+        if name in out and not (named and explicit[name]):
             raise typer.BadParameter(
-                _DUPLICATE_NAME.format(name=name, first=out[name], second=path), param_hint="--synthetic"
+                _DUPLICATE_NAME.format(name=name, first=out[name][0], second=path), param_hint="--synthetic"
             )
-        out[name] = path
+        if any(p.resolve() == path.resolve() for p in out.get(name, [])):
+            raise typer.BadParameter(_DUPLICATE_PATH.format(name=name, path=path), param_hint="--synthetic")
+        out.setdefault(name, []).append(path)
+        explicit[name] = named
     return out
+
+
+def parse_minority(values: list[str] | None) -> str | dict[str, str] | None:
+    """``--minority`` values → None, a bare value (first attribute) or ``{attribute: value}``.
+
+    Example:
+        >>> parse_minority(["dark"]), parse_minority(["tone=dark", "site=B"])
+        ('dark', {'tone': 'dark', 'site': 'B'})
+    """
+    if not values:
+        return None
+    bare = [v for v in values if "=" not in v]
+    pairs = [v.split("=", 1) for v in values if "=" in v]
+    if len(bare) > 1 or (bare and pairs) or any(not a or not v for a, v in pairs) or any(not v for v in bare):
+        raise typer.BadParameter(_BAD_MINORITY.format(value=" ".join(values)), param_hint="--minority")
+    return bare[0] if bare else {a: v for a, v in pairs}
 
 
 def _human(doc: dict[str, Any]) -> str:
@@ -68,10 +109,20 @@ def _human(doc: dict[str, Any]) -> str:
     for name, g in head["generative"].items():
         rows.append([name] + [_num(g[k]) for k in ("fid", "kid", "fid_variance", "es_fid", "ber")])
     lines += _table(rows)
-    lines.append(f"downstream fairness ({attr}; real test split, mean over seeds):")
-    rows = [["row", "accuracy", "DP gap", "EOpp gap", "EOdds gap", "ESSP"]]
+    view = "counterfactual set" if head["view"] == "counterfactual" else "real test split"
+    lines.append(
+        f"downstream fairness ({attr}; accuracy and gaps on the real test split, minority gap ({attr}="
+        f"{head['minority']}) and gap closure on the {view}; mean over runs):"
+    )
+    rows = [["row", "accuracy", "DP gap", "EOpp gap", "EOdds gap", "ESSP", "minority gap", "closure [CI]"]]
     for row_id, f in head["fairness"].items():
-        rows.append([row_id] + [_num(f[k]) for k in ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp")])
+        ci = f.get("gap_closure_ci")
+        closure = _num(f.get("gap_closure")) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
+        rows.append(
+            [row_id]
+            + [_num(f[k]) for k in ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp", "minority_gap")]
+            + [closure if f.get("gap_closure") is not None or ci else "-"]
+        )
     lines += _table(rows)
     files = doc["files"]
     lines.append(f"wrote {files['output_dir']} in {doc['seconds']:.0f} s:")
@@ -100,7 +151,8 @@ def evaluate(
         list[str],
         typer.Option(
             "--synthetic",
-            help="Generated folder; repeat to compare sets side by side. NAME=PATH names a set (default: its folder).",
+            help="Generated folder; repeat to compare sets side by side. NAME=PATH names a set (default: its "
+            "folder); repeating a NAME adds generator replicates (e.g. vanilla=gen_s0 --synthetic vanilla=gen_s1).",
         ),
     ],
     output_dir: Annotated[
@@ -110,6 +162,30 @@ def evaluate(
         list[str] | None,
         typer.Option("--attribute", help="Sensitive attribute column; repeat for several (default: every group)."),
     ] = None,
+    counterfactual: Annotated[
+        Path | None,
+        typer.Option(
+            help="Counterfactual test set folder (a content_id column pairs renderings of one content in every "
+            "attribute value); every classifier also predicts it. Never used for training or selection."
+        ),
+    ] = None,
+    oracle: Annotated[
+        Path | None,
+        typer.Option(help="Real held-out images folder: adds the oracle row (real train split + all of them)."),
+    ] = None,
+    minority: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Minority group: VALUE of the first attribute or ATTRIBUTE=VALUE (default: the value with the fewest "
+            "real training images)."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="A --synthetic NAME every other row's gap closure is compared with (e.g. vanilla)."),
+    ] = None,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
     protocol: Annotated[
         list[ProtocolName] | None,
         typer.Option(
@@ -134,20 +210,29 @@ def evaluate(
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of features, FID draws, split, bootstrap, BER.")] = 0,
     allow_few_seeds: Annotated[bool, typer.Option(help="Accept 1 or 2 seeds (sd is then n/a).")] = False,
+    closure_resamples: Annotated[
+        int, typer.Option(min=1, help="Bootstrap resamples of each gap-closure CI.")
+    ] = EvaluationSettings.closure_resamples,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output-dir.")] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
     """Evaluate synthetic sets against real data: FID/KID per group, BER, downstream fairness; writes a report.
 
-    Example: fairsample evaluate --real demo --synthetic vanilla=gen_v --synthetic fair=gen_f --output-dir report
+    Example: fairsample evaluate --real demo --synthetic vanilla=gen_v0 --synthetic vanilla=gen_v1 --synthetic
+    fair=gen_f --counterfactual demo/counterfactual --oracle oracle --reference vanilla --output-dir report
     """
     from fairsample.eval.evaluate import check_output_dir
     from fairsample.eval.evaluate import evaluate as run_evaluate
 
     t0 = time.perf_counter()
     sets = parse_synthetic(synthetic)
+    minority_value = parse_minority(minority)
     seed_list = parse_int_list(seeds)
-    for flag, path in [("real", real), *(("synthetic", p) for p in sets.values())]:
+    if reference is not None and reference not in sets:
+        raise typer.BadParameter(_BAD_REFERENCE.format(value=reference, names=list(sets)), param_hint="--reference")
+    folders = [("real", real), *(("synthetic", p) for paths in sets.values() for p in paths)]
+    folders += [(flag, p) for flag, p in (("counterfactual", counterfactual), ("oracle", oracle)) if p is not None]
+    for flag, path in folders:
         if not path.is_dir():
             raise ConfigError(_NOT_A_FOLDER.format(flag=flag, path=path))
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -157,10 +242,17 @@ def evaluate(
     def progress(line: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {line}", file=sys.stderr, flush=True)
 
+    real_data: Any = real
+    if label_col is not None or group_col:
+        real_data = _load_dataset(real, label_col, group_col, None, False)
     result = run_evaluate(
-        real,
-        sets,
+        real_data,
+        {name: paths[0] if len(paths) == 1 else paths for name, paths in sets.items()},
         attribute=attribute or None,
+        counterfactual=counterfactual,
+        oracle=oracle,
+        minority=minority_value,
+        reference=reference,
         protocols=[p.value for p in protocol] if protocol else EvaluationSettings.protocols,
         seeds=seed_list,
         epochs=epochs,
@@ -170,6 +262,7 @@ def evaluate(
         seed=seed,
         feature_epochs=feature_epochs,
         allow_few_seeds=allow_few_seeds,
+        closure_resamples=closure_resamples,
         progress=progress if fmt is Format.human else None,
     )
     result.command = shlex.join(["fairsample", *sys.argv[1:]])
