@@ -31,16 +31,22 @@ class StudyBackend(StrEnum):
 
 
 def _human(doc: dict[str, Any]) -> str:
-    """Table 1 (means) and the written files."""
-    from fairsample.study import TABLE1_METRICS
-    from fairsample.study_report import fmt
+    """The rows' minority gap and gap closure on the primary view, and the written files."""
+    from fairsample.study.report import fmt, primary_view
 
     res = doc["results"]
-    rows = [["row"] + [title for _, title, _ in TABLE1_METRICS]]
-    for r in res["table1"]["rows"]:
-        rows.append([r["label"]] + [fmt(r["metrics"][k]["mean"]) for k, _, _ in TABLE1_METRICS])
+    view = primary_view(res)
+    rows = [["row", "guard", "minority gap", "gap closure [95 % CI]"]]
+    for r in res["rows"]:
+        v = r["views"].get(view, {})
+        gap = v.get("minority_gap") or {}
+        clo = v.get("closure") or {}
+        ci = clo.get("ci") or [None, None]
+        closure = "n/a" if clo.get("value") is None else f"{fmt(clo['value'], 2)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
+        rows.append([r["label"], r.get("guard") or "", fmt(gap.get("mean")), closure])
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    lines = [f"Table 1 ({res['table1']['attribute']}; mean over {len(res['grid']['seeds'])} seeds):"]
+    lines = [f"{res['attribute']}: minority {res['minority']!r}, view {view!r} (means over generator and classifier "
+             "seeds)"]
     lines += ["  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
               for r in rows]  # fmt: skip
     lines.append(f"{len(doc['ran'])} cells computed, {len(doc['skipped'])} already complete, {doc['seconds']:.0f} s")
@@ -58,14 +64,14 @@ def study_cmd(
     ],
     profile: Annotated[
         ProfileName,
-        typer.Option(help="small (2-core CPU, <= 60 min), full (GPU) or tiny (tests; meaningless numbers)."),
+        typer.Option(help="small (2-core CPU, about 2 h), full (GPU) or tiny (tests; meaningless numbers)."),
     ] = ProfileName.small,
     methods: Annotated[
         list[str] | None,
         typer.Option(
             "--methods",
-            help="Training methods (repeat or comma-separate): vanilla, cbrs, sqrs, cbdm, fairskin-s, fairdiffusion, "
-            "fairgen. Default: all (tiny: vanilla, fairdiffusion).",
+            help="Training methods (repeat or comma-separate): vanilla, cbrs, sqrs, cbdm, cbdm-keep, fairskin-s, "
+            "fairdiffusion, fairgen. Default: all (tiny: vanilla, fairdiffusion).",
         ),
     ] = None,
     samplers: Annotated[
@@ -76,9 +82,31 @@ def study_cmd(
             "fairdiffusion_perturbed (on the vanilla and fairdiffusion models). Default: all three.",
         ),
     ] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Downstream classifier seeds 0..N-1 (mean ± sd over them).")] = 3,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Downstream classifier seeds 0..N-1 (default: the profile's).")
+    ] = None,
     attribute: Annotated[
-        str | None, typer.Option(help="Sensitive attribute (default: the data's first group column).")
+        str | None, typer.Option(help="Sensitive attribute column (default: the data's first group column).")
+    ] = None,
+    label_col: Annotated[
+        str | None, typer.Option("--label-col", help="Label column, when the data folder has no fairsample.toml.")
+    ] = None,
+    minority: Annotated[
+        str | None,
+        typer.Option(help="Minority value of the attribute (default: the value with the fewest training images)."),
+    ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="Base bundle every method is fine-tuned from (default: trained from scratch on the train "
+                     "split without the minority group)."),
+    ] = None,
+    counterfactual: Annotated[
+        Path | None,
+        typer.Option(help="Attribute-balanced test set folder (default: DATA/counterfactual when present)."),
+    ] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(help="Real held-out images for the oracle row (default: DATA/holdout when present)."),
     ] = None,
     backend: Annotated[StudyBackend, typer.Option(help="Sampling engine (exported once per model).")] = (
         StudyBackend.onnxruntime
@@ -91,15 +119,23 @@ def study_cmd(
             "ONNX Runtime's default).",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes running model chains in parallel (default: the profile's; 2 on small)."),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid (cells in order) and exit.")] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
-    """Compare fairness methods like FairGen Table 1: fine-tune every method, generate, evaluate; resumable.
+    """Does a fair method close the minority gap better than plain fine-tuning? Base → every method → sets → gap
+    closure; resumable.
 
-    Every grid cell (training run, export, τ, perturbation, generated set, evaluation) has its own folder under
-    OUTPUT_DIR/cells with a completion marker written last: re-running the same command after a kill skips the
-    completed cells and resumes the others. Writes OUTPUT_DIR/results.json and OUTPUT_DIR/RESULTS.md.
+    A shared base (trained without the minority) is fine-tuned by every method with the same budget and several
+    generator seeds; each model adds a synthetic set to the real training data; downstream classifiers are compared
+    with real-only (Base) and real held-out data (oracle) on a counterfactual test set and the real test split.
+    Every grid cell has its own folder under OUTPUT_DIR/cells with a completion marker written last: re-running the
+    same command after a kill skips the completed cells and resumes the others. Writes OUTPUT_DIR/results.json and
+    OUTPUT_DIR/RESULTS.md.
 
     Example: fairsample data demo demo && fairsample study --data demo --output-dir study --profile small
     """
@@ -107,7 +143,8 @@ def study_cmd(
 
     if dry_run:
         plan = plan_study(profile=profile.value, methods=methods, samplers=samplers, seeds=seeds,
-                          attribute=attribute or "(first group column)")  # fmt: skip
+                          attribute=attribute or "(first group column)",
+                          base=None if base is None else str(base))  # fmt: skip
         _print_json(plan.to_dict() | {"profile_settings": plan.profile.to_dict()})
         return
     t0 = time.perf_counter()
@@ -123,9 +160,15 @@ def study_cmd(
         samplers=samplers,
         seeds=seeds,
         attribute=attribute,
+        label_col=label_col,
+        minority=minority,
+        base=base,
+        counterfactual=counterfactual,
+        holdout=holdout,
         backend=backend.value,
         cache_dir=cache_dir,
         threads=threads,
+        workers=workers,
         command=shlex.join(["fairsample", *sys.argv[1:]]),
         progress=None if fmt is Format.json else progress,
     )
@@ -139,7 +182,7 @@ def study_cmd(
         "results": result.results,
     }
     if fmt is Format.json:
-        print(json.dumps({k: v for k, v in doc.items() if k != "results"} | {"table1": result.results["table1"]},
+        print(json.dumps({k: v for k, v in doc.items() if k != "results"} | {"rows": result.results["rows"]},
                          indent=2, default=str))  # fmt: skip
         return
     _emit(fmt, doc, lambda: _human(doc))
