@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .conftest import invoke, run_cli
+from .conftest import invoke
 
 
 def test_tau_json_plot_cache_and_generate_without_tau(runner, tiny_model, tmp_path, monkeypatch):
@@ -57,9 +57,9 @@ def test_tau_json_plot_cache_and_generate_without_tau(runner, tiny_model, tmp_pa
 
 
 def test_tau_bad_value_and_coarse_search_are_one_line(runner):
-    proc = run_cli("tau", "--attribute", "tone", "--from", "light", "--to", "olive")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    res = invoke(runner, "tau", "--attribute", "tone", "--from", "light", "--to", "olive")  # in-process: fast
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
         "error: `target` 'olive' is not a value of attribute 'tone'; its values are ['dark', 'light', 'medium']."
     )
     res = invoke(runner, "tau", "--attribute", "tone", "--from", "light", "--to", "dark", "--search-steps", "10")
