@@ -44,13 +44,13 @@ def _setup_ctx(train_cells, cell_set=None, *, bundle=None, label="label") -> Set
 
 
 def _step_ctx(cells, *, step=0, losses=None, pred=None, noisy=None, timesteps=None, dropped=None, denoise=None,
-              generator=None) -> StepContext:  # fmt: skip
+              generator=None, latents=None) -> StepContext:  # fmt: skip
     b = len(cells)
     z = torch.zeros(b, 1, 1, 2)
     return StepContext(
         step=step,
         cells=list(cells),
-        latents=z,
+        latents=latents if latents is not None else z,
         noise=z,
         timesteps=timesteps if timesteps is not None else torch.zeros(b, dtype=torch.long),
         noisy=noisy if noisy is not None else z,
@@ -109,14 +109,19 @@ def test_loss_mode_weights_have_mean_one_over_training_set():
 # -- gradient-aware ---------------------------------------------------------------------------------------------------
 
 
-def _feed(m: CellResampling, step: int, pairs) -> dict:
+def _feed(m: CellResampling, step: int, pairs, contrast=None) -> dict:
+    """One micro-step of (cell, loss) pairs; ``contrast``: per-sample var(x0) (latents ±√v over 2 pixels)."""
     cells = [c for c, _ in pairs]
-    return m.after_step(_step_ctx(cells, step=step, losses=torch.tensor([v for _, v in pairs])))
+    latents = None
+    if contrast is not None:
+        amp = torch.tensor(contrast, dtype=torch.float32).sqrt().view(-1, 1, 1, 1) / math.sqrt(2.0)
+        latents = amp * torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)  # unbiased variance of (a, −a) is 2a² = v
+    return m.after_step(_step_ctx(cells, step=step, losses=torch.tensor([v for _, v in pairs]), latents=latents))
 
 
 def test_gradient_aware_weights_formula_refresh_and_state_round_trip():
     cells = [A] + [B] * 3 + [C] * 2
-    m = CellResampling(power=1.0, alpha=2.0, refresh_every=2, ema=0.75)
+    m = CellResampling(power=1.0, alpha=2.0, refresh_every=2, ema=0.75, proxy="loss")
     m.setup(_setup_ctx(cells))
     w0 = m.sample_weights(cells)
     np.testing.assert_allclose(w0, [1, 1 / 3, 1 / 3, 1 / 3, 0.5, 0.5])  # no Ḡ yet: plain CBRS
@@ -133,7 +138,7 @@ def test_gradient_aware_weights_formula_refresh_and_state_round_trip():
     np.testing.assert_allclose([log["cell_share"][str(c)] for c in (A, B, C)], share / share.sum(), atol=1e-6)
     assert log["cell_grad_proxy"][str(A)] == 2.5 and "cell_share" not in _feed(m, 3, [(A, 1.0)])
     # state round trip (through JSON, as in checkpoints): identical weights now and at the next refresh
-    m2 = CellResampling(power=1.0, alpha=2.0, refresh_every=2, ema=0.75)
+    m2 = CellResampling(power=1.0, alpha=2.0, refresh_every=2, ema=0.75, proxy="loss")
     m2.setup(_setup_ctx(cells))
     m2.load_state_dict(json.loads(json.dumps(m.state_dict())))
     assert np.array_equal(m2.sample_weights(cells), w2)
@@ -141,6 +146,32 @@ def test_gradient_aware_weights_formula_refresh_and_state_round_trip():
         _feed(mm, 3, [(B, 7.0)])
     w4, w4b = m.sample_weights_at(4), m2.sample_weights_at(4)
     assert np.array_equal(w4, w4b) and not np.allclose(w4, w2)
+
+
+def _dark_cell_shares(**opts) -> tuple[float, float, dict]:
+    """Cell A: 2 images, low contrast (var .01), loss .02-.03; cell B: 8 images, contrast ~1, loss ~.11. Returns A's
+    expected share at step 0 (plain SQRS), after one refresh with α = 1, and the logged proxies."""
+    cells = [A] * 2 + [B] * 8
+    m = CellResampling(power=0.5, alpha=1.0, refresh_every=2, ema=0.5, **opts)
+    m.setup(_setup_ctx(cells))
+    before = _feed(m, 0, [(A, 0.02), (B, 0.10), (B, 0.12)], contrast=[0.01, 1.0, 1.2])["cell_share"][str(A)]
+    _feed(m, 1, [(A, 0.03), (B, 0.11)], contrast=[0.012, 1.1])
+    m.sample_weights_at(2)
+    log = _feed(m, 2, [(B, 0.1)], contrast=[1.0])
+    return before, log["cell_share"][str(A)], log["cell_grad_proxy"]
+
+
+def test_contrast_proxy_raises_the_share_of_an_underfit_low_contrast_cell():
+    """Cell A (dark, low contrast) has the lower loss but the higher loss per unit contrast: α > 0 must sample it
+    more than α = 0 does (the raw-loss proxy sampled it less — issue #12 1c)."""
+    before, after, proxies = _dark_cell_shares()  # the default proxy
+    assert after > before  # the under-fit dark cell is sampled more
+    assert proxies[str(A)] == pytest.approx(0.025 / 0.011, rel=1e-4) and proxies[str(B)] < 0.15  # EMA loss / EMA var
+    before, after, _ = _dark_cell_shares(proxy="loss")  # the raw-loss proxy, kept as an option, moves away from it
+    assert after < before
+    assert CellResampling(alpha=0.5).config()["proxy"] == "contrast"
+    with pytest.raises(ConfigError, match=r"`proxy` must be one of \['contrast', 'loss'\], got 'grad'"):
+        get_method("sqrs", {"proxy": "grad"})
 
 
 def test_gradient_aware_off_is_plain_cbrs():

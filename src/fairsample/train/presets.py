@@ -17,15 +17,24 @@ from fairsample.train.compose import Composite  # noqa: E402
 from fairsample.train.resampling import CellResampling  # noqa: E402
 
 
-def cbrs(*, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9) -> TrainMethod:
+def cbrs(
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    proxy: str = "contrast",
+) -> TrainMethod:  # fmt: skip
     """CBRS: cell-balanced sampling weights 1/N_c (FairGen ``train_text_to_imagecbrs.py``); ``alpha`` > 0 adds the
-    gradient-aware refresh (project reconstruction)."""
-    return CellResampling(power=1.0, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, name="cbrs")  # type: ignore[arg-type]
+    gradient-aware refresh (project reconstruction) driven by ``proxy`` (default: loss per unit image contrast)."""
+    return CellResampling(power=1.0, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema,  # type: ignore[arg-type]
+                          proxy=proxy, name="cbrs")  # type: ignore[arg-type]  # fmt: skip
 
 
-def sqrs(*, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9) -> TrainMethod:
-    """SQRS: square-root sampling weights 1/√N_c (FairGen ``train_text_to_imagesqrs.py``)."""
-    return CellResampling(power=0.5, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, name="sqrs")  # type: ignore[arg-type]
+def sqrs(
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    proxy: str = "contrast",
+) -> TrainMethod:  # fmt: skip
+    """SQRS: square-root sampling weights 1/√N_c (FairGen ``train_text_to_imagesqrs.py``); ``alpha`` as in
+    :func:`cbrs`."""
+    return CellResampling(power=0.5, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema,  # type: ignore[arg-type]
+                          proxy=proxy, name="sqrs")  # type: ignore[arg-type]  # fmt: skip
 
 
 def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform") -> TrainMethod:
@@ -34,20 +43,20 @@ def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform") -> 
 
 
 def fairskin_c(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
-    gamma: float = 0.25, y_prime: str = "uniform",
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
 ) -> TrainMethod:  # fmt: skip
     """FairSkin-C (= FairGen's CBCB): CBRS sampler + class-diversity term."""
-    return Composite([cbrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+    return Composite([cbrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
                       cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-c")  # fmt: skip
 
 
 def fairskin_s(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
-    gamma: float = 0.25, y_prime: str = "uniform",
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
 ) -> TrainMethod:  # fmt: skip
     """FairSkin-S: SQRS sampler + class-diversity term (FairGen without its preference loss)."""
-    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
                       cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-s")  # fmt: skip
 
 

@@ -10,10 +10,19 @@ string). With N_c images in cell c and power p:
 - ``apply="loss"`` (the FairSkin prose): the same w become per-sample loss weights, rescaled so that their mean over
   the training set is 1 (the loss scale of vanilla training is kept);
 - **gradient-aware** (FairGen Eq. 1–2, reconstructed [unverified]; ``alpha`` > 0): every ``refresh_every`` = K
-  optimizer steps the cell weights become w_g ∝ N_g^{−p}·(Ḡ_g / mean_{g′} Ḡ_{g′})^α, where Ḡ_g is an EMA (decay
-  ``ema``) of a gradient proxy of cell g. The proxy is METHODS.md's cheap option: **the mean unweighted per-sample loss
-  of the cell's samples in each micro-batch** (gathered over processes, so every rank computes the same weights). The
-  mean is over cells seen so far; cells not seen yet keep factor 1. ``alpha=0`` is exactly CBRS/SQRS.
+  optimizer steps the cell weights become w_g ∝ N_g^{−p}·(Ḡ_g / mean_{g′} Ḡ_{g′})^α, where Ḡ_g is an under-fitting
+  proxy of cell g built from EMAs (decay ``ema``) of per-micro-batch cell means, gathered over processes (so every
+  rank computes the same weights):
+
+  - ``proxy="contrast"`` (default): Ḡ_g = EMA(mean ℓ_i) / EMA(mean var(x0_i)) — the cell's unweighted loss per unit
+    of its images' own contrast (the variance of the clean input over channels and pixels). Raw losses are not
+    comparable across cells: a low-contrast cell (e.g. dark skin tones on a dark background) has a small loss
+    because its whole signal is small, not because it is learnt. On the demo this proxy ranks the cells a vanilla
+    model renders worst among the highest (docs/decisions.md);
+  - ``proxy="loss"``: Ḡ_g = EMA(mean ℓ_i), METHODS.md's cheap option, kept for comparison (on the demo it moves
+    sampling *away* from the dark cells).
+
+  The mean is over cells seen so far; cells not seen yet keep factor 1. ``alpha=0`` is exactly CBRS/SQRS.
 
 The current weights and Ḡ are in :meth:`CellResampling.state_dict`, so a ``--resume`` continues the same sampling
 stream (the loop keys the stream by the weights' content).
@@ -35,6 +44,13 @@ from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 _BAD_OPTION = "`{name}` must be {what}, got {value!r}; {fix}."
 _BAD_APPLY = "`apply` must be one of ['loss', 'sampler'], got {value!r}; use 'sampler' (FairGen code) or 'loss'."
+_BAD_PROXY = (
+    "`proxy` must be one of ['contrast', 'loss'], got {value!r}; use 'contrast' (loss per unit image contrast) or "
+    "'loss' (the raw cell loss, for comparison)."
+)
+#: gradient-aware proxies (module docstring)
+PROXIES: tuple[str, str] = ("contrast", "loss")
+_MIN_CONTRAST = 1e-6  # floor of a cell's mean var(x0), so constant images do not divide by zero
 
 
 def _number(name: str, value: Any, *, low: float, high: float = math.inf, high_open: bool = False, fix: str) -> float:
@@ -69,7 +85,9 @@ class CellResampling(TrainMethod):
             the training set; uniform shuffling).
         alpha: α ≥ 0 of the gradient-aware factor (Ḡ_g / mean Ḡ)^α; 0 = plain CBRS/SQRS.
         refresh_every: K ≥ 1, optimizer steps between weight refreshes (only with ``alpha`` > 0).
-        ema: EMA decay in [0, 1) of the per-cell loss proxy Ḡ_g.
+        ema: EMA decay in [0, 1) of the per-cell proxy Ḡ_g.
+        proxy: ``"contrast"`` (loss per unit image contrast, default) or ``"loss"`` (mean loss); see the module
+            docstring.
         name: the name recorded in the bundle (the preset name).
 
     Raises:
@@ -89,6 +107,7 @@ class CellResampling(TrainMethod):
         alpha: float = 0.0,
         refresh_every: int = 100,
         ema: float = 0.9,
+        proxy: Literal["contrast", "loss"] = "contrast",
         name: str | None = None,
     ) -> None:
         self.power = _number("power", power, low=0.0, fix="use 1.0 for CBRS (1/N) or 0.5 for SQRS (1/sqrt(N))")
@@ -107,15 +126,26 @@ class CellResampling(TrainMethod):
             )
         self.refresh_every = refresh_every
         self.ema = _number("ema", ema, low=0.0, high=1.0, high_open=True, fix="use a decay such as 0.9")
+        if proxy not in PROXIES:
+            raise ConfigError(_BAD_PROXY.format(value=proxy))
+        self.proxy = proxy
         self.name = name or {1.0: "cbrs", 0.5: "sqrs"}.get(self.power, "resample")
         self.method_status = "project-extension" if self.alpha > 0 else "reference"
+        source = "FairSkin prose (loss weights)" if apply == "loss" else "FairGen code (sampling weights)"
+        self.status_reasons = [
+            f"project-extension: gradient-aware refresh (alpha={self.alpha:g}, proxy {proxy!r}) reconstructs FairGen "
+            "Eq. 1-2, which have no published code"
+            if self.alpha > 0
+            else f"reference: N^-{self.power:g} cell weights as in the {source}"
+        ]
         self._label = "label"
         self._cells: list[CellKey] = []  # distinct training cells, sorted
         self._counts = np.zeros(0)  # N_g
         self._image_cell = np.zeros(0, dtype=np.int64)  # c(i) as an index into _cells
         self._train: list[CellKey] | None = None
         self._pos: dict[CellKey, int] = {}
-        self._grad: list[float | None] = []  # Ḡ_g (None: not seen yet)
+        self._grad: list[float | None] = []  # EMA of the cell's mean loss (None: not seen yet)
+        self._scale: list[float | None] = []  # EMA of the cell's mean var(x0) (proxy "contrast")
         self._cell_w = np.zeros(0)  # current per-cell weight (sampler: unnormalised; loss: mean 1 over images)
         self._refreshed_at = 0
 
@@ -125,17 +155,26 @@ class CellResampling(TrainMethod):
         self._cells, self._counts, self._image_cell = _cell_counts(self._train)
         self._pos = {c: k for k, c in enumerate(self._cells)}
         self._grad = [None] * len(self._cells)
+        self._scale = [None] * len(self._cells)
         self._cell_w = self._compute_cell_weights()
         self._refreshed_at = 0
+
+    def _proxies(self) -> list[float | None]:
+        """Ḡ_g per cell (``None``: not seen yet): the loss EMA, divided by the contrast EMA for ``"contrast"``."""
+        if self.proxy == "loss":
+            return list(self._grad)
+        return [None if g is None or v is None else g / max(v, _MIN_CONTRAST)
+                for g, v in zip(self._grad, self._scale, strict=True)]  # fmt: skip
 
     def _compute_cell_weights(self) -> np.ndarray:
         """w_g = N_g^{−p}·(Ḡ_g / mean Ḡ)^α; loss mode rescales to mean 1 over the training images."""
         w = self._counts ** (-self.power)
         if self.alpha > 0:
-            seen = np.array([g for g in self._grad if g is not None], dtype=np.float64)
+            proxies = self._proxies()
+            seen = np.array([g for g in proxies if g is not None], dtype=np.float64)
             mean = float(seen.mean()) if len(seen) else 0.0
             if mean > 0:
-                factor = np.array([1.0 if g is None else g / mean for g in self._grad], dtype=np.float64)
+                factor = np.array([1.0 if g is None else g / mean for g in proxies], dtype=np.float64)
                 w = w * factor**self.alpha
         if self.apply == "loss":
             w = w * (self._counts.sum() / float((self._counts * w).sum()))
@@ -184,32 +223,37 @@ class CellResampling(TrainMethod):
         """Update Ḡ (gradient-aware) and log the expected cell shares at step 0 and at every refresh."""
         out: dict[str, Any] = {}
         if self.alpha > 0 and self._train is not None:
-            # 1. per-cell mean unweighted loss of this micro-batch, over all processes (the cheap gradient proxy)
+            # 1. per-sample unweighted loss and contrast var(x0) of this micro-batch, over all processes
             losses = ctx.gather(ctx.losses.detach().float()).cpu().double().numpy()
+            contrast = ctx.gather(ctx.latents.detach().float().flatten(1).var(dim=1)).cpu().double().numpy()
             cells = ctx.global_cells if len(ctx.global_cells) == len(losses) else ctx.cells
-            sums: dict[int, list[float]] = {}
-            for c, v in zip(cells, losses, strict=True):
-                sums.setdefault(self._pos[c], []).append(float(v))
-            # 2. EMA per cell (the first observation initialises it)
-            for k, vals in sums.items():
-                m = float(np.mean(vals))
-                prev = self._grad[k]
-                self._grad[k] = m if prev is None else self.ema * prev + (1.0 - self.ema) * m
+            rows: dict[int, list[int]] = {}
+            for i, c in enumerate(cells):
+                rows.setdefault(self._pos[c], []).append(i)
+            # 2. EMA per cell of the mean loss and the mean contrast (the first observation initialises them)
+            for k, idx in rows.items():
+                self._grad[k] = self._ema_update(self._grad[k], float(np.mean(losses[idx])))
+                self._scale[k] = self._ema_update(self._scale[k], float(np.mean(contrast[idx])))
         if self._train is not None and ctx.step == self._refreshed_at:
             out["cell_share"] = self._expected_shares()
             if self.alpha > 0:
                 out["cell_grad_proxy"] = {
                     c.to_text(self._label): (None if g is None else round(g, 6))
-                    for c, g in zip(self._cells, self._grad, strict=True)
+                    for c, g in zip(self._cells, self._proxies(), strict=True)
                 }
         return out
 
+    def _ema_update(self, prev: float | None, value: float) -> float:
+        return value if prev is None else self.ema * prev + (1.0 - self.ema) * value
+
     # -- state -----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """``{"cells", "grad" (Ḡ or None), "weights" (current per-cell), "refreshed_at"}``; JSON-safe, exact floats."""
+        """``{"cells", "grad" (loss EMA or None), "scale" (contrast EMA or None), "weights" (current per-cell),
+        "refreshed_at"}``; JSON-safe, exact floats."""
         return {
             "cells": [c.to_text(self._label) for c in self._cells],
             "grad": list(self._grad),
+            "scale": list(self._scale),
             "weights": [float(w) for w in self._cell_w],
             "refreshed_at": self._refreshed_at,
         }
@@ -226,11 +270,14 @@ class CellResampling(TrainMethod):
                 "resume with the original dataset and split."
             )
         grad: list[float | None] = [None] * len(self._cells)
+        scale: list[float | None] = [None] * len(self._cells)
         w = np.zeros(len(self._cells))
-        for text, g, wv in zip(saved, state["grad"], state["weights"], strict=True):
+        scales = state.get("scale") or [None] * len(saved)  # checkpoints before the contrast proxy have none
+        for text, g, v, wv in zip(saved, state["grad"], scales, state["weights"], strict=True):
             grad[pos[text]] = None if g is None else float(g)
+            scale[pos[text]] = None if v is None else float(v)
             w[pos[text]] = float(wv)
-        self._grad, self._cell_w = grad, w
+        self._grad, self._scale, self._cell_w = grad, scale, w
         self._refreshed_at = int(state.get("refreshed_at", 0))
 
     def config(self) -> dict[str, Any]:
@@ -238,9 +285,11 @@ class CellResampling(TrainMethod):
         return {
             "name": self.name,
             "method_status": self.method_status,
+            "status_reasons": list(self.status_reasons),
             "power": self.power,
             "apply": self.apply,
             "alpha": self.alpha,
             "refresh_every": self.refresh_every,
             "ema": self.ema,
+            "proxy": self.proxy,
         }
