@@ -374,6 +374,7 @@ def train(
         guard=guard,
     )
     train_method = get_method(cfg.method, cfg.method_options)  # bad names/options fail here, before any data loads
+    train_method.check_config(cfg)
     if dry_run:
         _print_json({**cfg.to_dict(), "method_config": train_method.config()})
         return

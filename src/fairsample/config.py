@@ -80,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 1e-2  # AdamW weight decay
     adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    grad_norm_every: int = 25  # log each loss term's gradient norm every N optimizer steps (0: off)
     mixed_precision: str = "no"  # "no", "fp16" (CUDA only) or "bf16"
     use_ema: bool = True  # keep an EMA of the weights; the bundle stores the EMA weights
     ema_decay: float = 0.999  # EMA decay cap (diffusers EMAModel warms up as (1+n)/(10+n))

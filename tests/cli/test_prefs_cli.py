@@ -41,3 +41,11 @@ def test_prefs_build_help_and_usage_errors(runner, tiny_model, demo_dir, tmp_pat
     bad = invoke(runner, "prefs", "build", "--model", tiny_model, "--data", demo_dir, "--output-dir", tmp_path,
                  "--per-cell", "3", "--candidates", "4")  # fmt: skip
     assert bad.exit_code == 2 and "--candidates" in bad.stderr
+
+
+def test_train_fairgen_without_pairs_or_init_from_fails_in_one_line(runner, demo_dir, tmp_path):
+    res = invoke(runner, "train", demo_dir, "--method", "fairgen", "--output-dir", tmp_path / "m", "--dry-run")
+    assert res.exit_code == 1 and res.stdout == ""
+    line = res.stderr.strip()
+    assert "\n" not in line and "`preferences`" in line and "--init-from BUNDLE" in line and "prefs build" in line
+    assert not (tmp_path / "m").exists()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
+from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle
 from fairsample.train.loop import train
 from fairsample.train.methods import TrainMethod
@@ -89,3 +91,40 @@ def test_targets_match_hand_formulas(demo_ds, tiny_cfg, tmp_path):
         torch.testing.assert_close(c.target, want)
         torch.testing.assert_close(c.losses, (c.pred - c.target).pow(2).mean(dim=(1, 2, 3)).detach())
         assert c.latents.min() >= -1 and c.latents.max() <= 1 and c.latents.shape[1:] == (3, 8, 8)
+
+
+# -- per-term gradient norms (issue #12 1b) ---------------------------------------------------------------------------
+
+
+class TwoTerms(TrainMethod):
+    """Two named extra terms: 3 × the (unweighted) diffusion loss, and a pull of another cell's prediction."""
+
+    name = "test-two-terms"
+
+    def extra_losses(self, ctx):
+        other = ctx.denoise(ctx.noisy, ctx.timesteps.float(), [None] * len(ctx.cells))
+        return {"triple": 3.0 * (ctx.pred - ctx.target).pow(2).mean(), "pull": 0.1 * other.pow(2).mean()}
+
+
+def test_grad_norm_terms_logged_without_changing_the_update(demo_ds, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(max_steps=3, checkpoint_every=0)
+    on = train(demo_ds, tmp_path / "on", cfg.replace(grad_norm_every=2), method=TwoTerms(), progress=False)
+    off = train(demo_ds, tmp_path / "off", cfg.replace(grad_norm_every=0), method=TwoTerms(), progress=False)
+    a, b = ModelBundle.load(tmp_path / "on").unet.state_dict(), ModelBundle.load(tmp_path / "off").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the measurement leaves the total gradient unchanged
+    logs = [json.loads(x) for x in on.log_path.read_text().splitlines()]
+    assert [r["step"] for r in logs if "grad_norm_terms" in r] == [1, 3]  # every 2nd optimizer step
+    for r in logs[::2]:
+        norms = r["grad_norm_terms"]
+        assert list(norms) == ["diffusion", "triple", "pull"] and norms["pull"] > 0
+        assert norms["triple"] == pytest.approx(3.0 * norms["diffusion"], rel=1e-4)  # ‖∇(3L)‖ = 3‖∇L‖
+    assert not any("grad_norm_terms" in json.loads(x) for x in off.log_path.read_text().splitlines())
+
+
+def test_composite_names_each_part_term(demo_ds, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(max_steps=1, checkpoint_every=0, method="fairskin-s", grad_norm_every=1)
+    res = train(demo_ds, tmp_path / "c", cfg, progress=False)
+    norms = json.loads(res.log_path.read_text().splitlines()[0])["grad_norm_terms"]
+    assert list(norms) == ["diffusion", "cbdm"] and all(v > 0 for v in norms.values())
+    with pytest.raises(ConfigError, match=r"`grad_norm_every` must be an integer >= 0"):
+        train(demo_ds, tmp_path / "bad", cfg.replace(grad_norm_every=-1), progress=False)

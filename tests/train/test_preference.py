@@ -214,8 +214,12 @@ def test_loss_matches_hand_computation(pref_dir, prediction, pref_loss):
 
 
 def test_options_are_validated():
-    with pytest.raises(ConfigError, match=_pattern(T._NO_PREFERENCES)):
-        get_method("dpo")
+    with pytest.raises(ConfigError, match=_pattern(T._NO_PREFERENCES)) as info:
+        get_method("dpo").check_config(TrainConfig())  # no pairs and nothing to build them from
+    assert "`preferences`" in str(info.value) and "--init-from" in str(info.value)
+    get_method("dpo").check_config(TrainConfig(init_from="m"))  # builds proxy pairs from the --init-from model
+    with pytest.raises(ConfigError, match=_pattern(T._BAD_PREFS_BUILD)):
+        PreferenceTuning(prefs_build={"candidate": 4})
     with pytest.raises(ConfigError, match=_pattern(T._DPO_SHARES_NOISE)):
         PreferenceTuning(preferences="p.csv", share_noise=False)
     with pytest.raises(ConfigError, match=_pattern(T._BAD_PREF_LOSS)):
@@ -225,6 +229,26 @@ def test_options_are_validated():
     m = get_method("dpo", {"preferences": "p.csv"})
     assert (m.beta, m.weight, m.share_noise, m.sft_weight) == (5000.0, 1.0, True, 0.0)
     assert PreferenceTuning(preferences="p.csv", pref_loss="fairgen_ref_free").beta == 0.5
+
+
+def test_presets_default_to_the_published_loss_and_label_every_combination():
+    """fairgen = FairGen's code (reference-free loss, β 0.5); Diffusion-DPO inside fairgen is a project extension."""
+    fairgen = get_method("fairgen", {"preferences": "p.csv"})
+    part = fairgen.parts[-1]
+    assert (part.pref_loss, part.beta, part.weight, part.share_noise) == ("fairgen_ref_free", 0.5, 1.0, False)
+    cases = [
+        ("fairgen", {}, "reference", "FairGen's reference-free loss"),
+        ("fairgen", {"pref_loss": "diffusion_dpo"}, "project-extension", "has no reference model"),
+        ("fairgen", {"share_noise": True}, "project-extension", "independent noise"),
+        ("fairgen", {"sft_weight": 0.5}, "project-extension", "--sft replaces the DPO loss"),
+        ("fairgen", {"alpha": 0.5}, "project-extension", "reconstructs FairGen Eq. 1-2"),
+        ("dpo", {}, "reference", "Diffusion-DPO (Wallace et al."),
+        ("dpo", {"pref_loss": "fairgen_ref_free"}, "project-extension", "without SQRS and the class-diversity"),
+    ]
+    for name, opts, status, reason in cases:
+        cfg = get_method(name, {"preferences": "p.csv", **opts}).config()
+        assert cfg["method_status"] == status, (name, opts)
+        assert any(reason in r and f"{status}: " in r for r in cfg["status_reasons"]), cfg["status_reasons"]
 
 
 # -- pair-file errors -------------------------------------------------------------------------------------------------
@@ -337,3 +361,65 @@ def test_fairgen_preset_trains(demo_ds, pref_dir, tmp_path):
     method = ModelBundle.load(tmp_path / "fg").config["method"]
     assert method["name"] == "fairgen" and method["components"] == ["sqrs", "cbdm", "dpo"]
     assert method["power"] == 0.5 and method["pref_loss"] == "fairgen_ref_free" and method["beta"] == 0.5
+
+
+def test_pref_scale_auto_balances_the_preference_gradient(demo_ds, pref_dir, tiny_bundle, tmp_path):
+    """β = 5000 Diffusion-DPO dwarfs the diffusion loss; pref_scale='auto' makes ‖∇dpo‖ = target·‖∇diffusion‖."""
+    opts = {"preferences": str(pref_dir / "preferences.csv"), "pref_scale": "auto", "pref_scale_target": 0.5}
+    cfg = TrainConfig(**{**_TINY, "max_steps": 2}, method="dpo", init_from=str(tiny_bundle), method_options=opts,
+                      grad_norm_every=1)  # fmt: skip
+    res = train(demo_ds, tmp_path / "s", cfg, progress=False)
+    logs = [json.loads(x) for x in res.log_path.read_text().splitlines()]
+    first = logs[0]["grad_norm_terms"]
+    assert first["dpo"] == pytest.approx(0.5 * first["diffusion"], rel=1e-4)  # step 1: scaled by its own ratio
+    assert logs[0]["pref_scale"] < 1.0 and all(r["pref_scale"] > 0 for r in logs)
+    method = ModelBundle.load(tmp_path / "s").config["method"]
+    assert method["pref_scale"] == "auto" and method["method_status"] == "project-extension"
+    assert method["pref_scale_value"] == pytest.approx(logs[-1]["pref_scale"])
+    assert len(method["pref_scale_ratios"]) == 2
+    assert any("pref_scale='auto'" in r for r in method["status_reasons"])
+    with pytest.raises(ConfigError, match=_pattern(T._BAD_PREF_SCALE)):
+        get_method("fairgen", {"pref_scale": "big"})
+
+
+# -- fairgen without a pair file builds proxy pairs from --init-from (issue #12 1h) -----------------------------------
+_BUILD = {"per_cell": 1, "candidates": 2, "steps": 1, "classifier_epochs": 1}
+
+
+def test_fairgen_without_preferences_builds_proxy_pairs_on_the_train_split(demo_ds, tiny_bundle, tmp_path):
+    from fairsample.data.splits import split_indices
+    from fairsample.prefs_build import PROXY_SOURCE
+
+    lines: list[str] = []
+    opts = {"prefs_build": _BUILD, "pairs_per_step": 2}
+    cfg = TrainConfig(**{**_TINY, "max_steps": 2, "checkpoint_every": 1}, method="fairgen",
+                      init_from=str(tiny_bundle), method_options=opts)  # fmt: skip
+    train(demo_ds, tmp_path / "fg", cfg, progress=False, log=lines.append)
+    said = [x for x in lines if "proxy preference pairs" in x]
+    assert len(said) == 1 and said[0].startswith("fairgen: built ") and "\n" not in said[0]
+    assert str(tiny_bundle) in said[0] and PROXY_SOURCE in said[0] and "not physician" in said[0]
+    csv = tmp_path / "fg" / "preferences" / "preferences.csv"
+    n_train = len(split_indices(demo_ds, seed=0)["train"])
+    doc = json.loads((csv.parent / "preferences.json").read_text())
+    assert doc["scorer"]["train_images"] == n_train < len(demo_ds)  # the scorer never saw val / test images
+    method = ModelBundle.load(tmp_path / "fg").config["method"]
+    built = method["preferences_built"]
+    assert built["model"] == str(tiny_bundle) and built["source"] == PROXY_SOURCE and not built["reused"]
+    assert built["n_pairs"] == method["n_pairs"] == doc["n_pairs"] > 0
+    assert f"train split ({n_train} images" in built["rows"]
+    assert method["preferences"] == str(csv) and method["preference_source"] == PROXY_SOURCE
+    # --resume reuses the built pairs (same file, not rebuilt)
+    stamp = csv.stat().st_mtime_ns
+    lines.clear()
+    res = train(demo_ds, tmp_path / "fg", cfg.replace(max_steps=3), resume=True, progress=False, log=lines.append)
+    assert res.resumed_from == 1 and csv.stat().st_mtime_ns == stamp
+    assert any(x.startswith("fairgen: reusing ") for x in lines)
+    assert ModelBundle.load(tmp_path / "fg").config["method"]["preferences_built"]["reused"] is True
+
+
+def test_fairgen_without_preferences_or_init_from_fails_before_any_work(demo_ds, tmp_path):
+    with pytest.raises(ConfigError, match=_pattern(T._NO_PREFERENCES)) as info:
+        train(demo_ds, tmp_path / "x", TrainConfig(**_TINY, method="fairgen"), progress=False)
+    msg = str(info.value)  # names `preferences` and both fixes: --init-from (pairs built) or a pair file
+    assert "\n" not in msg and "'fairgen'" in msg and "`preferences`" in msg and "--init-from BUNDLE" in msg
+    assert not (tmp_path / "x").exists()

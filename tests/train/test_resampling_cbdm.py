@@ -361,7 +361,7 @@ def test_composite_forwards_every_hook():
     assert p.state == {"v": 1} and q.state == {}
     assert set(m.artifacts()) == {"p.json", "q.json", "r.json"}
     assert m.config() == {"name": "combo", "method_status": "reference", "components": ["p", "q", "r"],
-                          "p_opt": 1, "q_opt": 1, "r_opt": 1}  # fmt: skip
+                          "status_reasons": [], "p_opt": 1, "q_opt": 1, "r_opt": 1}  # fmt: skip
     assert Composite([_Part("p", None, None, None)]).sample_weights([A]) is None
     with pytest.raises(ValueError, match="distinct names"):
         Composite([_Part("p", 1, 1, 1), _Part("p", 1, 1, 1)])

@@ -4,14 +4,14 @@ FairSkin's and FairGen's variants are sums of parts (METHODS.md §3.4: CBCB = CB
 FairGen = SQRS + class-diversity + preference loss), so a preset is built by composing, not by copying a method:
 
 - sampling weights and loss weights **multiply** (``None`` = all ones);
-- extra losses **add**;
+- extra losses **add** (:meth:`Composite.extra_losses` keeps them apart by name, for per-term gradient norms);
 - log fields, artifacts and configs **merge** (a clash is an error, not a silent overwrite);
 - state dicts **nest** under each part's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,11 @@ class Composite(TrainMethod):
         )
         self._weights: list[np.ndarray | None] = [None] * len(self.parts)  # each part's current sampling weights
         self.config()  # fail at construction on clashing option names
+
+    def check_config(self, config: Any) -> None:
+        """Every part checks the config."""
+        for p in self.parts:
+            p.check_config(config)
 
     def setup(self, ctx: SetupContext) -> None:
         """Set up every part."""
@@ -91,11 +96,29 @@ class Composite(TrainMethod):
     def extra_loss(self, ctx: StepContext) -> Tensor | None:
         """The sum of the parts' extra losses (``None`` if none adds one)."""
         out = None
-        for p in self.parts:
-            e = p.extra_loss(ctx)
-            if e is not None:
-                out = e if out is None else out + e
+        for e in self.extra_losses(ctx).values():
+            out = e if out is None else out + e
         return out
+
+    def extra_losses(self, ctx: StepContext) -> dict[str, Tensor]:
+        """Every part's named extra terms, in part order (a clashing term name is an error)."""
+        out: dict[str, Tensor] = {}
+        owner: dict[str, str] = {}
+        for p in self.parts:
+            for k, e in p.extra_losses(ctx).items():
+                if k in out:
+                    raise ValueError(_CLASH.format(a=owner[k], b=p.name, what="loss term", key=k))
+                out[k], owner[k] = e, p.name
+        return out
+
+    def wants_grad_norms(self, step: int) -> bool:
+        """True when any part wants them."""
+        return any(p.wants_grad_norms(step) for p in self.parts)
+
+    def observe_grad_norms(self, step: int, norms: Mapping[str, float]) -> Mapping[str, float] | None:
+        """Forwarded to every part; their term multipliers merged (a clash is an error)."""
+        out = self._merge([(p.name, dict(p.observe_grad_norms(step, norms) or {})) for p in self.parts], "term scale")
+        return out or None
 
     def after_step(self, ctx: StepContext) -> dict[str, Any]:
         """Merged log fields of every part."""
@@ -115,12 +138,15 @@ class Composite(TrainMethod):
         return self._merge([(p.name, p.artifacts()) for p in self.parts], "artifact")
 
     def config(self) -> dict[str, Any]:
-        """Name, status, ``components`` (part names, in order) and every part's resolved options, flattened."""
-        own = ("name", "method_status")
-        parts = [(p.name, {k: v for k, v in p.config().items() if k not in own}) for p in self.parts]
+        """Name, status, ``components`` (part names, in order), ``status_reasons`` (every part's, prefixed with its
+        name) and every part's resolved options, flattened."""
+        own = ("name", "method_status", "status_reasons")
+        configs = [(p.name, p.config()) for p in self.parts]
+        parts = [(name, {k: v for k, v in c.items() if k not in own}) for name, c in configs]
         opts = self._merge(parts, "option")
+        reasons = [f"{name}: {r}" for name, c in configs for r in c.get("status_reasons", [])]
         return {"name": self.name, "method_status": self.method_status,
-                "components": [p.name for p in self.parts], **opts}  # fmt: skip
+                "components": [p.name for p in self.parts], "status_reasons": reasons, **opts}  # fmt: skip
 
     @staticmethod
     def _merge(items: Sequence[tuple[str, dict[str, Any]]], what: str) -> dict[str, Any]:

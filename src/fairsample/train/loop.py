@@ -8,6 +8,10 @@ the timesteps and the CFG dropout of micro-step ``k`` on rank ``r`` come from ge
 Per optimizer step: (1) draw the micro-batch (method's sampling weights), (2) x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε,
 (3) CFG dropout of the conditioning, (4) predict ε or v, (5) per-sample MSE ℓ_i (mean over c, h, w),
 (6) L = mean_i(w_i ℓ_i) + extra (method hooks), (7) clip, AdamW, EMA; log one JSONL line; checkpoint every N steps.
+For methods with extra terms, every ``grad_norm_every`` optimizer steps the log line also holds ``grad_norm_terms``:
+‖∇θ term‖ of the weighted diffusion loss (``"diffusion"``) and of each named extra term
+(:meth:`TrainMethod.extra_losses`) on the step's first micro-batch, before clipping (per process, before the gradient
+all-reduce); the update itself is unchanged.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ _FP16_CPU = "`mixed_precision` 'fp16' needs a CUDA device; on CPU use 'bf16' or 
 _BAD_SPLIT = "`split` must be one of ['all', 'test', 'train', 'val'], got {value!r}."
 _BAD_LR_SCHEDULE = "`lr_schedule` must be 'constant' or 'cosine', got {value!r}."
 _NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
+_BAD_GRAD_NORM_EVERY = "`grad_norm_every` must be an integer >= 0 (0: off), got {value!r}; e.g. 25."
 _EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
 _UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
 _PARENT_ONLY_KEYS = ("name", "path", "description", "train_command", "train_seconds", "sampling_selection",
@@ -60,7 +65,7 @@ own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
-_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device", "guard",
+_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device", "grad_norm_every", "guard",
                    "guard_images_per_cell", "guard_guidance", "guard_rescale", "guard_steps"}  # fmt: skip
 
 
@@ -155,6 +160,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _term_grad_norms(terms: dict[str, Tensor], params: Sequence[Tensor]) -> dict[str, float]:
+    """‖∇θ term‖₂ over ``params`` for each scalar term (``autograd.grad`` with the graph kept; ``.grad`` untouched)."""
+    out: dict[str, float] = {}
+    for name, term in terms.items():
+        if not term.requires_grad:
+            out[name] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        norms = [g.detach().float().norm() for g in grads if g is not None]
+        out[name] = round(float(torch.linalg.vector_norm(torch.stack(norms))), 6) if norms else 0.0
+    return out
+
+
 def _check_config(cfg: TrainConfig) -> None:
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(_BAD_MP.format(value=cfg.mixed_precision))
@@ -165,6 +183,8 @@ def _check_config(cfg: TrainConfig) -> None:
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "image_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(_NONPOSITIVE.format(name=name, value=getattr(cfg, name)))
+    if isinstance(cfg.grad_norm_every, bool) or not isinstance(cfg.grad_norm_every, int) or cfg.grad_norm_every < 0:
+        raise ConfigError(_BAD_GRAD_NORM_EVERY.format(value=cfg.grad_norm_every))
 
 
 def resolve_device(device: str) -> str:
@@ -253,6 +273,7 @@ def train(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
     method = method or get_method(cfg.method, cfg.method_options)
+    method.check_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise ConfigError(_FP16_CPU)
@@ -355,6 +376,9 @@ def train(
             make_reference=make_reference,
             rank=accelerator.process_index,
             world=accelerator.num_processes,
+            output_dir=out,
+            log=say if accelerator.is_main_process else None,
+            wait_for_everyone=accelerator.wait_for_everyone,
         )
     )
 
@@ -436,6 +460,7 @@ def train(
             group["lr"] = lr
         step_losses: list[float] = []
         extras: dict[str, Any] = {}
+        want_norms = bool(cfg.grad_norm_every) and step % cfg.grad_norm_every == 0
         epoch = 0
         for k in range(cfg.gradient_accumulation_steps):
             micro = step * cfg.gradient_accumulation_steps + k
@@ -502,10 +527,19 @@ def train(
                 )
                 # 6. method hooks: per-sample weights and extra terms
                 w = method.loss_weights(ctx)
-                loss = (losses * w.to(dev)).mean() if w is not None else losses.mean()
-                extra = method.extra_loss(ctx)
-                if extra is not None:
-                    loss = loss + extra
+                main = (losses * w.to(dev)).mean() if w is not None else losses.mean()
+                terms = method.extra_losses(ctx)
+                if k == 0 and terms and (want_norms or method.wants_grad_norms(step)):
+                    norms = _term_grad_norms({"diffusion": main, **terms}, params)
+                    for name, factor in (method.observe_grad_norms(step, norms) or {}).items():
+                        terms[name] = terms[name] * factor  # a balancing method rescales its term on this step
+                        norms[name] = round(norms[name] * abs(factor), 6)
+                    if want_norms:
+                        extras["grad_norm_terms"] = norms
+                extra = None
+                for term in terms.values():
+                    extra = term if extra is None else extra + term
+                loss = main if extra is None else main + extra
                 accelerator.backward(loss)
                 # 7. clip, optimizer step
                 grad_norm = None

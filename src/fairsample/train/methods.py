@@ -7,7 +7,9 @@ the bundle, an image loader, a frozen-reference factory) and can then change fou
 1. **which images are drawn** — :meth:`TrainMethod.sample_weights` (per-image sampling weights over cells; CBRS/SQRS),
    refreshed by :meth:`TrainMethod.sample_weights_at` at any optimizer step (gradient-aware resampling);
 2. **how each sample's loss counts** — :meth:`TrainMethod.loss_weights` (per-sample weights; FBP, loss-mode CBRS);
-3. **what is added to the loss** — :meth:`TrainMethod.extra_loss` (CBDM / class-diversity, preference terms).
+3. **what is added to the loss** — :meth:`TrainMethod.extra_loss` (CBDM / class-diversity, preference terms),
+   reported by name through :meth:`TrainMethod.extra_losses` (the loop logs each named term's gradient norm every
+   ``grad_norm_every`` steps, ``grad_norm_terms`` in the JSONL log).
 
 :meth:`TrainMethod.after_step` sees the unweighted per-sample losses (FBP's reward; ``ctx.gather`` / ``ctx.broadcast``
 span every process) and returns numbers to log; :meth:`TrainMethod.state_dict` / :meth:`TrainMethod.load_state_dict`
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +57,9 @@ class SetupContext:
         make_reference: ``make_reference() -> denoise`` — a frozen copy of the model *now* (DPO's reference), with
             the same signature as :attr:`StepContext.denoise`.
         rank, world: this process and the number of processes.
+        output_dir: the run's output folder (methods may write inputs they build there, e.g. preference pairs).
+        log: one-line human messages (the loop's ``log``; stderr by default), or ``None``.
+        wait_for_everyone: a barrier over processes (``None`` on one process).
     """
 
     train_cells: Sequence[CellKey]
@@ -68,6 +74,9 @@ class SetupContext:
     make_reference: Callable[[], Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]]
     rank: int = 0
     world: int = 1
+    output_dir: Path | None = None
+    log: Callable[[str], None] | None = None
+    wait_for_everyone: Callable[[], None] | None = None
 
 
 @dataclass
@@ -127,6 +136,11 @@ class TrainMethod:
     name = "vanilla"
     method_status = "reference"  # "reference" (as published) or "project-extension"
 
+    def check_config(self, config: Any) -> None:
+        """Called by :func:`~fairsample.train.loop.train` before any data or model loads; raises
+        :class:`~fairsample.errors.ConfigError` for a :class:`~fairsample.config.TrainConfig` the method cannot run
+        with (e.g. preference tuning that must build its pairs from ``--init-from`` but has none)."""
+
     def setup(self, ctx: SetupContext) -> None:
         """Called once before training (and before :meth:`load_state_dict` on resume)."""
 
@@ -148,6 +162,35 @@ class TrainMethod:
 
     def extra_loss(self, ctx: StepContext) -> Tensor | None:
         """A scalar added to the loss, or ``None``."""
+        return None
+
+    def extra_losses(self, ctx: StepContext) -> dict[str, Tensor]:
+        """The extra loss as named scalar terms (their sum is what is added to the loss); ``{}`` for none.
+
+        The default wraps :meth:`extra_loss` as ``{self.name: term}``; :class:`~fairsample.train.compose.Composite`
+        returns one entry per part. The loop calls this hook (not :meth:`extra_loss`) and logs each term's gradient
+        norm. Call it once per micro-step: methods draw their randomness from ``ctx.generator``.
+
+        Example:
+            >>> get_method("vanilla").extra_losses(None)
+            {}
+        """
+        term = self.extra_loss(ctx)
+        return {} if term is None else {self.name: term}
+
+    def wants_grad_norms(self, step: int) -> bool:
+        """Whether the loop should measure the terms' gradient norms at optimizer step ``step`` even when
+        ``grad_norm_every`` does not ask for it (e.g. while a method calibrates a term's scale)."""
+        return False
+
+    def observe_grad_norms(self, step: int, norms: Mapping[str, float]) -> Mapping[str, float] | None:
+        """Called with ``{term: ‖∇θ term‖}`` (``"diffusion"`` = the weighted diffusion loss; first micro-batch) at
+        every optimizer step whose norms the loop measured, before the backward pass.
+
+        Returns:
+            ``{term: factor}`` multipliers for this micro-batch's terms (a balancing method rescales its own term;
+            later micro-batches use whatever :meth:`extra_losses` returns), or ``None``.
+        """
         return None
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:

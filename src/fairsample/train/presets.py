@@ -7,6 +7,8 @@ registers every preset; :func:`fairsample.train.methods.get_method` does it on f
 
 from __future__ import annotations
 
+from typing import Any
+
 from fairsample.train.methods import METHODS, TrainMethod
 
 METHODS.setdefault("vanilla", TrainMethod)
@@ -80,24 +82,34 @@ from fairsample.train.preference import PreferenceTuning  # noqa: E402
 def dpo(
     *, preferences: str | None = None, pref_loss: str = "diffusion_dpo", beta: float | None = None,
     weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
+    prefs_build: dict[str, Any] | None = None, pref_scale: float | str = 1.0, pref_scale_target: float = 1.0,
 ) -> TrainMethod:  # fmt: skip
-    """Preference tuning alone (default Diffusion-DPO with a frozen reference); fine-tune a bundle with --init-from."""
+    """Preference tuning alone (default Diffusion-DPO with a frozen reference, ``reference``); fine-tune a bundle
+    with --init-from. Without ``preferences``, proxy pairs are built from the --init-from model (``prefs_build``)."""
     return PreferenceTuning(preferences=preferences, pref_loss=pref_loss, beta=beta, weight=weight,  # type: ignore[arg-type]
-                            pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise)  # fmt: skip
+                            pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise,
+                            prefs_build=prefs_build, preset="dpo", pref_scale=pref_scale,  # type: ignore[arg-type]
+                            pref_scale_target=pref_scale_target)  # fmt: skip
 
 
 def fairgen(
-    *, preferences: str | None = None, pref_loss: str = "diffusion_dpo", beta: float | None = None,
+    *, preferences: str | None = None, pref_loss: str = "fairgen_ref_free", beta: float | None = None,
     weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
-    apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, tau: float = 1.0,
-    gamma: float = 0.25, y_prime: str = "uniform",
+    prefs_build: dict[str, Any] | None = None, pref_scale: float | str = 1.0, pref_scale_target: float = 1.0,
+    apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, proxy: str = "contrast",
+    tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
 ) -> TrainMethod:  # fmt: skip
-    """FairGen: SQRS sampler + class-diversity term + preference loss (``train_text_to_image_FairGen.py``); pass
-    pref_loss='fairgen_ref_free' for the reference-free loss of the FairGen code."""
-    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema),
+    """FairGen as its code runs (``train_text_to_image_FairGen.py``): SQRS sampler + class-diversity term + the
+    reference-free preference loss (β = 0.5, γ_dpo = 1, independent noise; ``reference``). ``pref_loss=
+    'diffusion_dpo'`` swaps in Diffusion-DPO with a frozen reference (``project-extension``: FairGen's code has no
+    reference model). Without ``preferences``, proxy pairs are built from the --init-from model on the training rows
+    (``prefs_build`` options; see :class:`~fairsample.train.preference.PreferenceTuning`)."""
+    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
                       cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
-                      dpo(preferences=preferences, pref_loss=pref_loss, beta=beta, weight=weight,
-                          pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise)],
+                      PreferenceTuning(preferences=preferences, pref_loss=pref_loss, beta=beta,  # type: ignore[arg-type]
+                                       weight=weight, pairs_per_step=pairs_per_step, sft_weight=sft_weight,
+                                       share_noise=share_noise, prefs_build=prefs_build, preset="fairgen",
+                                       pref_scale=pref_scale, pref_scale_target=pref_scale_target)],  # type: ignore[arg-type]
                      name="fairgen")  # fmt: skip
 
 
