@@ -14,7 +14,7 @@ import torch
 from fairsample.data.schema import CellKey
 from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.models.bundle import ModelBundle
-from fairsample.train.cbdm import ClassDiversity, class_diversity_loss
+from fairsample.train.cbdm import ClassDiversity, class_diversity_loss, diversity_weight
 from fairsample.train.compose import Composite
 from fairsample.train.loop import _IndexStream, train
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod, get_method
@@ -261,6 +261,54 @@ def test_class_diversity_loss_function_matches_hand_value():
     p, h = torch.tensor([[[[1.0, 3.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
     got = class_diversity_loss(p, h, torch.tensor([100]), num_train_timesteps=200, tau=1.0, gamma=0.25)
     assert float(got) == pytest.approx(0.5 * (1 + 4) / 2 * 1.25)
+
+
+# -- the attribute-keeping project variants (issue #12 1a) ----------------------------------------------------------
+
+
+def test_cbdm_window_weight_is_zero_from_t_max():
+    t = torch.tensor([0, 250, 499, 500, 999])
+    assert diversity_weight(t, num_train_timesteps=1000, t_max=500).tolist() == pytest.approx([0, 0.25, 0.499, 0, 0])
+    assert diversity_weight(t, num_train_timesteps=1000).tolist() == pytest.approx([0, 0.25, 0.499, 0.5, 0.999])
+    p, h = torch.ones(2, 1, 1, 2), torch.zeros(2, 1, 1, 2)
+    late = class_diversity_loss(p, h, torch.tensor([600, 900]), num_train_timesteps=1000, t_max=500)
+    assert float(late) == 0.0
+    both = class_diversity_loss(p, h, torch.tensor([250, 900]), num_train_timesteps=1000, t_max=500)
+    assert float(both) == pytest.approx(0.25 / 2 * 1.25)  # the spared row counts in the mean with λ = 0
+
+
+def test_cbdm_window_skips_the_extra_forward_above_t_max_and_keeps_the_mean():
+    from diffusers import DDPMScheduler
+
+    m = ClassDiversity(t_max=500)
+    m.setup(_setup_ctx([A, B], bundle=SimpleNamespace(scheduler=DDPMScheduler(num_train_timesteps=1000))))
+    assert m.method_status == "project-extension" and m.config()["t_max"] == 500
+    loss, _, _, seen = _toy_grads(m, [250, 750])
+    assert seen == [(1, [250.0], 1)]  # no h′ forward for t = 750
+    assert loss == pytest.approx(0.25 / 2 * 1.25)  # λ = (.25, 0), mean over both rows
+    assert _toy_grads(m, [600, 900])[0] is None
+    with pytest.raises(ConfigError, match="`t_max` must be an int in"):
+        ClassDiversity(t_max=0)
+    big = ClassDiversity(t_max=2000)
+    with pytest.raises(ConfigError, match=r"`t_max` must be an int in \[1, 1000\] or None .*got 2000"):
+        big.setup(_setup_ctx([A, B], bundle=SimpleNamespace(scheduler=DDPMScheduler(num_train_timesteps=1000))))
+
+
+def test_y_prime_same_attribute_keeps_attribute_values():
+    cells = _grid_cells()
+    m = ClassDiversity(y_prime="same_attribute")
+    m.setup(_setup_ctx(cells))
+    assert m.method_status == "project-extension"
+    src = [cells[k % len(cells)] for k in range(200)]
+    out = m.draw_y_prime(src, torch.Generator().manual_seed(1))
+    assert all(o.groups == c.groups and o.label != c.label for c, o in zip(src, out, strict=True))
+
+
+def test_cbdm_keep_preset_is_a_labelled_project_extension():
+    m = get_method("cbdm-keep", {})
+    assert m.name == "cbdm-keep" and m.method_status == "project-extension"
+    s = get_method("fairskin-s-keep", {})
+    assert s.method_status == "project-extension" and s.config()["components"] == ["sqrs", "cbdm-keep"]
 
 
 def _grid_cells():

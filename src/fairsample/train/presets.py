@@ -39,9 +39,10 @@ def sqrs(
                           proxy=proxy, name="sqrs")  # type: ignore[arg-type]  # fmt: skip
 
 
-def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform") -> TrainMethod:
-    """The "CBDM baseline" of FairGen: uniform shuffling + the class-diversity term on cells."""
-    return ClassDiversity(tau=tau, gamma=gamma, y_prime=y_prime, name="cbdm")  # type: ignore[arg-type]
+def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform", t_max: int | None = None) -> TrainMethod:
+    """The "CBDM baseline" of FairGen: uniform shuffling + the class-diversity term on cells (``t_max``: the [project]
+    window λ_t = 0 for t ≥ t_max)."""
+    return ClassDiversity(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max, name="cbdm")  # type: ignore[arg-type]
 
 
 def fairskin_c(
@@ -63,6 +64,35 @@ def fairskin_s(
 
 
 METHODS.update({"cbrs": cbrs, "sqrs": sqrs, "cbdm": cbdm, "fairskin-c": fairskin_c, "fairskin-s": fairskin_s})
+
+# -- the class-diversity term that keeps a global attribute (project extension; issue #12 1a, docs/decisions.md) -----
+CBDM_KEEP: dict[str, Any] = {"t_max": 500, "y_prime": "same_label_other_attribute"}
+"""``cbdm-keep``'s defaults: y′ = the same label with another attribute value, λ_t = 0 for t ≥ 500. Of the variants
+in ``benchmarks/cbdm_variants.py`` its samples kept label and tone recoverability closest to vanilla's under the
+conditioning guard (the reference term at τ = 1 erased the demo's tone); docs/decisions.md has the table."""
+
+
+def cbdm_keep(
+    *, tau: float = 1.0, gamma: float = 0.25, y_prime: str = CBDM_KEEP["y_prime"],
+    t_max: int | None = CBDM_KEEP["t_max"],
+) -> TrainMethod:  # fmt: skip
+    """[project-extension] CBDM's class-diversity term restricted so that it cannot average a global attribute away
+    (:data:`CBDM_KEEP`); the reference term is ``cbdm``."""
+    return ClassDiversity(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max, name="cbdm-keep")  # type: ignore[arg-type]
+
+
+def fairskin_s_keep(
+    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = CBDM_KEEP["y_prime"],
+    t_max: int | None = CBDM_KEEP["t_max"],
+) -> TrainMethod:  # fmt: skip
+    """[project-extension] FairSkin-S with the attribute-keeping term: SQRS sampler + ``cbdm-keep``."""
+    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
+                      cbdm_keep(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max)],
+                     name="fairskin-s-keep")  # fmt: skip
+
+
+METHODS.update({"cbdm-keep": cbdm_keep, "fairskin-s-keep": fairskin_s_keep})
 
 # -- FairDiffusion: Fair Bayesian Perturbation (METHODS.md §3.1) ------------------------------------------------------
 from fairsample.train.fbp import fbp_preset  # noqa: E402
