@@ -104,7 +104,7 @@ class TrainConfig:
     guard: bool = dataclasses.field(default_factory=guard_default)  # on unless FAIRSAMPLE_GUARD=0
     guard_images_per_cell: int = 8  # samples per cell (validation seeds 900000+, disjoint from evaluation seeds)
     guard_guidance: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)  # candidate CFG scales w
-    guard_rescale: tuple[float, ...] = (0.7,)  # guidance-rescale φ tried at the largest w (v-prediction models)
+    guard_rescale: tuple[float, ...] = ()  # guidance-rescale φ also tried at the largest w (v-prediction), e.g. (0.7,)
     guard_steps: int = 25  # DDIM steps of the guard's samples (recorded as the recommended steps)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -110,7 +110,8 @@ def test_healthy_model_is_ok_and_its_selected_guidance_is_the_default(easy, tmp_
         return fakes[-1]
 
     monkeypatch.setattr(guard_mod, "sampling_pipeline", fake_pipeline)
-    report = conditioning_guard(path, easy, start=None, guidance=(3.0, 1.0, 1.5, 2.0), steps=4, images_per_cell=3)
+    report = conditioning_guard(path, easy, start=None, guidance=(3.0, 1.0, 1.5, 2.0), rescale=(0.7,), steps=4,
+                                images_per_cell=3)  # fmt: skip
     assert report.flag == "ok" and report.reasons == [] and report.reference["kind"] == "ceiling"
     # v-prediction: rescale φ = 0.7 is tried at the largest w, after the plain settings (cheapest first)
     assert fakes[0].calls == [(1.0, 0.0, 4), (1.5, 0.0, 4), (2.0, 0.0, 4), (3.0, 0.0, 4), (3.0, 0.7, 4)]
