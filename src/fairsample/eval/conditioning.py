@@ -5,10 +5,10 @@ The measurement behind the conditioning guard and the choice of recommended samp
 
 - **Judges.** One :class:`~fairsample.eval.classifiers.SmallCNN` per target (the label and each sensitive attribute),
   trained on the real **train** split (plus a ``holdout/`` dataset folder inside the dataset root, when there is one)
-  with class-balanced draws, at the model's image side (at most 64). They are cached in the artifact store
-  (:class:`~fairsample.export.cache.ArtifactCache`, kind ``"judge"``) by dataset content (every image's path, size
-  and modification time, and its label and attribute values) and settings. Their accuracy
-  on the real **val** split, overall and per attribute value, is the *ceiling*.
+  with class-balanced draws, at the model's image side (at most 64). They are cached in an artifact store
+  (:class:`~fairsample.export.cache.ArtifactCache`, kind ``"judge"``, :func:`conditioning_cache_dir`) by dataset
+  content (every image's path, size and modification time, and its label and attribute values) and settings. Their
+  accuracy on the real **val** split, overall and per attribute value, is the *ceiling*.
 - **Scores.** ``n`` samples per cell at fixed validation seeds (``VALIDATION_SEED`` + k, disjoint from the evaluation
   seeds 0, 1, ... and 100000+) and one :class:`SamplingSetting`; per cell and per attribute value, the fraction of
   samples whose requested label / attribute value the judges recover, and the BER of each attribute (1 − balanced
@@ -135,6 +135,20 @@ class Judges:
         return {t: self.classifiers[t].predict(x) for t in self.targets}
 
 
+def conditioning_cache_dir() -> Path:
+    """The artifact store of the judges and of cached start-model scores: ``conditioning/`` next to the engine store
+    (``~/.cache/fairsample/conditioning``; with ``$FAIRSAMPLE_CACHE_DIR`` set, its parent's ``conditioning/``).
+
+    Example:
+        >>> from fairsample.export.cache import default_cache_dir
+        >>> conditioning_cache_dir() == default_cache_dir().parent / "conditioning"
+        True
+    """
+    from fairsample.export.cache import default_cache_dir
+
+    return default_cache_dir().parent / "conditioning"
+
+
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     """``(N, H, W, 3)`` uint8 → ``(N, size, size, 3)`` uint8 (PIL bicubic, as :meth:`FolderDataset.load_image`)."""
     if images.shape[1] == size and images.shape[2] == size:
@@ -225,7 +239,7 @@ def train_judges(
             at least :data:`MIN_JUDGE_STEPS` optimizer steps in all).
         seed: classifier seed.
         split_seed: seed of the train/val/test split (``TrainConfig.split_seed``).
-        cache_dir: artifact store root (default :func:`~fairsample.export.cache.default_cache_dir`).
+        cache_dir: artifact store root (default :func:`conditioning_cache_dir`).
 
     Returns:
         :class:`Judges`; ``ceiling`` holds their accuracy on the real val split.
@@ -292,7 +306,7 @@ def train_judges(
         ceiling = {"overall": overall, "by_group": by_group, "n_val": len(val_rows)}
         return {"classes": classes, "report": {"passed": True, "ceiling": json_safe(ceiling)}}
 
-    entry, manifest = ArtifactCache(cache_dir).get_or_build(key_parts, build)
+    entry, manifest = ArtifactCache(cache_dir or conditioning_cache_dir()).get_or_build(key_parts, build)
     classifiers = {}
     for t in targets:
         model = SmallCNN(len(manifest["classes"][t]))

@@ -45,6 +45,7 @@ from fairsample.eval.conditioning import (
     ConditioningScores,
     Judges,
     SamplingSetting,
+    conditioning_cache_dir,
     guard_cells,
     sample_and_score,
     sampling_pipeline,
@@ -284,7 +285,7 @@ def _start_scores(
         scores = sample_and_score(pipe, judges, cells, setting, images_per_cell=images_per_cell)
         return {"scores": scores.to_dict(), "report": {"passed": True}}
 
-    _, manifest = ArtifactCache(cache_dir).get_or_build(parts, build)
+    _, manifest = ArtifactCache(cache_dir or conditioning_cache_dir()).get_or_build(parts, build)
     return ConditioningScores.from_dict(manifest["scores"], judges.label)
 
 
@@ -332,7 +333,8 @@ def conditioning_guard(
             folder's ``fairsample_config.json`` (default: when the bundle has a folder).
         warn: a one-line :class:`~fairsample.errors.FairsampleWarning` when the flag is not ``ok``.
         device: torch device for sampling.
-        cache_dir: artifact store for the judges and the start's scores (default: the fairsample cache).
+        cache_dir: artifact store for the judges and the start's scores (default:
+            :func:`~fairsample.eval.conditioning.conditioning_cache_dir`, next to the engine cache).
 
     Returns:
         :class:`GuardReport`.
