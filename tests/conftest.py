@@ -17,8 +17,9 @@ os.environ.setdefault("FAIRSAMPLE_GUARD", "0")
 # Engines built by the tests go to a per-session cache, never the user's ~/.cache/fairsample (so a run on a developer
 # machine neither reuses nor pollutes real artifacts, and every run pays the same exports a fresh CI machine does).
 if "FAIRSAMPLE_CACHE_DIR" not in os.environ:
+    # <tmp>/engines: the τ search and the judges cache next to the engine root (its parent), inside <tmp> too
     _cache = tempfile.mkdtemp(prefix="fairsample-test-cache-")
-    os.environ["FAIRSAMPLE_CACHE_DIR"] = _cache
+    os.environ["FAIRSAMPLE_CACHE_DIR"] = os.path.join(_cache, "engines")
     atexit.register(shutil.rmtree, _cache, True)
 
 import torch  # noqa: E402

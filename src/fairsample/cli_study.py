@@ -45,8 +45,9 @@ def _human(doc: dict[str, Any]) -> str:
         closure = "n/a" if clo.get("value") is None else f"{fmt(clo['value'], 2)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
         rows.append([r["label"], r.get("guard") or "", fmt(gap.get("mean")), closure])
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    lines = [f"{res['attribute']}: minority {res['minority']!r}, view {view!r} (means over generator and classifier "
-             "seeds)"]
+    lines = [
+        f"{res['attribute']}: minority {res['minority']!r}, view {view!r} (means over generator and classifier seeds)"
+    ]
     lines += ["  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
               for r in rows]  # fmt: skip
     lines.append(f"{len(doc['ran'])} cells computed, {len(doc['skipped'])} already complete, {doc['seconds']:.0f} s")
@@ -97,8 +98,10 @@ def study_cmd(
     ] = None,
     base: Annotated[
         Path | None,
-        typer.Option(help="Base bundle every method is fine-tuned from (default: trained from scratch on the train "
-                     "split without the minority group)."),
+        typer.Option(
+            help="Base bundle every method is fine-tuned from (default: trained from scratch on the train "
+            "split without the minority group)."
+        ),
     ] = None,
     counterfactual: Annotated[
         Path | None,

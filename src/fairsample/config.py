@@ -98,6 +98,7 @@ class TrainConfig:
     hflip: bool = False  # random horizontal flips (off: digits and many lesions are not mirror-symmetric)
     checkpoint_every: int = 100  # save a resumable checkpoint every N optimizer steps (0: only at the end)
     checkpoints_total_limit: int = 2  # keep at most this many checkpoints
+    snapshot_every: int = 0  # also write a loadable bundle to snapshots/step-N every N steps (0: none)
     seed: int = 0  # the only seed: initialisation, batch order, noise and timesteps
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     # after training (rank 0): conditioning guard + recommended sampling settings (fairsample.train.guard)

@@ -1,8 +1,10 @@
-"""`fairsample study`: the tiny profile end to end, resume after SIGKILL, one-line errors (issue #7).
+"""`fairsample study`: the tiny profile end to end, a foreign dataset, resume after SIGKILL, one-line errors (#7, #12).
 
 The tiny profile trains an 8x8 'test' U-Net for a few steps, so its numbers are meaningless; these tests check the
-machinery: the grid runs through the public SDK, every number of RESULTS.md is in results.json, and a killed study
-continues without recomputing completed cells.
+machinery: the grid runs through the public SDK (shared base → every model → sets → one evaluation with the oracle
+and the counterfactual view), every number of RESULTS.md is in results.json, a dataset whose cells differ from the
+embedded model's runs from a folder without fairsample.toml, and a killed study continues without recomputing
+completed cells. The engine is the torch backend (no ONNX export) to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from fairsample.study import _BAD_METHOD, _NO_ATTRIBUTE, _UNKNOWN_ATTRIBUTE, METHODS
-from fairsample.study_report import table_numbers
+from fairsample.study.report import table_numbers
 
 from .conftest import invoke
 
-TABLE1_ROWS = [
+ROWS = [
     "Base (real only)",
+    "oracle (real held-out images)",
     "vanilla",
     "fairdiffusion",
     "vanilla + attribute_switch",
@@ -33,7 +37,6 @@ TABLE1_ROWS = [
     "vanilla + fairdiffusion_perturbed",
     "fairdiffusion + fairdiffusion_perturbed",
 ]
-SETS = [r for r in TABLE1_ROWS if r != "Base (real only)"]
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +46,22 @@ def study_env(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("study")
     demo = root / "demo"
     make_demo_dataset(demo, source="digits")
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+    # the conditioning guard is part of the study's protocol (the suite turns it off for other tests)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", FAIRSAMPLE_GUARD="1",
                FAIRSAMPLE_CACHE_DIR=str(root / "cache" / "engines"))  # fmt: skip
     return root, demo, env
 
 
-def _command(demo: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "fairsample.cli", "study", "--data", str(demo), "--output-dir", str(out),
-            "--profile", "tiny", "--format", "json"]  # fmt: skip
+def _command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fairsample.cli", "study", "--data", str(data), "--output-dir", str(out),
+            "--profile", "tiny", "--backend", "torch", "--format", "json", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def full_run(study_env) -> tuple[Path, dict[str, Any]]:
     root, demo, env = study_env
-    out = root / "uninterrupted"
-    proc = subprocess.run(_command(demo, out), capture_output=True, text=True, env=env, timeout=300)
+    out = root / "demo_study"
+    proc = subprocess.run(_command(demo, out), capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
     assert doc["skipped"] == []
@@ -84,8 +88,7 @@ def _section_rows(markdown: str, heading: str) -> list[str]:
     for line in lines[start + 1 :]:
         if line.startswith("|"):
             seen_table = True
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows.append(cells[0])
+            rows.append([c.strip() for c in line.strip("|").split("|")][0])
         elif seen_table:
             break
     return rows[2:]  # header and separator
@@ -93,46 +96,84 @@ def _section_rows(markdown: str, heading: str) -> list[str]:
 
 def test_tiny_study_end_to_end(full_run) -> None:
     out, results = full_run
-    for rel in ("results.json", "RESULTS.md", "study.json", "plots/table1.png", "cells/evaluate/all/cell.json",
-                "cells/evaluate/all/report/report.json", "cells/generate/vanilla/set/metadata.csv"):  # fmt: skip
+    for rel in ("results.json", "RESULTS.md", "study.json", "plots/closure_counterfactual.png", "plots/curve.png",
+                "cells/base/base/cell.json", "cells/oracle/oracle/set/metadata.csv",
+                "cells/evaluate/all/report/report.json", "cells/generate/vanilla@0/set/metadata.csv",
+                "cells/generate/vanilla@1/set/metadata.csv"):  # fmt: skip
         assert (out / rel).is_file(), rel
     md = (out / "RESULTS.md").read_text()
-    assert _section_rows(md, "## Table 1") == TABLE1_ROWS
-    assert _section_rows(md, "## Generative table") == SETS
+    assert _section_rows(md, "## Gap closure — counterfactual") == ROWS
+    assert _section_rows(md, "## Gap closure — real test split") == ROWS
     assert "fairsample study --data" in md and results["command"].startswith("fairsample study --data")
     # every decimal number of every Markdown table is a value of results.json (at the shown precision)
     values = _numbers(results)
     shown = table_numbers(md)
-    assert len(shown) > 100
+    assert len(shown) > 150
     for token in shown:
         x, decimals = float(token), len(token.split(".")[1])
         tol = 0.5 * 10**-decimals + 1e-12
         assert any(abs(v - x) <= tol for v in values), f"{token} in RESULTS.md is not in results.json"
-    # the plan and the traceability
-    rows = {r["id"]: r for r in results["table1"]["rows"]}
-    assert list(rows) == ["base", "vanilla", "fairdiffusion", "vanilla.attribute_switch",
+    # protocol: a shared base without the minority, two generator seeds per method, the oracle in the plan's numbers
+    base = results["base"]
+    assert base["minority"] == "dark" and base["minority_images"] == 0 and base["minority_in_train_split"] > 0
+    assert results["views"] == ["counterfactual", "test"] and results["minority"] == "dark"
+    rows = {r["id"]: r for r in results["rows"]}
+    assert list(rows) == ["base", "oracle", "vanilla", "fairdiffusion", "vanilla.attribute_switch",
                           "fairdiffusion.attribute_switch", "vanilla.fairdiffusion_perturbed",
                           "fairdiffusion.fairdiffusion_perturbed"]  # fmt: skip
-    for r in results["table1"]["rows"][1:]:
-        for key in ("train", "generate"):
-            assert (out / r["sources"][key] / "cell.json").is_file()
-        assert len(r["metrics"]["accuracy"]["values"]) == 3
-    assert rows["vanilla"]["delta_vs_vanilla"]["accuracy"]["delta"] == 0.0
+    oracle_meta = pd.read_csv(out / "cells/oracle/oracle/set/metadata.csv")
+    plan_counts = json.loads((out / "cells/oracle/oracle/cell.json").read_text())["outputs"]["counts"]
+    assert len(oracle_meta) == sum(plan_counts.values()) == rows["oracle"]["n_train_synthetic"]
+    for name in ("vanilla", "fairdiffusion.attribute_switch"):
+        r = rows[name]
+        assert r["replicates"] == [f"{r['method']}@0", f"{r['method']}@1"]
+        assert r["guard"] in ("ok", "degraded", "collapsed")
+        for folder in r["sources"]["train"] + r["sources"]["generate"]:
+            assert (out / folder / "cell.json").is_file()
+        for view in ("counterfactual", "test"):
+            block = r["views"][view]
+            assert len(block["metrics"]["accuracy"]["values"]) == 4  # 2 generators x 2 classifier seeds
+            assert len(block["minority_gap_by_replicate"]) == 2
+            closure = block["closure"]
+            assert closure is not None and ("value" in closure and ("reason" in closure or closure["ci"]))
+        meta = pd.read_csv(out / r["sources"]["generate"][0] / "set" / "metadata.csv")
+        assert len(meta) == sum(plan_counts.values())
+    # every model went through the conditioning guard, and vanilla's first model has the curve
+    assert all(m["guard"]["flag"] in ("ok", "degraded", "collapsed") for m in results["models"].values())
+    assert [p["step"] for p in results["curve"]["points"]] == [0, 1, 2]
     for cell in results["cells"].values():
         assert cell["seconds"] >= 0 and cell["attempt"] == 1
-    assert set(results["timings"]["stages"]) == {"base", "train", "export", "tau", "perturbation", "generate",
-                                                 "evaluate"}  # fmt: skip
+    assert {"base", "oracle", "train", "curve", "tau", "perturbation", "generate", "evaluate"} <= set(
+        results["timings"]["stages"]
+    )
     assert results["profile"]["name"] == "tiny" and results["versions"]["torch"]
 
 
-def test_resume_after_kill(study_env, full_run) -> None:
+def _foreign(root: Path, demo: Path) -> Path:
+    """The demo's images under other column names, two groups and other labels; no fairsample.toml."""
+    data = root / "foreign"
+    data.mkdir()
+    meta = pd.read_csv(demo / "metadata.csv")
+    frame = pd.DataFrame({
+        "file_name": meta["file_name"],
+        "finding": meta["label"].map({0: "none", 1: "mild", 2: "mild", 3: "severe", 4: "severe"}),
+        "sex": meta["tone"].map({"light": "F", "medium": "F", "dark": "M"}),
+    })  # fmt: skip
+    frame.to_csv(data / "metadata.csv", index=False)
+    (data / "images").symlink_to(demo / "images")
+    return data
+
+
+def test_foreign_dataset_runs_and_a_killed_study_resumes(study_env) -> None:
     root, demo, env = study_env
-    _, reference = full_run
-    out = root / "killed"
-    first = out / "cells" / "base" / "vanilla" / "cell.json"
+    data = _foreign(root, demo)
+    out = root / "foreign_study"
+    cmd = _command(data, out, "--attribute", "sex", "--label-col", "finding", "--methods", "vanilla",
+                   "--samplers", "conditional")  # fmt: skip
+    first = out / "cells" / "base" / "base" / "cell.json"
     with open(root / "killed.log", "w") as log:
-        proc = subprocess.Popen(_command(demo, out), stdout=subprocess.DEVNULL, stderr=log, env=env)
-        deadline = time.monotonic() + 120
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        deadline = time.monotonic() + 180
         while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert first.is_file(), (root / "killed.log").read_text()[-3000:]
@@ -140,26 +181,23 @@ def test_resume_after_kill(study_env, full_run) -> None:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
-    marker_before = first.read_bytes()
-    mtime_before = first.stat().st_mtime_ns
+    marker_before, mtime_before = first.read_bytes(), first.stat().st_mtime_ns
 
-    proc = subprocess.run(_command(demo, out), capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
-    assert "base/vanilla" in doc["skipped"] and "base/vanilla" not in doc["ran"]
+    assert "base/base" in doc["skipped"] and "base/base" not in doc["ran"]
     assert first.read_bytes() == marker_before and first.stat().st_mtime_ns == mtime_before
     results = json.loads((out / "results.json").read_text())
-    assert results["timings"]["this_run"]["skipped"] == doc["skipped"]
-    # the same numbers as the uninterrupted run
-    for got, want in zip(results["table1"]["rows"], reference["table1"]["rows"], strict=True):
-        assert got["id"] == want["id"]
-        assert got["metrics"] == want["metrics"], got["id"]
-    for got, want in zip(results["generative"]["rows"], reference["generative"]["rows"], strict=True):
-        for key in ("fid", "kid", "fid_by_group", "fid_variance", "ber", "ber_real_trained"):
-            assert got[key] == want[key], (got["id"], key)
+    assert results["attribute"] == "sex" and results["minority"] == "M" and results["views"] == ["test"]
+    assert [r["id"] for r in results["rows"]] == ["base", "vanilla"]
+    closure = results["rows"][1]["views"]["test"]["closure"]
+    assert closure["value"] is None and "oracle" in closure["reason"]
+    cells = sorted(json.loads((out / "cells/train/vanilla@0/model/fairsample_config.json").read_text())["cells"])
+    assert cells[0].startswith("sex=F,finding=")  # the model speaks the dataset's own cells
 
     # a third run recomputes nothing
-    proc = subprocess.run(_command(demo, out), capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
     assert doc["ran"] == [] and len(doc["skipped"]) == len(results["grid"]["cells"])
@@ -198,3 +236,13 @@ def test_data_without_the_attribute_is_one_line(runner, study_env, tmp_path) -> 
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: " + _NO_ATTRIBUTE.split("{")[0])
     assert not (tmp_path / "s2").exists()
+
+
+def test_missing_base_and_holdout_are_one_line(runner, study_env, tmp_path) -> None:
+    _, demo, _ = study_env
+    for flag, value, text in (("--base", tmp_path / "nope", "`base`"), ("--holdout", tmp_path / "nope", "`holdout`")):
+        res = invoke(runner, "study", "--data", demo, "--output-dir", tmp_path / "s", "--profile", "tiny", flag, value)
+        assert res.exit_code == 1, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {text} ") and "does not exist" in lines[0]
+    assert not (tmp_path / "s").exists()

@@ -233,6 +233,8 @@ def build_results(
         s = stages.setdefault(kind, {"cells": 0, "seconds": 0.0})
         s["cells"] += 1
         s["seconds"] = round(s["seconds"] + float(marker.get("seconds", 0.0)), 3)
+        s["minutes"] = round(s["seconds"] / 60.0, 3)
+    total_seconds = round(sum(s["seconds"] for s in stages.values()), 3)
     warns = [{"cell": cid, "message": msg} for cid, m in markers.items() for msg in m.get("warnings", [])]
     warns += [{"cell": "evaluate/all", "message": f"{w.get('where')}: {w.get('message')}"}
               for w in report.get("warnings", [])]  # fmt: skip
@@ -255,13 +257,29 @@ def build_results(
         "samplers": samplers,
         "augmentation": (markers.get("oracle/oracle") or {}).get("outputs", {}).get("counts")
         or (eval_marker.get("settings") or {}),
-        "evaluation": {"report": report_rel, "cell": "cells/evaluate/all",
-                       "seconds_by_stage": eval_marker["outputs"].get("seconds_by_stage"),
-                       "closure_bootstrap": (report.get("definitions") or {}).get("closure")},  # fmt: skip
-        "cells": {cid: {"seconds": m.get("seconds"), "attempt": m.get("attempt"), "started": m.get("started"),
-                        "finished": m.get("finished"), "warnings": m.get("warnings", [])}
-                  for cid, m in markers.items()},  # fmt: skip
-        "timings": {"stages": stages, "this_run": dict(run), "invocations": list(invocations)},
+        "evaluation": {
+            "report": report_rel,
+            "cell": "cells/evaluate/all",
+            "seconds_by_stage": eval_marker["outputs"].get("seconds_by_stage"),
+            "closure_bootstrap": (report.get("definitions") or {}).get("closure"),
+        },  # fmt: skip
+        "cells": {
+            cid: {
+                "seconds": m.get("seconds"),
+                "attempt": m.get("attempt"),
+                "started": m.get("started"),
+                "finished": m.get("finished"),
+                "warnings": m.get("warnings", []),
+            }
+            for cid, m in markers.items()
+        },  # fmt: skip
+        "timings": {
+            "stages": stages,
+            "total_seconds": total_seconds,
+            "total_minutes": round(total_seconds / 60, 3),
+            "this_run": dict(run),
+            "invocations": list(invocations),
+        },
         "versions": dict(versions),
         "warnings": warns,
     }
@@ -300,7 +318,7 @@ def _plot_closure(results: Mapping[str, Any], view: str, path: Path) -> str:
         if c.get("value") is None:
             ax.text(0, y, "undefined", fontsize=7, va="center", color="0.4")
             continue
-        lo, hi = (c.get("ci") or [c["value"], c["value"]])
+        lo, hi = c.get("ci") or [c["value"], c["value"]]
         color = "#d62728" if r.get("guard") in ("collapsed", "degraded") else (
             "#1f77b4" if r["sampler"] == "conditional" else "#ff7f0e")  # fmt: skip
         ax.errorbar(c["value"], y, xerr=[[c["value"] - lo], [hi - c["value"]]], fmt="o", color=color, capsize=3, ms=4)
@@ -394,7 +412,7 @@ def _fidelity(results: Mapping[str, Any]) -> list[str]:
              "flag = the guard's verdict against the model's starting point (the shared base).", ""]  # fmt: skip
     groups: list[str] = []
     for m in results["models"].values():
-        for g in ((m.get("guard") or {}).get("by_group") or {}):
+        for g in (m.get("guard") or {}).get("by_group") or {}:
             if g.startswith(f"{attr}=") and g not in groups:
                 groups.append(g)
     groups.sort(key=lambda g: (g != f"{attr}={minority}", g))
@@ -534,9 +552,9 @@ def _settings(results: Mapping[str, Any]) -> list[str]:
 def _timings(results: Mapping[str, Any]) -> list[str]:
     stages = results["timings"]["stages"]
     rows = [[_STAGE_TEXT.get(k, k), str(stages[k]["cells"]), fmt(stages[k]["seconds"], 1),
-             fmt(stages[k]["seconds"] / 60, 1)] for k in _STAGES if k in stages]  # fmt: skip
-    total = sum(s["seconds"] for s in stages.values())
-    rows.append(["**sum of cells**", "", fmt(total, 1), fmt(total / 60, 1)])
+             fmt(stages[k]["minutes"], 1)] for k in _STAGES if k in stages]  # fmt: skip
+    t = results["timings"]
+    rows.append(["**sum of cells**", "", fmt(t["total_seconds"], 1), fmt(t["total_minutes"], 1)])
     run = results["timings"]["this_run"]
     lines = ["", "## Wall time per stage", "",
              "Seconds inside each cell, summed; with several workers the cells overlap, so the sum exceeds the wall "

@@ -114,11 +114,11 @@ def train_config(ctx: StudyContext, method: str, seed: int, **changes: Any) -> A
 
 
 def _with_guard(cfg: Any, prof: Any) -> Any:
-    """The conditioning guard's sample count, where this release's TrainConfig has it."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    if "guard_images_per_cell" in names:
-        cfg = dataclasses.replace(cfg, guard_images_per_cell=prof.guard_images_per_cell)
-    return cfg
+    """The conditioning guard is part of the protocol: always on (whatever ``$FAIRSAMPLE_GUARD`` says), with the
+    profile's sample count."""
+    return dataclasses.replace(
+        cfg, guard=True, guard_images_per_cell=prof.guard_images_per_cell, guard_steps=prof.sample_steps
+    )
 
 
 def base_config(ctx: StudyContext) -> Any:

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    vocabulary: tuple[Mapping[str, Sequence[str]], Sequence[str]] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) a diffusion U-Net on a dataset folder and write a model bundle.
 
@@ -252,6 +253,9 @@ def train(
         resume: continue from the newest checkpoint in ``output_dir`` (a fresh start if there is none).
         progress: show a progress bar on stderr (only when stderr is a terminal).
         log: receives one-line human messages (default: print to stderr).
+        vocabulary: ``(attribute values, labels)`` of a *new* model's conditioner (default: the dataset's). A study
+            trains its shared base on data without the minority group but with the minority's token, so that every
+            method can later fine-tune it on the full data.
 
     Returns:
         :class:`TrainResult`.
@@ -315,9 +319,10 @@ def train(
     else:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
             torch.manual_seed(cfg.seed)
+            values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
             bundle = new_pixel_bundle(
-                dataset.attribute_values(),
-                dataset.label_values(),
+                {k: list(v) for k, v in values.items()},
+                list(labels),
                 architecture=cfg.architecture,
                 image_size=cfg.image_size,
                 cross_attention_dim=cfg.cross_attention_dim,
@@ -579,6 +584,11 @@ def train(
                     state={"config": cfg.to_dict(), "method": method.state_dict()},
                     keep=cfg.checkpoints_total_limit,
                 )
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.max_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _write_snapshot(out / "snapshots" / f"step-{done:06d}", bundle, accelerator.unwrap_model(denoiser),
+                                ema, params, done)  # fmt: skip
     bar.close()
 
     # -- bundle ----------------------------------------------------------------------------------------------------
@@ -624,6 +634,33 @@ def train(
         log_path=log_path,
         seconds=time.time() - t_start,
     )
+
+
+def _write_snapshot(
+    path: Path, bundle: ModelBundle, model: nn.Module, ema: Any, params: list[Tensor], step: int
+) -> None:
+    """A loadable bundle of the weights at ``step`` (EMA weights when EMA is on), written atomically; the model keeps
+    training with its raw weights. Snapshots let a study plot a quality curve over training (``snapshot_every``)."""
+    if path.is_dir() and (path / "fairsample_config.json").is_file():
+        return  # a resumed run already wrote it
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        bundle.unet, bundle.conditioner = model.unet, model.conditioner
+        config = dict(bundle.config)
+        bundle.config = dict(config, snapshot_step=step, weights="ema" if ema is not None else "raw")
+        tmp = path.with_name(f".{path.name}.tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        bundle.save(tmp)
+        bundle.config = config
+        tmp.replace(path)
+    finally:
+        if ema is not None:
+            ema.restore(params)
 
 
 def _truncate_log(path: Path, start_step: int) -> None:
