@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fairsample.errors import ConfigError
-from fairsample.study.profiles import METHODS, PROFILES, SAMPLER_MODELS, SAMPLERS, StudyProfile
+from fairsample.study.profiles import METHODS, PROFILES, SAMPLERS, StudyProfile
 
 _BAD_PROFILE = "`profile` must be one of {allowed}, got {value!r}."
 _BAD_METHOD = "`methods` names unknown method(s) {bad}; the study's methods are {allowed}."
@@ -168,7 +168,7 @@ def plan_study(
 
     sets = [(m, m, "conditional") for m in ms]
     for s in ss[1:]:
-        sets += [(set_name(m, s), m, s) for m in SAMPLER_MODELS if m in ms]
+        sets += [(set_name(m, s), m, s) for m in prof.sampler_models if m in ms]
     cells: list[GridCell] = []
     base_needs: tuple[str, ...] = ()
     if base is None:
@@ -187,10 +187,10 @@ def plan_study(
                 cells.append(GridCell("curve", model, (f"train/{model}",), model))
             cells.append(GridCell("export", model, (f"train/{model}",), model))
             gen_needs = {"conditional": (f"export/{model}",)}
-            if m in SAMPLER_MODELS and "attribute_switch" in ss:
+            if m in prof.sampler_models and "attribute_switch" in ss:
                 cells.append(GridCell("tau", model, (f"export/{model}",), model))
                 gen_needs["attribute_switch"] = (f"tau/{model}",)
-            if m in SAMPLER_MODELS and "fairdiffusion_perturbed" in ss:
+            if m in prof.sampler_models and "fairdiffusion_perturbed" in ss:
                 cells.append(GridCell("perturbation", model, (f"export/{model}",), model))
                 gen_needs["fairdiffusion_perturbed"] = (f"perturbation/{model}",)
             for name, method, sampler in sets:

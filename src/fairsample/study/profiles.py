@@ -32,6 +32,7 @@ class StudyProfile:
     base_steps: int  # optimizer steps of the base model (vanilla, from random init)
     base_learning_rate: float  # peak learning rate of the base (cosine after warmup)
     base_minority_keep: float  # fraction of the minority group's training images the base sees (0 = absent)
+    base_batch_size: int  # images per base training step
     architecture: str  # built-in U-Net config of the base
     image_size: int  # training resolution
     cross_attention_dim: int  # token width
@@ -70,6 +71,9 @@ class StudyProfile:
     # -- machine
     workers: int  # processes that run independent model chains (train → export → τ → perturbation → generate)
     torch_threads: int | None = None  # torch intra-op threads per process (None: torch's default)
+    eval_threads: int | None = None  # torch threads of the evaluation (it runs alone, after the workers)
+    guard_guidance: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)  # the guard's candidate CFG scales
+    sampler_models: tuple[str, ...] = SAMPLER_MODELS  # the models the sampling-time methods run on
     exporters: tuple[str, ...] | None = None  # ONNX exporter chain (None: the engine's default)
     default_methods: tuple[str, ...] = METHODS  # methods run when none are given
     default_samplers: tuple[str, ...] = SAMPLERS  # samplers run when none are given
@@ -81,26 +85,31 @@ class StudyProfile:
 
 PROFILES: dict[str, StudyProfile] = {
     # sizes fixed before the run of docs/RESULTS.md; their cost is in that file's "Wall time per stage"
+    # small is trimmed to fit 2 hours on 2 cores (measured on 2026-12-02, 1 thread: a fine-tuning step of the
+    # tiny-32 U-Net costs 1.08 s at batch 32, 0.58 s at batch 16, cbdm 2.2 s at batch 32; the full grid at batch 32
+    # needed ~98 min of training alone): batch 16, fairskin-s left out (sqrs + the reference cbdm term, both in the
+    # grid), sampling-time methods on vanilla only, three guidance candidates. The protocol is unchanged.
     "small": StudyProfile(
         name="small",
         description="2-core CPU, about 2 h with 2 worker processes: 32x32 tiny U-Net, base without the minority, "
-        "every method fine-tuned from it with 2 generator seeds",
+        "every method fine-tuned from it with 2 generator seeds (grid trimmed to fit: see the profile's comment)",
         base_steps=1500,
         base_learning_rate=1e-3,
         base_minority_keep=0.0,
+        base_batch_size=32,
         architecture="tiny-32",
         image_size=32,
         cross_attention_dim=64,
         train_steps=400,
-        batch_size=32,
+        batch_size=16,
         learning_rate=2e-4,
         lr_warmup_steps=20,
         checkpoint_every=100,
         generator_seeds=(0, 1),
         curve_every=100,
-        curve_images_per_cell=16,
+        curve_images_per_cell=8,
         device="cpu",
-        guard_images_per_cell=8,
+        guard_images_per_cell=6,
         prefs_per_cell=4,
         prefs_candidates=8,
         prefs_classifier_epochs=8,
@@ -122,6 +131,10 @@ PROFILES: dict[str, StudyProfile] = {
         # OpenMP spin-waiting makes 2 torch threads 13-17x slower as soon as another process uses the other core
         # (docs/RESULTS.md of issue #7), so each worker runs 1 thread and the workers use the cores
         torch_threads=1,
+        eval_threads=2,
+        guard_guidance=(1.0, 1.5, 2.0),
+        sampler_models=("vanilla",),
+        default_methods=("vanilla", "cbrs", "sqrs", "cbdm", "cbdm-keep", "fairdiffusion", "fairgen"),
     ),
     "full": StudyProfile(
         name="full",
@@ -129,6 +142,7 @@ PROFILES: dict[str, StudyProfile] = {
         base_steps=6000,
         base_learning_rate=1e-3,
         base_minority_keep=0.0,
+        base_batch_size=64,
         architecture="tiny-32",
         image_size=32,
         cross_attention_dim=64,
@@ -168,6 +182,7 @@ PROFILES: dict[str, StudyProfile] = {
         base_steps=6,
         base_learning_rate=1e-3,
         base_minority_keep=0.0,
+        base_batch_size=8,
         architecture="test",
         image_size=8,
         cross_attention_dim=8,

@@ -252,9 +252,15 @@ def run_study(
                 if cell.model is None and cell.kind != "evaluate":
                     main.run(cell)
             # 2. one chain per model, on the workers
-            jobs = [(dataclasses.replace(ctx), model) for model in plan.models]
+            # longest chains first, so the two workers finish together (relative step costs measured on CPU)
+            cost = {"fairgen": 4.0, "cbdm": 2.0, "fairskin-s": 2.0, "fairskin-s-keep": 1.5, "cbdm-keep": 1.5}
+            order = sorted(plan.models, key=lambda m: -(cost.get(m.split("@")[0], 1.0)
+                                                        + 1.0 * (m.split("@")[0] in prof.sampler_models)))  # fmt: skip
+            jobs = [(dataclasses.replace(ctx), model) for model in order]
             run_parallel(run_chain, jobs, workers=n_workers, on_done=lambda _job, res: collect(res))
-            # 3. one evaluation of every set, the oracle and both views
+            # 3. one evaluation of every set, the oracle and both views (alone: it may use more threads)
+            if threads is None and prof.eval_threads is not None:
+                torch.set_num_threads(prof.eval_threads)
             for cell in plan.cells:
                 if cell.kind == "evaluate":
                     main.run(cell)

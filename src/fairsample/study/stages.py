@@ -116,9 +116,8 @@ def train_config(ctx: StudyContext, method: str, seed: int, **changes: Any) -> A
 def _with_guard(cfg: Any, prof: Any) -> Any:
     """The conditioning guard is part of the protocol: always on (whatever ``$FAIRSAMPLE_GUARD`` says), with the
     profile's sample count."""
-    return dataclasses.replace(
-        cfg, guard=True, guard_images_per_cell=prof.guard_images_per_cell, guard_steps=prof.sample_steps
-    )
+    return dataclasses.replace(cfg, guard=True, guard_images_per_cell=prof.guard_images_per_cell,
+                               guard_steps=prof.sample_steps, guard_guidance=tuple(prof.guard_guidance))  # fmt: skip
 
 
 def base_config(ctx: StudyContext) -> Any:
@@ -128,7 +127,7 @@ def base_config(ctx: StudyContext) -> Any:
     cfg = TrainConfig(
         method="vanilla",
         max_steps=p.base_steps,
-        batch_size=p.batch_size,
+        batch_size=p.base_batch_size,
         learning_rate=p.base_learning_rate,
         lr_warmup_steps=min(100, max(0, p.base_steps // 10)),
         checkpoint_every=max(1, min(250, p.base_steps // 4)),
