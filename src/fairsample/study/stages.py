@@ -169,7 +169,8 @@ def _own_settings(ctx: StudyContext, cell: GridCell) -> dict[str, Any]:
     if cell.kind == "base":
         return {"data": data, "keep": p.base_minority_keep, "train": weights_settings(base_config(ctx))}
     if cell.kind == "prefs":
-        return {"data": data, "base": str(base_path(ctx)), "per_cell": p.prefs_per_cell,
+        return {"data": data, "base": str(base_path(ctx)), "cells": "every cell of the train split",
+                "per_cell": p.prefs_per_cell,
                 "candidates": p.prefs_candidates, "steps": p.sample_steps, "backend": ctx.backend,
                 "epochs": p.prefs_classifier_epochs}  # fmt: skip
     if cell.kind == "oracle":
@@ -325,7 +326,10 @@ class Stages:
         from fairsample.prefs_build import build_preferences
 
         p, ds = self.ctx.prof, self.ctx.data
-        res = build_preferences(ModelBundle.load(base_path(self.ctx)), ds.subset(train_rows(ds)), folder,
+        train = ds.subset(train_rows(ds))
+        # every cell of the data, the minority's too: the base never drew them, and FairGen's raters judge every
+        # subgroup (the base bundle lists only the cells it was trained on)
+        res = build_preferences(ModelBundle.load(base_path(self.ctx)), train, folder, cells=train.cells(),
                                 per_cell=p.prefs_per_cell, candidates=p.prefs_candidates, steps=p.sample_steps,
                                 classifier_epochs=p.prefs_classifier_epochs, batch_size=p.sample_batch,
                                 backend=self.ctx.backend, device=self._device(),
