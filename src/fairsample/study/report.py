@@ -544,7 +544,8 @@ def _settings(results: Mapping[str, Any]) -> list[str]:
         ["downstream", f"SmallCNN, {p['eval_epochs']} epochs, val-selected, classifier seeds "
          f"{results['grid']['seeds']}"],
         ["workers", f"{results['timings']['this_run'].get('workers')} process(es), torch threads "
-         f"{results['timings']['this_run'].get('torch_threads')} each"],
+         f"{results['timings']['this_run'].get('torch_threads') or 'default'} each; evaluation: "
+         f"{results['timings']['this_run'].get('eval_threads', 'n/a')} threads"],
     ]  # fmt: skip
     return ["", "## Settings", "", *_table(["What", "Setting"], rows, "ll")]
 

@@ -285,7 +285,8 @@ def run_study(
         "ran": ran,
         "skipped": skipped,
         "load_average": {"start": load_start, "end": load_end},
-        "torch_threads": torch_threads,
+        "torch_threads": run_threads,  # each worker's (and the main process's) torch threads
+        "eval_threads": torch_threads,  # the evaluation's, set after the workers
         "threads_option": threads,
         "workers": n_workers,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
