@@ -18,19 +18,36 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fairsample.errors import FairsampleError, FairsampleWarning
+from fairsample.cli_dataset import (  # noqa: F401  (re-exported: the shared dataset options)
+    DatasetOptions,
+    DropUnknownOpt,
+    GroupColOpt,
+    LabelColOpt,
+    PatientColOpt,
+    PresetOpt,
+    check_folder,
+)
+from fairsample.errors import FairsampleError, FairsampleWarning, missing_extra_message
 
+# rich_markup_mode=None on every app: plain click help keeps "[train]" and whole option names at 80 columns
 app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="fairsample: fair synthetic medical images, fast. Start with `fairsample generate --output-dir out`.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Dataset folders: validate, count, build the demo dataset.")
+data_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Dataset folders: validate, count, build the demo dataset."
+)
 app.add_typer(data_app, name="data")
-cache_app = typer.Typer(no_args_is_help=True, help="The engine artifact cache: list, verify, prune.")
+cache_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="The engine artifact cache: list, verify, prune."
+)
 app.add_typer(cache_app, name="cache")
-export_app = typer.Typer(no_args_is_help=True, help="Export a bundle's U-Net to validated, cached engine artifacts.")
+export_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Export a bundle's U-Net to validated, cached engine artifacts."
+)
 app.add_typer(export_app, name="export")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,14 +90,12 @@ class DemoSource(StrEnum):
     digits = "digits"
 
 
+TemplateOpt = Annotated[
+    str | None,
+    typer.Option(help="Prompt template of a Stable Diffusion model, naming every cell field, e.g. "
+                 "'dermoscopy, {tone} skin, {label}' (default: 'tone {tone}, label {label}' from the column names)."),
+]
 FormatOpt = Annotated[Format, typer.Option("--format", help="human (tables), json (one JSON document) or quiet.")]
-LabelColOpt = Annotated[str | None, typer.Option("--label-col", help="Label column (overrides fairsample.toml).")]
-GroupColOpt = Annotated[
-    list[str] | None, typer.Option("--group-col", help="Sensitive-attribute column; repeat for several.")
-]
-PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help="Native layout: fitzpatrick17k, ham10000, chexpert, nih.")
-]
 SamplerOpt = Annotated[
     str | None, typer.Option(help="Sampler: conditional, attribute_switch, mixing, fairdiffusion_perturbed.")
 ]
@@ -90,9 +105,6 @@ SamplerOptionOpt = Annotated[
 ]
 CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Artifact store (default $FAIRSAMPLE_CACHE_DIR or ~/.cache/...).")
-]
-DropUnknownOpt = Annotated[
-    bool, typer.Option("--drop-unknown", help="Drop rows whose group value is unknown instead of failing.")
 ]
 
 
@@ -120,8 +132,8 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except FairsampleError as exc:
             raise _fail(str(exc)) from None
-        except ImportError as exc:
-            raise _fail(str(exc)) from None
+        except ImportError as exc:  # a missing optional dependency: name the extra that installs it
+            raise _fail(missing_extra_message(exc)) from None
         except KeyboardInterrupt:
             raise _fail("interrupted; re-run the same command to continue where it stopped", 130) from None
 
@@ -198,14 +210,34 @@ def parse_int_list(text: str) -> list[int]:
     return out
 
 
-def _load_dataset(
-    root: Path, label_col: str | None, group_col: list[str] | None, preset: str | None, drop_unknown: bool
-) -> Any:
-    from fairsample.data.folder import load_folder
+def check_model_path(model: Path | None, flag: str = "--model") -> None:
+    """Fail fast (JSON reads only, before torch/diffusers load) on a model path that cannot be a model."""
+    if model is not None:
+        from fairsample.model_source import inspect_model
 
-    return load_folder(
-        root, label_col=label_col, group_cols=group_col or None, preset=preset, drop_unknown=drop_unknown or None
-    )
+        inspect_model(model, flag)
+
+
+def open_model_option(
+    model: Path | None,
+    *,
+    flag: str = "--model",
+    device: str = "cpu",
+    dataset: Any = None,
+    cells: list[str] | None = None,
+    template: str | None = None,
+    need_cells: bool = True,
+) -> Any:
+    """``--model`` → :class:`~fairsample.models.bundle.ModelBundle`: a bundle, a Stable Diffusion folder or file
+    (its cells from ``dataset`` or ``cells``), or the embedded model when ``None``."""
+    from fairsample.models.sd_import import open_model
+
+    vocab: dict[str, Any] = {}
+    if dataset is not None:
+        vocab = {"attributes": dataset.attribute_values(), "labels": dataset.label_values(),
+                 "label_name": dataset.spec.label}  # fmt: skip
+    return open_model(model, flag=flag, cells=cells, template=template, device=device, need_cells=need_cells,
+                      **vocab)  # fmt: skip
 
 
 @app.callback()
@@ -221,14 +253,26 @@ def info(fmt: FormatOpt = Format.human) -> None:
 
     Example: fairsample info --format json
     """
+    import importlib.resources
     import importlib.util
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    from fairsample.models.bundle import default_model_path, library_versions
+    from fairsample._version import __version__
 
+    def _version(dist: str) -> str | None:  # read from the installed metadata: importing torch takes seconds
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    # the same keys and folder as models.bundle.library_versions() / default_model_path(), without importing torch
+    embedded = Path(str(importlib.resources.files("fairsample") / "assets" / "tone-digits-32"))
     doc = {
-        "versions": library_versions(),
-        "embedded_model": str(default_model_path()),
-        "embedded_model_present": (default_model_path() / "fairsample_config.json").is_file(),
+        "versions": {"fairsample": __version__, "torch": _version("torch"), "diffusers": _version("diffusers"),
+                     "python": platform.python_version()},  # fmt: skip
+        "embedded_model": str(embedded),
+        "embedded_model_present": (embedded / "fairsample_config.json").is_file(),
         "extras": {
             name: importlib.util.find_spec(mod) is not None
             for name, mod in [
@@ -250,19 +294,26 @@ def data_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder with metadata.csv/.jsonl (+ fairsample.toml).")],
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
     preset: PresetOpt = None,
     drop_unknown: DropUnknownOpt = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Read image headers only (no full decode): fast, misses truncated files.")
+    ] = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
-    """Validate a dataset folder and print the per-group × label count table.
+    """Validate a dataset folder, decode every image, and print the per-group × label count table.
 
     Example: fairsample data check my_study --group-col sex --group-col race --format json
     """
+    from fairsample.data.decode_check import check_decodable
     from fairsample.data.folder import check_report, format_count_table
 
-    ds = _load_dataset(root, label_col, group_col, preset, drop_unknown)
-    header = f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}"
-    _emit(fmt, check_report(ds), lambda: f"{header}\n{format_count_table(ds)}")
+    ds = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown).load(root)
+    decoded = check_decodable(ds, quick=quick, progress=fmt is Format.human)
+    header = (f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}, "
+              f"all {decoded.n_checked} readable ({decoded.mode} decode check)")  # fmt: skip
+    _emit(fmt, {**check_report(ds), "decode": decoded.to_dict()}, lambda: f"{header}\n{format_count_table(ds)}")
 
 
 @data_app.command("demo")
@@ -320,7 +371,15 @@ def train(
     checkpoint_every: Annotated[int | None, typer.Option(min=0, help="Checkpoint every N steps (0: never).")] = None,
     architecture: Annotated[str | None, typer.Option(help="Built-in U-Net: tiny-32, small-32, test.")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, help="Training resolution.")] = None,
-    init_from: Annotated[Path | None, typer.Option(help="Fine-tune this bundle instead of a new model.")] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune this bundle, diffusers Stable Diffusion folder or .safetensors file instead of a "
+                     "new model; resolution, prediction type (and for SD its lr recipe) default to the base's."),
+    ] = None,
+    template: TemplateOpt = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Recompute U-Net activations (less GPU memory, slower).")
+    ] = False,
     split: Annotated[str | None, typer.Option(help="Train on this split: train, val, test or all.")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="The one seed of the run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1.")] = None,
@@ -337,6 +396,7 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
     preset: PresetOpt = None,
     drop_unknown: DropUnknownOpt = False,
     fmt: FormatOpt = Format.human,
@@ -345,6 +405,11 @@ def train(
 
     Example: fairsample train demo/ --output-dir runs/m --max-steps 200 --seed 0
     """
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    check_folder(data)  # a bad path fails before the heavy imports
+    from fairsample.model_source import finetune_defaults, inspect_model
+
+    source = inspect_model(init_from, "--init-from") if init_from else None  # JSON only: fast, before torch
     from fairsample.config import TrainConfig, resolve
     from fairsample.data.folder import format_count_table
     from fairsample.train.loop import train as run_train
@@ -355,6 +420,9 @@ def train(
         TrainConfig,
         file=config,
         section="train",
+        base=finetune_defaults(source) if source else None,
+        template=template,
+        gradient_checkpointing=gradient_checkpointing or None,
         method=method,
         method_options=options,
         max_steps=max_steps,
@@ -375,10 +443,22 @@ def train(
     )
     train_method = get_method(cfg.method, cfg.method_options)  # bad names/options fail here, before any data loads
     train_method.check_config(cfg)
+    ds = None
+    if source is not None and source.kind != "bundle":  # SD base: the prompt template is part of the config
+        from fairsample.models.conditioners import default_template
+
+        ds = dataset.load(data)
+        cfg = cfg.replace(template=cfg.template or default_template(list(ds.spec.groups), ds.spec.label))
     if dry_run:
-        _print_json({**cfg.to_dict(), "method_config": train_method.config()})
+        doc = {**cfg.to_dict(), "method_config": train_method.config()}
+        if source is not None:
+            doc["base_model"] = {**source.describe(), "defaults_from_base": finetune_defaults(source)}
+        if ds is not None and cfg.template:
+            doc["prompts"] = {c.to_text(ds.spec.label): cfg.template.format(**c.as_dict(ds.spec.label))
+                              for c in sorted(set(ds.cell_ids()))}  # fmt: skip
+        _print_json(doc)
         return
-    ds = _load_dataset(data, label_col, group_col, preset, drop_unknown)
+    ds = ds if ds is not None else dataset.load(data)
     if fmt is Format.human:
         print(format_count_table(ds), file=sys.stderr)
     result = run_train(ds, output_dir, cfg, method=train_method, resume=resume, progress=fmt is Format.human)
@@ -409,7 +489,12 @@ def train(
 @handle_errors
 def generate(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder to write images + metadata.csv.")],
-    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded tone-digits model).")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Model bundle, diffusers Stable Diffusion folder or .safetensors file (default: the embedded "
+                     "tone-digits model); an SD model needs --cells."),
+    ] = None,
+    template: TemplateOpt = None,
     cells: Annotated[
         list[str] | None, typer.Option("--cells", help="Cell like tone=dark,label=3; repeat. Default: every cell.")
     ] = None,
@@ -453,6 +538,7 @@ def generate(
     if per_cell is not None and balanced is not None:
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
+    check_model_path(model)
     if backend is not None:
         from fairsample.config import check_backend
 
@@ -460,12 +546,9 @@ def generate(
         if strict and backend != "tensorrt":
             raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
 
-    from fairsample.models.bundle import ModelBundle
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
-    bundle = (
-        ModelBundle.load(model, device=device or "cpu") if model else ModelBundle.load_default(device=device or "cpu")
-    )
+    bundle = open_model_option(model, device=device or "cpu", cells=cells, template=template)
     cfg = sample_config(bundle, config, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
                         steps=steps, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
                         batch_size=batch_size, backend=backend, device=device)  # fmt: skip
@@ -479,7 +562,11 @@ def generate(
     label = bundle.label_name
     summary_plan = {c.to_text(label): n for c, n in plan.counts().items()}
     if dry_run:
-        _print_json({"config": cfg.to_dict(), "model": bundle.bundle_id, "n_images": len(plan), "plan": summary_plan})
+        from fairsample.models.sd_import import cell_prompts
+
+        prompts = cell_prompts(bundle, list(plan.counts()))
+        _print_json({"config": cfg.to_dict(), "model": bundle.bundle_id, "n_images": len(plan), "plan": summary_plan,
+                     **({"template": bundle.conditioner.template, "prompts": prompts} if prompts else {})})
         return
     if cfg.backend == "tensorrt" and device is None and cfg.device == "cpu":
         import dataclasses
@@ -590,31 +677,48 @@ def cache_prune(
 @export_app.command("onnx")
 @handle_errors
 def export_onnx_cmd(
-    model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model bundle or Stable Diffusion folder (default: the embedded model).")
+    ] = None,
     dtype: Annotated[Dtype, typer.Option(help="float32, or float16 with fp32 islands.")] = Dtype.float32,
     exporter: Annotated[
         list[str] | None, typer.Option(help="Exporter chain to try, in order: dynamo, dynamo-noopt, legacy.")
     ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Also write the validated ONNX (+ external data + manifest) here."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace files already in --output-dir.")] = False,
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,
 ) -> None:
-    """Export, optimize (and fp16-convert) the U-Net to ONNX, validate it against torch, and cache it.
+    """Export, optimize (and fp16-convert) the U-Net to ONNX, validate it against torch, and cache it; prints the
+    ONNX file's path (in the cache, or in --output-dir as a standalone copy).
 
-    Example: fairsample export onnx --model runs/m --dtype float16 --format json
+    Example: fairsample export onnx --model runs/m --dtype float16 --output-dir onnx/ --format json
     """
+    check_model_path(model)
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise typer.BadParameter(f"{output_dir} is a file; pass a folder", param_hint="--output-dir")
     import torch
 
     from fairsample.engines import load_engine
-    from fairsample.models.bundle import ModelBundle
+    from fairsample.export.standalone import copy_engine_files
 
-    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    bundle = open_model_option(model, need_cells=False)
     options: dict[str, Any] = {"exporters": tuple(exporter)} if exporter else {}
     torch_dtype = torch.float16 if dtype is Dtype.float16 else torch.float32
     engine = load_engine(bundle, backend="onnxruntime", dtype=torch_dtype, cache_dir=cache_dir, **options)
     man = dict(engine.manifest)
-    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "manifest": man}
+    onnx_path = Path(engine.path)  # type: ignore[attr-defined]
     engine.close()
-    _emit(fmt, doc, lambda: f"ONNX engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
+    files = copy_engine_files(onnx_path, output_dir, overwrite=overwrite) if output_dir is not None else None
+    if files is not None:
+        onnx_path = files[0]
+    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "onnx": str(onnx_path),
+           "files": [str(f) for f in files] if files else None, "manifest": man}  # fmt: skip
+    _emit(fmt, doc, lambda: f"ONNX for {bundle.bundle_id} ({dtype.value}, validated): {onnx_path} "
+          f"(cache key {man.get('key')})")  # fmt: skip
 
 
 @export_app.command("tensorrt")
@@ -635,28 +739,44 @@ def export_tensorrt_cmd(
 
     Example: fairsample export tensorrt --model runs/m --max-batch 16 --format json
     """
+    check_model_path(model)
     import torch
 
     from fairsample.engines import load_engine
-    from fairsample.models.bundle import ModelBundle
 
-    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    bundle = open_model_option(model, need_cells=False)
     torch_dtype = torch.float16 if dtype is Dtype.float16 else torch.float32
     progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr))
     engine = load_engine(bundle, backend="tensorrt", device=device, dtype=torch_dtype, cache_dir=cache_dir,
                          max_batch=max_batch, refit=refit, strict=True, progress=progress)  # fmt: skip
     man = dict(engine.manifest)
-    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "manifest": man}
     engine.close()
-    _emit(fmt, doc, lambda: f"TensorRT engine for {bundle.bundle_id} ({dtype.value}) cached: key {man.get('key')}")
+    from fairsample.export.cache import ArtifactCache
+
+    plan = ArtifactCache(cache_dir).entry_dir(str(man["key"])) / "engine.plan" if man.get("key") else None
+    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "plan": str(plan) if plan else None, "manifest": man}
+    _emit(fmt, doc, lambda: f"TensorRT engine for {bundle.bundle_id} ({dtype.value}, validated): {plan}")
 
 
 from fairsample import cli_augment as _cli_augment  # noqa: E402,F401  (registers `augment`)
 from fairsample import cli_bench as _cli_bench  # noqa: E402,F401  (registers `bench`)
 from fairsample import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `evaluate`)
+from fairsample import cli_model as _cli_model  # noqa: E402,F401  (registers `model import`)
 from fairsample import cli_prefs as _cli_prefs  # noqa: E402,F401  (registers `prefs`)
 from fairsample import cli_samplers as _cli_samplers  # noqa: E402,F401  (registers `tau`)
 from fairsample import cli_study as _cli_study  # noqa: E402,F401  (registers `study`)
+
+
+def _plain_help(typer_app: typer.Typer) -> None:
+    """Plain click help on an app and every sub-app registered on it: rich markup would eat "[train]" and rich's
+    table cuts long option names at 80 columns (``--gradient-accu…``)."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
+_plain_help(app)  # after every cli_* module has registered its commands and sub-apps
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -17,18 +17,20 @@ from typing import Annotated, Any
 import typer
 
 from fairsample.cli import (
+    DatasetOptions,
     DropUnknownOpt,
     Format,
     FormatOpt,
     GroupColOpt,
     LabelColOpt,
+    PatientColOpt,
     PresetOpt,
     SamplerOpt,
     SamplerOptionOpt,
     SchedulerName,
     _emit,
-    _load_dataset,
     app,
+    check_folder,
     handle_errors,
     parse_int_list,
     sample_config,
@@ -99,6 +101,7 @@ def augment_cmd(
     ] = False,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
     preset: PresetOpt = None,
     drop_unknown: DropUnknownOpt = False,
     fmt: FormatOpt = Format.human,
@@ -107,18 +110,22 @@ def augment_cmd(
 
     Example: fairsample augment demo/ --total 3000 --target proportions:light=0.3,medium=0.2,dark=0.5 -o aug/
     """
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    check_folder(data)  # a bad path fails before the heavy imports
+    from fairsample.cli import check_model_path
+
+    check_model_path(model)
     from fairsample.augment import augmentation_plan, parse_target
     from fairsample.data.splits import split_indices
-    from fairsample.models.bundle import ModelBundle
     from fairsample.pipeline import FairSamplePipeline
 
     goal = parse_target(target)
-    ds = _load_dataset(data, label_col, group_col, preset, drop_unknown)
+    ds = dataset.load(data)
     if split is not SplitName.all:
         ds = ds.subset(split_indices(ds, seed=split_seed)[split.value])
-    bundle = (
-        ModelBundle.load(model, device=device or "cpu") if model else ModelBundle.load_default(device=device or "cpu")
-    )
+    from fairsample.cli import open_model_option
+
+    bundle = open_model_option(model, device=device or "cpu", dataset=ds)
     cell_list = None
     if cells:
         from fairsample.data.schema import parse_cell

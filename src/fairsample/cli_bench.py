@@ -34,10 +34,12 @@ def bench_cmd(
 
     Example: fairsample bench --batches 1,8,32 --steps 10 --output bench.json --format json
     """
-    from fairsample.bench import format_table, run_bench
-    from fairsample.models.bundle import ModelBundle
+    from fairsample.cli import check_model_path, open_model_option
 
-    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    check_model_path(model)
+    from fairsample.bench import format_table, run_bench
+
+    bundle = open_model_option(model, need_cells=False)
     progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
     doc = run_bench(bundle, backends=backend, batches=parse_int_list(batches), steps=steps, repeats=repeats,
                     threads=threads, cache_dir=cache_dir, progress=progress, matmul_size=matmul_size)  # fmt: skip

@@ -17,12 +17,15 @@ from typing import Annotated, Any
 import typer
 
 from fairsample.cli import (
+    DatasetOptions,
+    DropUnknownOpt,
     Format,
     FormatOpt,
     GroupColOpt,
     LabelColOpt,
+    PatientColOpt,
+    PresetOpt,
     _emit,
-    _load_dataset,
     app,
     handle_errors,
     parse_int_list,
@@ -186,6 +189,9 @@ def evaluate(
     ] = None,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
+    preset: PresetOpt = None,
+    drop_unknown: DropUnknownOpt = False,
     protocol: Annotated[
         list[ProtocolName] | None,
         typer.Option(
@@ -242,9 +248,9 @@ def evaluate(
     def progress(line: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {line}", file=sys.stderr, flush=True)
 
-    real_data: Any = real
-    if label_col is not None or group_col:
-        real_data = _load_dataset(real, label_col, group_col, None, False)
+    # the dataset options describe --real; every synthetic set is read with the real set's label and group columns
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    real_data: Any = dataset.load(real, flag="--real")
     result = run_evaluate(
         real_data,
         {name: paths[0] if len(paths) == 1 else paths for name, paths in sets.items()},

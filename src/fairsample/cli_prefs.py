@@ -10,20 +10,23 @@ from typing import Annotated
 import typer
 
 from fairsample.cli import (
+    DatasetOptions,
     DropUnknownOpt,
     Format,
     FormatOpt,
     GroupColOpt,
     LabelColOpt,
+    PatientColOpt,
     PresetOpt,
     _emit,
-    _load_dataset,
     app,
+    check_folder,
     handle_errors,
 )
 
 prefs_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Preference pairs for --method dpo|fairgen; `build` makes PROXY pairs (proxy: classifier confidence).",
 )
 app.add_typer(prefs_app, name="prefs")
@@ -58,6 +61,7 @@ def prefs_build(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT/candidates when it holds another generation.")] = False,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
     preset: PresetOpt = None,
     drop_unknown: DropUnknownOpt = False,
     fmt: FormatOpt = Format.human,
@@ -71,7 +75,11 @@ def prefs_build(
 
     Example: fairsample prefs build --model runs/m --data demo/ -o prefs --per-cell 4 --candidates 16 --steps 20
     """
-    from fairsample.models.bundle import ModelBundle
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    check_folder(data, "--data")  # a bad path fails before the heavy imports
+    from fairsample.cli import check_model_path, open_model_option
+
+    check_model_path(model)
     from fairsample.prefs_build import PROXY_SOURCE, build_preferences
 
     if candidates < 2 * per_cell:
@@ -79,8 +87,8 @@ def prefs_build(
             f"--candidates {candidates} must be >= 2 x --per-cell ({2 * per_cell}) for disjoint winners and losers",
             param_hint="--candidates",
         )
-    bundle = ModelBundle.load(model, device=device)
-    ds = _load_dataset(data, label_col, group_col, preset, drop_unknown)
+    ds = dataset.load(data, flag="--data")
+    bundle = open_model_option(model, device=device, dataset=ds)
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else None
     say = None if fmt is not Format.human else (lambda line: print(line, file=sys.stderr, flush=True))
     result = build_preferences(

@@ -11,7 +11,21 @@ from typing import Annotated
 
 import typer
 
-from fairsample.cli import CacheDirOpt, Format, FormatOpt, _emit, app, handle_errors
+from fairsample.cli import (
+    CacheDirOpt,
+    DatasetOptions,
+    DropUnknownOpt,
+    Format,
+    FormatOpt,
+    GroupColOpt,
+    LabelColOpt,
+    PatientColOpt,
+    PresetOpt,
+    _emit,
+    app,
+    check_folder,
+    handle_errors,
+)
 
 
 @app.command("tau")
@@ -49,14 +63,16 @@ def tau_cmd(
 
     Example: fairsample tau --attribute tone --from light --to dark --output-dir out/tau --format json
     """
+    from fairsample.cli import check_model_path, open_model_option
+
+    check_model_path(model)
     from fairsample.engines import load_engine
-    from fairsample.models.bundle import ModelBundle
     from fairsample.samplers.schedulers import make_scheduler
     from fairsample.samplers.switch import switch_step
     from fairsample.samplers.tau import check_search
     from fairsample.tau_search import plot_tau, resolve_tau
 
-    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    bundle = open_model_option(model)
     num_t = int(bundle.scheduler.config["num_train_timesteps"])
     check_search(num_t, search_steps, grid, norm, weighting, allow_coarse)  # before the engine loads
     engine = load_engine(bundle, backend, **({"cache_dir": cache_dir} if backend != "torch" else {}))
@@ -104,24 +120,33 @@ def tune_perturbation_cmd(
     ] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the evaluation images, design and BO.")] = 0,
     backend: Annotated[str, typer.Option(help="Engine backend: torch, onnxruntime.")] = "torch",
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
+    preset: PresetOpt = None,
+    drop_unknown: DropUnknownOpt = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
     """Tune fairdiffusion_perturbed's per-group guidance and noise-temperature offsets (project-extension).
 
     Example: fairsample tune-perturbation --model runs/fbp --data demo --attribute tone --iterations 20
     """
-    from fairsample.data.folder import load_folder
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    check_folder(data, "--data")  # a bad path fails before the heavy imports
+    from fairsample.cli import check_model_path, open_model_option
+
+    check_model_path(model)
     from fairsample.engines import load_engine
-    from fairsample.models.bundle import ModelBundle
     from fairsample.tune_perturbation import default_output, tune_perturbation
 
     target = output or default_output(model)
     if target is None:
         raise typer.BadParameter("the embedded model is read-only: pass --output PATH", param_hint="--output")
-    bundle = ModelBundle.load(model) if model else ModelBundle.load_default()
+    real = dataset.load(data, flag="--data")
+    bundle = open_model_option(model, dataset=real)
     engine = load_engine(bundle, backend)
     say = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = tune_perturbation(bundle, engine, load_folder(data), attribute=attribute, n_eval=n_eval,
+    result = tune_perturbation(bundle, engine, real, attribute=attribute, n_eval=n_eval,
                                iterations=iterations, steps=steps, guidance_scale=guidance_scale, lam=lam,
                                held_out_sets=held_out_sets, seed=seed, progress=say)  # fmt: skip
     path = result.perturbation.save(target)

@@ -16,7 +16,22 @@ from typing import Annotated, Any
 
 import typer
 
-from fairsample.cli import CacheDirOpt, Format, FormatOpt, _emit, _print_json, app, handle_errors
+from fairsample.cli import (
+    CacheDirOpt,
+    DatasetOptions,
+    DropUnknownOpt,
+    Format,
+    FormatOpt,
+    GroupColOpt,
+    LabelColOpt,
+    PatientColOpt,
+    PresetOpt,
+    _emit,
+    _print_json,
+    app,
+    check_folder,
+    handle_errors,
+)
 
 
 class ProfileName(StrEnum):
@@ -87,10 +102,8 @@ def study_cmd(
         int | None, typer.Option(min=1, help="Downstream classifier seeds 0..N-1 (default: the profile's).")
     ] = None,
     attribute: Annotated[
-        str | None, typer.Option(help="Sensitive attribute column (default: the data's first group column).")
-    ] = None,
-    label_col: Annotated[
-        str | None, typer.Option("--label-col", help="Label column, when the data folder has no fairsample.toml.")
+        str | None,
+        typer.Option(help="Sensitive attribute compared (default: the first group column; alone, it is the group)."),
     ] = None,
     minority: Annotated[
         str | None,
@@ -128,6 +141,11 @@ def study_cmd(
     ] = None,
     cache_dir: CacheDirOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid (cells in order) and exit.")] = False,
+    label_col: LabelColOpt = None,
+    group_col: GroupColOpt = None,
+    patient_col: PatientColOpt = None,
+    preset: PresetOpt = None,
+    drop_unknown: DropUnknownOpt = False,
     fmt: FormatOpt = Format.human,
 ) -> None:
     """Does a fair method close the minority gap better than plain fine-tuning? Base → every method → sets → gap
@@ -142,6 +160,9 @@ def study_cmd(
 
     Example: fairsample data demo demo && fairsample study --data demo --output-dir study --profile small
     """
+    dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
+    if not dry_run:
+        check_folder(data, "--data")  # a bad path fails before the heavy imports
     from fairsample.study import plan_study, run_study
 
     if dry_run:
@@ -158,12 +179,12 @@ def study_cmd(
     result = run_study(
         data,
         output_dir,
+        **dataset.load_kwargs(),
         profile=profile.value,
         methods=methods,
         samplers=samplers,
         seeds=seeds,
         attribute=attribute,
-        label_col=label_col,
         minority=minority,
         base=base,
         counterfactual=counterfactual,

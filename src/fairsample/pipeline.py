@@ -267,10 +267,31 @@ class FairSamplePipeline:
         self._tau_cache: tuple[SampleConfig, dict[str, Any]] | None = None  # attribute_switch: τ resolved + origin
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FairSamplePipeline:
-        """Load a bundle folder (``None``: the embedded default model) and build the pipeline."""
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        cells: Sequence[str] | None = None,
+        template: str | None = None,
+        **kwargs: Any,
+    ) -> FairSamplePipeline:
+        """Load a model and build the pipeline: a fairsample bundle, a diffusers Stable Diffusion folder (SD 1.x/2.x)
+        or ``.safetensors`` file, or ``None`` for the embedded default model.
+
+        Args:
+            path: the model path.
+            cells: for an SD model, the cells it should know, e.g. ``["tone=dark,label=1", "tone=light,label=1"]``.
+            template: for an SD model, the prompt template naming every cell field (default
+                ``"tone {tone}, label {label}"`` from the cell keys).
+            **kwargs: :class:`FairSamplePipeline` arguments (``backend``, ``device``, ``engine_options``).
+
+        Example:
+            >>> pipe = FairSamplePipeline.from_pretrained("sd-folder", cells=["tone=dark,label=1"])  # doctest: +SKIP
+        """
+        from fairsample.models.sd_import import open_model
+
         device = kwargs.get("device", "cpu")
-        bundle = ModelBundle.load(path, device=device) if path is not None else ModelBundle.load_default(device=device)
+        bundle = open_model(path, cells=cells, template=template, device=device)
         return cls(bundle, **kwargs)
 
     def default_config(self) -> SampleConfig:
@@ -462,6 +483,12 @@ class FairSamplePipeline:
         on_batch: Callable[[int, int], None] | None = None,
         shard: tuple[int, int] | None = None,
         distributed: bool | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        batch_size: int | None = None,
+        sampler: str | None = None,
+        guidance_rescale: float | None = None,
     ) -> GenerationResult:
         """Generate a plan into a dataset folder, resumably, on one process or sharded over several.
 
@@ -479,12 +506,22 @@ class FairSamplePipeline:
             shard: ``(rank, world)``: generate only items ``i`` with ``i % world == rank`` (independent processes).
             distributed: ``None`` (auto: accelerate's process group when ``WORLD_SIZE`` > 1), ``True`` (always via
                 accelerate's ``PartialState``; one process without a launcher) or ``False`` (never).
+            steps, guidance_scale, scheduler, batch_size, sampler, guidance_rescale: override ``config`` (the same
+                keywords as :meth:`__call__`; ``None`` keeps the config's value). Images are always PNG files.
 
         Returns:
             :class:`GenerationResult` (``n_generated`` counts this process's images).
+
+        Example:
+            >>> plan = GenerationPlan.per_cell(pipe.bundle.cells(), 2)  # doctest: +SKIP
+            >>> pipe.generate_to_folder("out", plan, steps=5)  # doctest: +SKIP
         """
         t0 = time.time()
         cfg = config or self.default_config()
+        overrides = {"steps": steps, "guidance_scale": guidance_scale, "scheduler": scheduler,
+                     "batch_size": batch_size, "sampler": sampler, "guidance_rescale": guidance_rescale}  # fmt: skip
+        if any(v is not None for v in overrides.values()):  # else keep the object: its resolved options are cached
+            cfg = cfg.replace(**overrides)
         self._check(cfg)
         cfg = self._resolve_tau(cfg, [it.cell for it in plan.items])
         rank, world, state = self._resolve_shard(shard, distributed)

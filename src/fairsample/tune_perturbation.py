@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairsample.errors import ConfigError, FairsampleWarning
+from fairsample.errors import ConfigError, FairsampleWarning, require
 from fairsample.samplers.perturbed import Perturbation
 
 #: generated images per group and evaluation. Measured on demo v2 (embedded model, 10 DDIM steps): at 32 the sd of
@@ -327,6 +327,7 @@ def tune_perturbation(
         raise ConfigError(_BAD_N_EVAL.format(value=n_eval))
     if isinstance(held_out_sets, bool) or not isinstance(held_out_sets, int) or held_out_sets < 2:
         raise ConfigError(_BAD_HELD_OUT.format(value=held_out_sets))
+    require("botorch", feature="perturbation tuning (GP-UCB)")  # before any image is generated
     groups = list(values[attribute])
     say = progress or (lambda line: None)
     defaults = bundle.sampling_defaults()

@@ -29,6 +29,12 @@ def test_flags_override_toml(make_folder, rows):
     assert (spec.label, spec.groups, spec.min_group_size) == ("label", ("race", "sex"), 0)
 
 
+def test_patient_col_flag_overrides_toml(make_folder, rows):
+    root = make_folder(rows, toml='label = "dx"\ngroups = ["sex"]\nmin_group_size = 0\npatient_col = "race"\n')
+    assert load_folder(root, patient_col="label").spec.patient_col == "label"
+    assert load_folder(root).spec.patient_col == "race"
+
+
 def test_explicit_spec_replaces_toml(make_folder, rows):
     root = make_folder(rows, toml='label = "dx"\ngroups = ["sex"]\nmin_group_size = 99\n')
     ds = load_folder(root, spec=DatasetSpec(groups=("race",), min_group_size=0))

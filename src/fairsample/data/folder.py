@@ -6,8 +6,8 @@ tables (:func:`~fairsample.data.tables.count_table`, :func:`~fairsample.data.tab
 :func:`~fairsample.data.tables.check_report`) live in :mod:`fairsample.data.tables` and are re-exported here.
 
 Spec resolution: defaults < ``fairsample.toml`` in the root < preset < explicit ``spec`` < flags (``label_col``,
-``group_cols``, ``drop_unknown``). An explicit ``spec`` replaces the toml and preset specs wholesale. Metadata is read
-as text only (CSV or JSON lines; nothing is unpickled), every value a ``str``.
+``group_cols``, ``patient_col``, ``drop_unknown``). An explicit ``spec`` replaces the toml and preset specs wholesale.
+Metadata is read as text only (CSV or JSON lines; nothing is unpickled), every value a ``str``.
 """
 
 from __future__ import annotations
@@ -376,6 +376,7 @@ def load_folder(
     spec: DatasetSpec | None = None,
     label_col: str | None = None,
     group_cols: Sequence[str] | None = None,
+    patient_col: str | None = None,
     preset: str | None = None,
     preset_options: Mapping[str, Any] | None = None,
     drop_unknown: bool | None = None,
@@ -390,6 +391,7 @@ def load_folder(
         spec: explicit spec; replaces ``fairsample.toml`` and the preset's spec (the preset still converts the table).
         label_col: ``--label-col``; overrides the spec's label column.
         group_cols: ``--group-col`` (repeatable); overrides the spec's groups.
+        patient_col: ``--patient-col``; overrides the spec's patient id column (grouped splits).
         preset: a key of :data:`~fairsample.data.presets.PRESETS`; reads the native file and maps its columns.
         preset_options: keyword options of the preset (see :func:`~fairsample.data.presets.apply_preset`).
         drop_unknown: ``--drop-unknown``; drop rows with an unknown group value (with a warning) instead of failing.
@@ -431,6 +433,7 @@ def load_folder(
     flags = {
         "label": label_col,
         "groups": list(group_cols) if group_cols is not None else None,
+        "patient_col": patient_col,
         "drop_unknown": drop_unknown,
     }
     resolved = _resolve_spec(root, spec=spec, preset_fields=fields, flags=flags)

@@ -91,7 +91,8 @@ def _check_columns(frame: pd.DataFrame, spec: DatasetSpec, file: str, root: Path
     roles = [("label", spec.label, "pass --label-col COLUMN or set `label` in fairsample.toml")]
     roles += [("group", g, "pass --group-col COLUMN or fix `groups` in fairsample.toml") for g in spec.groups]
     if spec.patient_col is not None:
-        roles.append(("patient id", spec.patient_col, "fix or remove `patient_col` in fairsample.toml"))
+        fix = "pass --patient-col COLUMN or fix `patient_col` in fairsample.toml"
+        roles.append(("patient id", spec.patient_col, fix))
     if spec.split is not None:
         roles.append(("split", spec.split, "fix or remove `split` in fairsample.toml"))
     for role, column, fix in roles:

@@ -743,7 +743,8 @@ def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def _generator_info(ds: FolderDataset) -> dict[str, Any]:
-    """Sampler / method_status columns and the generator's config.json summary (STYLE.md §6.2), when present."""
+    """Sampler / method_status columns, the training method of the bundle that made the set (``method``) and the
+    generator's config.json summary (STYLE.md §6.2), when present."""
     info: dict[str, Any] = {}
     for column in ("sampler", "method_status"):
         if column in ds.frame.columns:
@@ -757,6 +758,12 @@ def _generator_info(ds: FolderDataset) -> dict[str, Any]:
         if isinstance(cfg, dict):
             keep = ("bundle", "sampler", "method_status", "sample_config", "bundle_method", "plan_digest")
             info["config"] = {k: cfg[k] for k in keep if k in cfg}
+            bundle_method = cfg.get("bundle_method")
+            if isinstance(bundle_method, dict) and bundle_method.get("name"):
+                info["method"] = [str(bundle_method["name"])]
+                status = bundle_method.get("method_status")
+                if status and status not in info.get("method_status", []):  # the training method's own status
+                    info["method_status"] = sorted([*info.get("method_status", []), str(status)], key=_natural_key)
     return info
 
 

@@ -159,18 +159,20 @@ def _row_label(row: Mapping[str, Any]) -> str:
 def _data_blocks(doc: Mapping[str, Any]) -> list[_Block]:
     data, attrs = doc["data"], doc["settings"]["attributes"]
     groups = {a: list(data["real"]["by_attribute"][a]) for a in attrs}
-    header = ["Set", "Images"] + [_value(g) + f" ({a})" for a in attrs for g in groups[a]] + ["Sampler", "Method"]
+    # Method: the training method of the bundle that made the set; Status: reference or project-extension
+    header = ["Set", "Images"] + [_value(g) + f" ({a})" for a in attrs for g in groups[a]]
+    header += ["Method", "Sampler", "Status"]
     rows = [
         ["Real", str(data["real"]["n"])]
         + [str(data["real"]["by_attribute"][a].get(g, 0)) for a in attrs for g in groups[a]]
-        + [_DASH, _DASH]
+        + [_DASH, _DASH, _DASH]
     ]
     for name, info in data["sets"].items():
         gen = info.get("generator", {})
         rows.append(
             [name, str(info["n"])]
             + [str(info["by_attribute"][a].get(g, 0)) for a in attrs for g in groups[a]]
-            + [", ".join(gen.get("sampler", [])) or _DASH, ", ".join(gen.get("method_status", [])) or _DASH]
+            + [", ".join(gen.get(k, [])) or _DASH for k in ("method", "sampler", "method_status")]
         )
     for key, label in (
         ("oracle", "oracle (real held-out, training only)"),
@@ -182,7 +184,7 @@ def _data_blocks(doc: Mapping[str, Any]) -> list[_Block]:
             rows.append(
                 [label, str(info["n"])]
                 + [str(by[a].get(g, 0)) if a in by else _DASH for a in attrs for g in groups[a]]
-                + [_DASH, _DASH]
+                + [_DASH, _DASH, _DASH]
             )
     sets = ", ".join(f"**{n}** (`{i['root']}`)" for n, i in data["sets"].items())
     reps = {n: ids for n, ids in data.get("replicates", {}).items() if len(ids) > 1}

@@ -223,6 +223,8 @@ class ModelBundle:
             )
             cfg.setdefault("cells", [c.to_text(self.label_name) for c in self.cells()])
             (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            if self.vae is not None and isinstance(self.conditioner, ClipTextConditioner):
+                (tmp / MODEL_INDEX).write_text(json.dumps(sd_model_index(self), indent=2) + "\n", encoding="utf-8")
             _publish(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,6 +241,13 @@ class ModelBundle:
             ConfigError: not a bundle, or inconsistent prediction types.
         """
         root = Path(path)
+        if not root.exists():
+            raise ConfigError(f"`model` {root} does not exist; pass a folder written by `fairsample train`.")
+        if not (root / CONFIG_FILE).exists() and (root / MODEL_INDEX).exists():
+            raise ConfigError(
+                f"`model` {root} is a diffusers Stable Diffusion folder, not a fairsample bundle; open it with "
+                "fairsample.models.sd_import.open_model (the CLI's --model does) or `fairsample model import`."
+            )
         for part in (CONFIG_FILE, "unet", "scheduler", "conditioner"):
             if not (root / part).exists():
                 raise ConfigError(_NOT_A_BUNDLE.format(path=root, missing=part))
@@ -271,7 +280,33 @@ class ModelBundle:
         return str(self.config.get("name") or self.config.get("path") or "in-memory")
 
 
-_COMPONENTS = ("unet", "scheduler", "conditioner", "text_encoder", "tokenizer", "vae")
+_COMPONENTS = ("unet", "scheduler", "conditioner", "text_encoder", "tokenizer", "vae", "model_index.json")
+MODEL_INDEX = "model_index.json"
+
+
+def sd_model_index(bundle: ModelBundle) -> dict[str, Any]:
+    """The ``model_index.json`` that lets ``StableDiffusionPipeline.from_pretrained(bundle_dir)`` open a latent
+    bundle (U-Net + VAE + CLIP text encoder + tokenizer + scheduler; no safety checker or feature extractor).
+
+    Example:
+        >>> sd_model_index(bundle)["_class_name"]  # doctest: +SKIP
+        'StableDiffusionPipeline'
+    """
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", type(bundle.unet).__name__],
+        "vae": ["diffusers", type(bundle.vae).__name__],
+        "text_encoder": ["transformers", type(bundle.conditioner.text_encoder).__name__],  # type: ignore[union-attr]
+        "tokenizer": ["transformers", type(bundle.conditioner.tokenizer).__name__],  # type: ignore[union-attr]
+        "scheduler": ["diffusers", type(bundle.scheduler).__name__],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
 
 
 def update_bundle_config(path: str | os.PathLike[str], updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,8 +350,10 @@ def _publish(tmp: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / CONFIG_FILE).unlink(missing_ok=True)
     for name in _COMPONENTS:
-        if (dest / name).exists():
+        if (dest / name).is_dir():
             shutil.rmtree(dest / name)
+        elif (dest / name).exists():
+            (dest / name).unlink()
         if (tmp / name).exists():
             os.replace(tmp / name, dest / name)
     os.replace(tmp / CONFIG_FILE, dest / CONFIG_FILE)

@@ -11,6 +11,7 @@ Both cache per-cell embeddings (computed once, no grad) for sampling; training c
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -102,6 +103,13 @@ class TokenTableConditioner(nn.Module):
         self.label_name = label_name
         self.dim = int(dim)
         self._slots: list[tuple[str, list[str]]] = list(self.attributes.items()) + [(label_name, self.labels)]
+        for slot, vals in self._slots:  # two equal values would share one token: their cells would be one cell
+            if len(set(vals)) != len(vals) or not vals:
+                dup = sorted({v for v in vals if vals.count(v) > 1})
+                raise ConfigError(
+                    f"token table slot {slot!r} has {'repeated values ' + str(dup) if vals else 'no values'}; "
+                    "every value needs its own token: give each value once."
+                )
         self._offsets: list[int] = []
         total = 0
         for _, vals in self._slots:
@@ -287,14 +295,7 @@ class ClipTextConditioner(nn.Module):
         self.seq_len = int(tokenizer.model_max_length)
         self.dim = int(text_encoder.config.hidden_size)
         self._cache = _EmbeddingCache()
-        fields = set(self.attributes) | {label_name}
-        try:
-            template.format(**{f: "x" for f in fields})
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(
-                f"`template` {template!r} uses a field that is not an attribute or the label ({exc}); "
-                f"available fields: {sorted(fields)}."
-            ) from exc
+        check_template(template, tokenizer, self.attributes, self.labels, label_name, self.value_text)
 
     def prompt(self, cell: CellKey | None) -> str:
         """The prompt text for a cell (``""`` for ``None``)."""
@@ -370,6 +371,83 @@ class ClipTextConditioner(nn.Module):
         tok = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         kw = {k: v for k, v in cfg.items() if k != "kind"}
         return cls(enc, tok, **kw)
+
+
+def template_fields(template: str) -> list[str]:
+    """Named fields of a ``str.format`` template, in order of appearance.
+
+    Example:
+        >>> template_fields("{tone} skin, {label}")
+        ['tone', 'label']
+    """
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"`template` {template!r} is not a format string ({exc}); write fields as {{name}}.") from None
+    return list(dict.fromkeys(names))
+
+
+def default_template(attributes: Sequence[str], label_name: str) -> str:
+    """The prompt template used when none is given: every cell field named with its column name.
+
+    Example:
+        >>> default_template(["tone", "sex"], "finding")
+        'tone {tone}, sex {sex}, finding {finding}'
+    """
+    return ", ".join(f"{name} {{{name}}}" for name in [*attributes, label_name])
+
+
+def check_template(
+    template: str,
+    tokenizer: Any,
+    attributes: Mapping[str, Sequence[str]],
+    labels: Sequence[str],
+    label_name: str,
+    value_text: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Refuse a prompt template that could make two cells look alike to the model (METHODS.md §2.3).
+
+    The template must name every attribute and the label (and nothing else); every cell's prompt must fit the
+    tokenizer's ``model_max_length`` (start and end tokens included) without truncation; and no two cells may map to
+    the same token ids (a tokenizer that lower-cases or maps unknown characters to one token can merge values).
+
+    Raises:
+        ConfigError: one line naming the missing/unknown fields, or the cell, its token count and the limit, or the
+            two colliding cells.
+    """
+    import itertools
+
+    fields = [*attributes, label_name]
+    used = template_fields(template)
+    if any(not f.isidentifier() for f in used):
+        raise ConfigError(f"`template` {template!r} has a positional or indexed field; use named fields {fields}.")
+    unknown = [f for f in used if f not in fields]
+    missing = [f for f in fields if f not in used]
+    if unknown or missing:
+        what = f"uses unknown field(s) {unknown}" if unknown else f"does not name the cell field(s) {missing}"
+        raise ConfigError(
+            f"`template` {template!r} {what}; a template must name every cell field exactly: "
+            f"{', '.join('{' + f + '}' for f in fields)} (e.g. {default_template(list(attributes), label_name)!r})."
+        )
+    shown = {k: dict(v) for k, v in (value_text or {}).items()}
+    limit = int(tokenizer.model_max_length)
+    seen: dict[tuple[int, ...], str] = {}
+    slots = [[(a, v) for v in vals] for a, vals in attributes.items()] + [[(label_name, lab) for lab in labels]]
+    for combo in itertools.product(*slots):
+        values = {k: shown.get(k, {}).get(v, v) for k, v in combo}
+        cell = ",".join(f"{k}={v}" for k, v in combo)
+        ids = tuple(int(i) for i in tokenizer(template.format(**values), truncation=False, verbose=False).input_ids)
+        if len(ids) > limit:
+            raise ConfigError(
+                f"`template` {template!r} gives cell {cell} {len(ids)} tokens, over the tokenizer's limit of {limit} "
+                f"(the end would be cut, so cells could become identical); shorten the template or the values."
+            )
+        if ids in seen:
+            raise ConfigError(
+                f"`template` {template!r} maps cells {seen[ids]} and {cell} to the same {len(ids)} token ids "
+                f"(limit {limit}); the model could not tell them apart: change the template or the value texts."
+            )
+        seen[ids] = cell
 
 
 def load_conditioner(bundle_dir: Path) -> TokenTableConditioner | ClipTextConditioner:

@@ -56,8 +56,11 @@ class StudyResult:
     seconds: float = 0.0  # wall time of this call
 
 
-def _check_data(data: Any, attribute: str | None, label_col: str | None = None) -> tuple[Any, str]:
-    """The real dataset (FolderDataset) and the resolved attribute; DataError before anything runs."""
+def _check_data(
+    data: Any, attribute: str | None, label_col: str | None = None, **options: Any
+) -> tuple[Any, str]:
+    """The real dataset (FolderDataset) and the resolved attribute; DataError before anything runs. ``options``:
+    ``group_cols``, ``patient_col``, ``preset``, ``drop_unknown`` of :func:`~fairsample.data.folder.load_folder`."""
     from fairsample.data.folder import FolderDataset, find_metadata, load_folder, read_metadata
     from fairsample.data.validate import _NO_GROUPS
 
@@ -67,11 +70,12 @@ def _check_data(data: Any, attribute: str | None, label_col: str | None = None) 
         root = Path(data)
         if not root.exists():
             raise DataError(_NO_PATH.format(name="data", path=root, fix="give a dataset folder (metadata.csv)."))
-        columns = [c for c in read_metadata(find_metadata(root)).columns if c != "file_name"]
-        if attribute is not None and attribute not in columns:
+        columns = [c for c in read_metadata(find_metadata(root, options.get("preset"))).columns if c != "file_name"]
+        if attribute is not None and attribute not in columns and options.get("preset") is None:
             raise DataError(_UNKNOWN_ATTRIBUTE.format(value=attribute, root=root, groups=[], columns=columns))
+        groups = options.pop("group_cols", None) or ([attribute] if attribute else None)
         try:
-            ds = load_folder(root, group_cols=[attribute] if attribute else None, label_col=label_col)
+            ds = load_folder(root, group_cols=groups, label_col=label_col, **options)
         except DataError as exc:
             if attribute is None and str(exc).startswith(_NO_GROUPS.split("{")[0]):
                 raise DataError(_NO_ATTRIBUTE.format(root=root, columns=columns)) from None
@@ -132,6 +136,10 @@ def run_study(
     seeds: int | None = None,
     attribute: str | None = None,
     label_col: str | None = None,
+    group_cols: Sequence[str] | None = None,
+    patient_col: str | None = None,
+    preset: str | None = None,
+    drop_unknown: bool | None = None,
     minority: str | None = None,
     base: str | os.PathLike[str] | None = None,
     counterfactual: str | os.PathLike[str] | None = None,
@@ -154,6 +162,9 @@ def run_study(
         seeds: downstream classifier seeds 0..N-1 (default: the profile's).
         attribute: the sensitive attribute (default: the data's first group column).
         label_col: the label column when the data folder has no ``fairsample.toml``.
+        group_cols, patient_col, preset, drop_unknown: how ``data`` is read (as in
+            :func:`~fairsample.data.folder.load_folder`); ``group_cols`` defaults to ``[attribute]`` when the folder
+            has no ``fairsample.toml``.
         minority: the minority value (default: the value with the fewest real training images).
         base: a base bundle to fine-tune every method from (default: trained from scratch without the minority).
         counterfactual: an attribute-balanced test set folder (default: ``DATA/counterfactual`` when present).
@@ -193,7 +204,8 @@ def run_study(
         base_str = str(base_path.absolute())
     plan = plan_study(profile=profile, methods=methods, samplers=samplers, seeds=seeds, attribute=attribute or "?",
                       base=base_str)  # fmt: skip
-    ds, attr = _check_data(data, attribute, label_col)
+    ds, attr = _check_data(data, attribute, label_col, group_cols=group_cols, patient_col=patient_col, preset=preset,
+                           drop_unknown=drop_unknown)  # fmt: skip
     root_data = Path(ds.root)
     cf = _sibling(root_data, counterfactual, "counterfactual", "give an attribute-balanced test set folder.")
     pool = _sibling(root_data, holdout, "holdout", "give a folder of real held-out images (metadata.csv).")

@@ -497,7 +497,7 @@ def write_oracle(ctx: StudyContext, out: Path) -> dict[str, Any]:
     from fairsample.data.folder import load_folder
     from fairsample.errors import DataError
 
-    pool = load_folder(ctx.holdout, group_cols=list(ctx.data.spec.groups))
+    pool = load_folder(ctx.holdout, label_col=ctx.data.spec.label, group_cols=list(ctx.data.spec.groups))
     by_cell: dict[Any, list[int]] = {}
     for i, c in enumerate(pool.cell_ids()):
         by_cell.setdefault((c.groups, c.label), []).append(i)

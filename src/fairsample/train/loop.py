@@ -33,12 +33,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fairsample.config import TrainConfig
+from fairsample.data.decode_check import check_decodable
 from fairsample.data.folder import FolderDataset
 from fairsample.data.schema import CellKey
 from fairsample.data.splits import split_indices
 from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
+from fairsample.model_source import ModelSource, finetune_defaults, inspect_model
 from fairsample.models.conditioners import TokenTableConditioner
+from fairsample.models.sd_import import open_model
 from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod, get_method
 
@@ -65,7 +68,7 @@ own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
-_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "checkpoints_total_limit", "device", "grad_norm_every", "guard",
+_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "gradient_checkpointing", "checkpoints_total_limit", "device", "grad_norm_every", "guard",
                    "guard_images_per_cell", "guard_guidance", "guard_rescale", "guard_steps"}  # fmt: skip
 
 
@@ -231,6 +234,46 @@ def _load_batch(ds: FolderDataset, rows: Sequence[int], size: int, flip: Tensor 
     return x.contiguous()
 
 
+_BASE_FACT = (
+    "`{key}` {value!r} does not fit --init-from {path}, whose model has {key}={base!r}; omit it (the base model's "
+    "value is used) or train a new model."
+)
+
+
+def _adopt_base_facts(cfg: TrainConfig, source: ModelSource) -> TrainConfig:
+    """Resolution, prediction type and architecture of a fine-tune are the base model's: fields left at their
+    :class:`TrainConfig` defaults take the base's values (so the bundle's ``train`` record shows what was used); a
+    different explicit value is an error. Learning rate and warm-up are choices, applied by the CLI
+    (:func:`~fairsample.model_source.finetune_defaults`)."""
+    base = finetune_defaults(source)
+    defaults = TrainConfig()
+    changes: dict[str, Any] = {}
+    for key in ("image_size", "prediction_type", "architecture"):
+        if key not in base or getattr(cfg, key) == base[key]:
+            continue
+        if getattr(cfg, key) != getattr(defaults, key) and not (key == "architecture" and source.kind == "bundle"):
+            raise ConfigError(_BASE_FACT.format(key=key, value=getattr(cfg, key), path=source.path, base=base[key]))
+        changes[key] = base[key]
+    return cfg.replace(**changes)
+
+
+def _say_resize(dataset: FolderDataset, rows: Any, size: int, say: Callable[[str], None]) -> list[str]:
+    """State once when the training images are not ``size × size`` (they are resized, bicubic); reads the headers of
+    up to 64 evenly spaced training rows."""
+    from PIL import Image
+
+    picks = np.unique(np.linspace(0, len(rows) - 1, num=min(64, len(rows))).astype(int))
+    sizes = set()
+    for i in picks:
+        with Image.open(dataset.image_path(int(rows[i]))) as im:
+            sizes.add(im.size)
+    other = [f"{w}x{h}" for w, h in sorted(s for s in sizes if s != (size, size))]
+    if other:
+        shown = ", ".join(other[:3])
+        say(f"note: training images are {shown}; they are resized to {size}x{size} (bicubic) for this model")
+    return other
+
+
 def train(
     dataset: FolderDataset,
     output_dir: str | Path,
@@ -273,6 +316,10 @@ def train(
 
     t_start = time.time()
     cfg = config or TrainConfig()
+    base_source = None
+    if cfg.init_from:
+        base_source = inspect_model(cfg.init_from, "--init-from")
+        cfg = _adopt_base_facts(cfg, base_source)
     _check_config(cfg)
     say = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(output_dir)
@@ -294,6 +341,7 @@ def train(
         rows = np.asarray(split_indices(dataset, seed=cfg.split_seed)[cfg.split])
     if len(rows) == 0:
         raise ConfigError(_EMPTY_SPLIT.format(split=cfg.split, root=dataset.root))
+    check_decodable(dataset, rows, progress=progress)  # every training image decodes, before any model work
     all_cells = dataset.cell_ids()
     train_cells = [all_cells[int(r)] for r in rows]
 
@@ -307,7 +355,12 @@ def train(
         cpu=device == "cpu",
     )
     if cfg.init_from:
-        bundle = ModelBundle.load(cfg.init_from)
+        values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
+        if base_source is not None and base_source.kind == "bundle" and cfg.template:
+            say(f"note: --template is ignored: --init-from {cfg.init_from} is a fairsample bundle with its own "
+                "conditioner")  # fmt: skip
+        bundle = open_model(cfg.init_from, flag="--init-from", attributes=values, labels=labels,
+                            label_name=dataset.spec.label, template=cfg.template)  # fmt: skip
         for cell in sorted(set(train_cells)):
             try:
                 bundle.conditioner.indices([cell]) if isinstance(
@@ -330,6 +383,9 @@ def train(
                 label_name=dataset.spec.label,
             )
         image_size = cfg.image_size
+    resized_from = _say_resize(dataset, rows, image_size, say)
+    if cfg.gradient_checkpointing:
+        bundle.unet.enable_gradient_checkpointing()
     noise_sched = bundle.scheduler
     token_table = isinstance(bundle.conditioner, TokenTableConditioner)
     denoiser = _Denoiser(bundle.unet, bundle.conditioner)
@@ -610,6 +666,7 @@ def train(
             method_status=method.method_status,
             weights="ema" if ema is not None else "raw",
             train=cfg.to_dict(),
+            image_resize={"from": resized_from, "to": image_size} if resized_from else None,
             dataset={"root": str(dataset.root), "spec": dataset.spec.to_dict(), "n_train": int(len(rows))},
             cells=sorted({c.to_text(dataset.spec.label) for c in all_cells}),
             seed=cfg.seed,
