@@ -27,8 +27,9 @@ def build_tiny_unet(
 
 
 def save_tiny_sd_pipeline(path, *, max_length: int = 32, prediction_type: str = "epsilon", seed: int = 0):
-    """Write a tiny randomly initialised Stable Diffusion pipeline in the standard diffusers layout (``model_index.json``
-    + ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``, safetensors): what a user's SD folder looks like, 16 px.
+    """Write a tiny randomly initialised Stable Diffusion pipeline in the standard diffusers layout
+    (``model_index.json`` + ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``, safetensors): what a user's SD folder
+    looks like, at 16 px.
 
     The tokenizer is character-level, built from a small local vocabulary; the scheduler is SD's PNDM config.
     """
@@ -51,7 +52,8 @@ def save_tiny_sd_pipeline(path, *, max_length: int = 32, prediction_type: str = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                           num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=max_length,
+                                           num_attention_heads=4, num_hidden_layers=2,
+                                           max_position_embeddings=max_length,
                                            bos_token_id=0, eos_token_id=1, pad_token_id=1))  # fmt: skip
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -59,7 +61,15 @@ def save_tiny_sd_pipeline(path, *, max_length: int = 32, prediction_type: str = 
     unet = build_tiny_unet(8, seed, in_channels=4, cross_attention_dim=32)
     sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                           steps_offset=1, prediction_type=prediction_type)  # fmt: skip
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=enc, tokenizer=tok, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=enc,
+        tokenizer=tok,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(path, safe_serialization=True)
     return Path(path)

@@ -92,8 +92,10 @@ class DemoSource(StrEnum):
 
 TemplateOpt = Annotated[
     str | None,
-    typer.Option(help="Prompt template of a Stable Diffusion model, naming every cell field, e.g. "
-                 "'dermoscopy, {tone} skin, {label}' (default: 'tone {tone}, label {label}' from the column names)."),
+    typer.Option(
+        help="Prompt template of a Stable Diffusion model, naming every cell field, e.g. "
+        "'dermoscopy, {tone} skin, {label}' (default: 'tone {tone}, label {label}' from the column names)."
+    ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="human (tables), json (one JSON document) or quiet.")]
 SamplerOpt = Annotated[
@@ -269,8 +271,12 @@ def info(fmt: FormatOpt = Format.human) -> None:
     # the same keys and folder as models.bundle.library_versions() / default_model_path(), without importing torch
     embedded = Path(str(importlib.resources.files("fairsample") / "assets" / "tone-digits-32"))
     doc = {
-        "versions": {"fairsample": __version__, "torch": _version("torch"), "diffusers": _version("diffusers"),
-                     "python": platform.python_version()},  # fmt: skip
+        "versions": {
+            "fairsample": __version__,
+            "torch": _version("torch"),
+            "diffusers": _version("diffusers"),
+            "python": platform.python_version(),
+        },  # fmt: skip
         "embedded_model": str(embedded),
         "embedded_model_present": (embedded / "fairsample_config.json").is_file(),
         "extras": {
@@ -373,8 +379,10 @@ def train(
     image_size: Annotated[int | None, typer.Option(min=8, help="Training resolution.")] = None,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Fine-tune this bundle, diffusers Stable Diffusion folder or .safetensors file instead of a "
-                     "new model; resolution, prediction type (and for SD its lr recipe) default to the base's."),
+        typer.Option(
+            help="Fine-tune this bundle, diffusers Stable Diffusion folder or .safetensors file instead of a "
+            "new model; resolution, prediction type (and for SD its lr recipe) default to the base's."
+        ),
     ] = None,
     template: TemplateOpt = None,
     gradient_checkpointing: Annotated[
@@ -491,8 +499,10 @@ def generate(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder to write images + metadata.csv.")],
     model: Annotated[
         Path | None,
-        typer.Option(help="Model bundle, diffusers Stable Diffusion folder or .safetensors file (default: the embedded "
-                     "tone-digits model); an SD model needs --cells."),
+        typer.Option(
+            help="Model bundle, diffusers Stable Diffusion folder or .safetensors file (default: the embedded "
+            "tone-digits model); an SD model needs --cells."
+        ),
     ] = None,
     template: TemplateOpt = None,
     cells: Annotated[
@@ -565,8 +575,15 @@ def generate(
         from fairsample.models.sd_import import cell_prompts
 
         prompts = cell_prompts(bundle, list(plan.counts()))
-        _print_json({"config": cfg.to_dict(), "model": bundle.bundle_id, "n_images": len(plan), "plan": summary_plan,
-                     **({"template": bundle.conditioner.template, "prompts": prompts} if prompts else {})})
+        _print_json(
+            {
+                "config": cfg.to_dict(),
+                "model": bundle.bundle_id,
+                "n_images": len(plan),
+                "plan": summary_plan,
+                **({"template": bundle.conditioner.template, "prompts": prompts} if prompts else {}),
+            }
+        )
         return
     if cfg.backend == "tensorrt" and device is None and cfg.device == "cpu":
         import dataclasses

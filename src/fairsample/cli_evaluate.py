@@ -224,6 +224,9 @@ def evaluate(
 ) -> None:
     """Evaluate synthetic sets against real data: FID/KID per group, BER, downstream fairness; writes a report.
 
+    The dataset options (--label-col, --group-col, --patient-col, --preset, --drop-unknown) describe --real; every
+    --synthetic set is read with the real set's label and group columns.
+
     Example: fairsample evaluate --real demo --synthetic vanilla=gen_v0 --synthetic vanilla=gen_v1 --synthetic
     fair=gen_f --counterfactual demo/counterfactual --oracle oracle --reference vanilla --output-dir report
     """

@@ -30,7 +30,9 @@ app.add_typer(model_app, name="model")
 @model_app.command("import")
 @handle_errors
 def model_import(
-    source: Annotated[Path, typer.Argument(help="Diffusers Stable Diffusion folder (model_index.json) or .safetensors.")],
+    source: Annotated[
+        Path, typer.Argument(help="Diffusers Stable Diffusion folder (model_index.json) or .safetensors.")
+    ],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Bundle folder to write.")],
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder whose cells (attribute values x labels) the bundle knows.")
@@ -40,7 +42,9 @@ def model_import(
     ] = None,
     template: TemplateOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle in --output-dir.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the template and each cell's prompt, then exit.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the template and each cell's prompt, then exit.")
+    ] = False,
     label_col: LabelColOpt = None,
     group_col: GroupColOpt = None,
     patient_col: PatientColOpt = None,

@@ -94,7 +94,9 @@ class TrainConfig:
     cross_attention_dim: int = 64  # token width D for new token-table models
     init_from: str | None = None  # fine-tune this bundle / Stable Diffusion folder instead of building a new model
     template: str | None = None  # prompt template of an SD --init-from (default: every cell field by column name)
-    gradient_checkpointing: bool = False  # recompute U-Net activations in the backward pass (less memory, ~25 % slower)
+    gradient_checkpointing: bool = (
+        False  # recompute U-Net activations in the backward pass (less memory, ~25 % slower)
+    )
     split: str = "train"  # train on this split of the dataset ("train", "all")
     split_seed: int = 0  # seed of the deterministic train/val/test split
     hflip: bool = False  # random horizontal flips (off: digits and many lesions are not mirror-symmetric)

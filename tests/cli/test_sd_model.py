@@ -117,6 +117,14 @@ def test_generate_straight_from_the_untouched_folder(runner, sd_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "g" / "images").glob("*.png"))[:1]
     no_cells = invoke(runner, "generate", "--model", sd_dir, "-o", tmp_path / "g2")
     assert no_cells.exit_code == 1 and "pass the cells" in no_cells.stderr
+    # the untouched folder exports and samples through ONNX Runtime too
+    res = invoke(runner, "export", "onnx", "--model", sd_dir, "--output-dir", tmp_path / "onnx", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    assert Path(json.loads(res.stdout)["onnx"]).is_file()
+    res = invoke(runner, "generate", "--model", sd_dir, *cells, "--per-cell", "2", "--steps", "2", "--backend",
+                 "onnxruntime", "-o", tmp_path / "g_ort", "--format", "json")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["n_images"] == 4
 
 
 def test_model_import_writes_a_bundle(runner, demo_dir, sd_dir, tmp_path):
@@ -138,7 +146,10 @@ def test_model_import_writes_a_bundle(runner, demo_dir, sd_dir, tmp_path):
     [
         ("{tone} skin", "does not name the cell field(s) ['label']"),
         ("{tone} {label} {site}", "uses unknown field(s) ['site']"),
-        ("a dermoscopic close-up photograph of skin, tone {tone}, digit {label}", "tokens, over the tokenizer's limit"),
+        (
+            "a dermoscopic close-up photograph of skin, tone {tone}, digit {label}",
+            "tokens, over the tokenizer's limit",
+        ),
     ],
 )
 def test_bad_templates_fail_with_one_line(runner, demo_dir, sd_dir, tmp_path, template, message):
@@ -173,7 +184,8 @@ def test_colliding_cells_are_refused(runner, sd_dir, tmp_path):
 def test_model_path_errors(runner, demo_dir, tmp_path, args, message):
     (tmp_path / "model.ckpt").write_bytes(b"\x80\x04")
     (tmp_path / "empty").mkdir()
-    subs = {"MISSING": str(tmp_path / "nope"), "PICKLE": str(tmp_path / "model.ckpt"), "EMPTY": str(tmp_path / "empty"),
+    subs = {"MISSING": str(tmp_path / "nope"), "PICKLE": str(tmp_path / "model.ckpt"),
+            "EMPTY": str(tmp_path / "empty"),
             "DATA": str(demo_dir)}  # fmt: skip
     res = invoke(runner, *[subs.get(a, a) for a in args])
     assert res.exit_code == 1
@@ -182,11 +194,22 @@ def test_model_path_errors(runner, demo_dir, tmp_path, args, message):
 
 
 def test_single_file_that_cannot_be_read_offline_says_what_to_run(runner, tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
     res = invoke(runner, "generate", "--model", tmp_path / "sd.safetensors", "--cells", "tone=dark,label=1",
                  "-o", tmp_path / "g")  # fmt: skip
     assert res.exit_code == 1
     assert "could not read this single-file checkpoint offline" in res.stderr and "save_pretrained" in res.stderr
+
+
+def test_gradient_checkpointing_changes_memory_not_results(runner, demo_dir, sd_dir, sd_bundles, tmp_path):
+    res = invoke(runner, "train", demo_dir, "--init-from", sd_dir, "--method", "vanilla", *TRAIN,
+                 "--gradient-checkpointing", "-o", tmp_path / "gc", "--format", "json")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    cfg = json.loads((tmp_path / "gc" / "fairsample_config.json").read_text())
+    assert cfg["train"]["gradient_checkpointing"] is True
+    plain = json.loads((sd_bundles["vanilla"] / "logs" / "train_log.jsonl").read_text().splitlines()[-1])
+    ckpt = json.loads((tmp_path / "gc" / "logs" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-5)

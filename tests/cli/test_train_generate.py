@@ -105,7 +105,7 @@ def test_generate_errors(tiny_model, tmp_path):
     proc = run_cli("generate", "--model", tiny_model, "--seeds", "9-3", "--output-dir", tmp_path / "x")
     assert proc.returncode == 2 and "seed list" in proc.stderr
     proc = run_cli("generate", "--model", tmp_path, "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and "is not a fairsample model bundle" in proc.stderr
+    assert proc.returncode == 1 and "is neither a fairsample bundle" in proc.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -39,8 +39,34 @@ def test_prompts_from_template(tiny_clip):
 
 def test_bad_template_field(tiny_clip):
     enc, tok = tiny_clip
-    with pytest.raises(ConfigError, match=r"`template` '\{race\} \{label\}' uses a field"):
+    with pytest.raises(ConfigError, match=r"`template` '\{race\} \{label\}' uses unknown field\(s\) \['race'\]"):
         ClipTextConditioner(enc, tok, template="{race} {label}", attributes={"tone": ["dark"]}, labels=["0"])
+    with pytest.raises(ConfigError, match=r"does not name the cell field\(s\) \['tone'\]"):
+        ClipTextConditioner(enc, tok, template="{label}", attributes={"tone": ["dark"]}, labels=["0"])
+
+
+def test_template_must_fit_and_separate_cells(tiny_clip):
+    enc, tok = tiny_clip  # character-level tokenizer, model_max_length 16
+    kw = {"attributes": {"tone": ["dark", "light"]}, "labels": ["0", "1"]}
+    with pytest.raises(
+        ConfigError, match=r"gives cell tone=light,label=0 17 tokens, over the tokenizer's limit of 16"
+    ):
+        ClipTextConditioner(enc, tok, template="skin {tone} label {label}", **kw)
+    # the CLIP tokenizer lower-cases, so these two display texts give one prompt
+    with pytest.raises(ConfigError, match="maps cells tone=dark,label=0 and tone=light,label=0 to the same"):
+        ClipTextConditioner(
+            enc, tok, template="{tone} {label}", value_text={"tone": {"dark": "x", "light": "X"}}, **kw
+        )
+    ok = ClipTextConditioner(enc, tok, template="{tone} {label}", **kw)
+    prompts = {ok.prompt(CellKey((("tone", t),), lab)) for t in ("dark", "light") for lab in ("0", "1")}
+    assert len(prompts) == 4
+
+
+def test_token_table_refuses_repeated_values():
+    from fairsample.models.conditioners import TokenTableConditioner
+
+    with pytest.raises(ConfigError, match=r"slot 'tone' has repeated values \['dark'\]"):
+        TokenTableConditioner({"tone": ["dark", "dark"]}, ["0"], dim=4)
 
 
 def test_embeddings_cached_once_per_cell(tiny_clip):

@@ -44,7 +44,9 @@ def copy_engine_files(
     if not overwrite:
         clash = [n for n in present if (dest / n).exists()]
         if clash:
-            raise ConfigError(f"`--output-dir` {dest} already holds {clash[0]}; pass --overwrite or choose another folder.")
+            raise ConfigError(
+                f"`--output-dir` {dest} already holds {clash[0]}; pass --overwrite or choose another folder."
+            )
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for name in present:

@@ -383,7 +383,9 @@ def template_fields(template: str) -> list[str]:
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise ConfigError(f"`template` {template!r} is not a format string ({exc}); write fields as {{name}}.") from None
+        raise ConfigError(
+            f"`template` {template!r} is not a format string ({exc}); write fields as {{name}}."
+        ) from None
     return list(dict.fromkeys(names))
 
 

@@ -27,7 +27,7 @@ _NO_SAFETENSORS = (
 )
 _SINGLE_FILE = (
     "`{flag}` {path}: diffusers could not read this single-file checkpoint offline ({why}); convert it once where its "
-    "config is available: python -c \"from diffusers import StableDiffusionPipeline as P; "
+    'config is available: python -c "from diffusers import StableDiffusionPipeline as P; '
     "P.from_single_file('{path}').save_pretrained('sd-folder')\", then pass sd-folder."
 )
 _NO_CELLS = (
@@ -79,7 +79,7 @@ def _load_sd_components(root: Path, flag: str, dtype: torch.dtype) -> dict[str, 
     for part, load in loaders.items():
         try:
             out[part] = load()
-        except (OSError, EnvironmentError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             why = str(exc).splitlines()[0][:160]
             raise ConfigError(_NO_SAFETENSORS.format(flag=flag, path=root, part=part, why=why)) from None
     out["tokenizer"] = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
@@ -145,8 +145,9 @@ def import_sd(
     """
     src = source or inspect_model(path, flag)
     root = Path(path)
-    parts = _load_single_file(root, flag, dtype) if src.kind == "single_file" else _load_sd_components(root, flag,
-                                                                                                         dtype)
+    parts = (
+        _load_single_file(root, flag, dtype) if src.kind == "single_file" else _load_sd_components(root, flag, dtype)
+    )
     template = template or default_template(list(attributes), label_name)
     cond = ClipTextConditioner(parts["text_encoder"], parts["tokenizer"], template=template, attributes=attributes,
                                labels=labels, label_name=label_name, value_text=value_text)  # fmt: skip

@@ -56,9 +56,7 @@ class StudyResult:
     seconds: float = 0.0  # wall time of this call
 
 
-def _check_data(
-    data: Any, attribute: str | None, label_col: str | None = None, **options: Any
-) -> tuple[Any, str]:
+def _check_data(data: Any, attribute: str | None, label_col: str | None = None, **options: Any) -> tuple[Any, str]:
     """The real dataset (FolderDataset) and the resolved attribute; DataError before anything runs. ``options``:
     ``group_cols``, ``patient_col``, ``preset``, ``drop_unknown`` of :func:`~fairsample.data.folder.load_folder`."""
     from fairsample.data.folder import FolderDataset, find_metadata, load_folder, read_metadata

@@ -38,8 +38,8 @@ from fairsample.data.folder import FolderDataset
 from fairsample.data.schema import CellKey
 from fairsample.data.splits import split_indices
 from fairsample.errors import ConfigError
-from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
 from fairsample.model_source import ModelSource, finetune_defaults, inspect_model
+from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
 from fairsample.models.conditioners import TokenTableConditioner
 from fairsample.models.sd_import import open_model
 from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -68,8 +68,9 @@ own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
-_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "gradient_checkpointing", "checkpoints_total_limit", "device", "grad_norm_every", "guard",
-                   "guard_images_per_cell", "guard_guidance", "guard_rescale", "guard_steps"}  # fmt: skip
+_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "gradient_checkpointing", "checkpoints_total_limit", "device",
+                   "grad_norm_every", "guard", "guard_images_per_cell", "guard_guidance", "guard_rescale",
+                   "guard_steps"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,9 @@ def train(
         >>> from fairsample.data import load_folder  # doctest: +SKIP
         >>> train(load_folder("demo"), "runs/m", TrainConfig(max_steps=200))  # doctest: +SKIP
     """
+    from fairsample.errors import require
+
+    require("accelerate", feature="training")  # a missing extra names `pip install 'fairsample[train]'`
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from diffusers.training_utils import EMAModel
