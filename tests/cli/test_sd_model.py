@@ -213,3 +213,13 @@ def test_gradient_checkpointing_changes_memory_not_results(runner, demo_dir, sd_
     plain = json.loads((sd_bundles["vanilla"] / "logs" / "train_log.jsonl").read_text().splitlines()[-1])
     ckpt = json.loads((tmp_path / "gc" / "logs" / "train_log.jsonl").read_text().splitlines()[-1])
     assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
+
+def test_guard_samples_an_sd_start_with_the_same_prompts(sd_dir, sd_bundles):
+    from fairsample.models.bundle import ModelBundle
+    from fairsample.train.guard import _load_start
+
+    model = ModelBundle.load(sd_bundles["vanilla"])
+    start = _load_start(str(sd_dir), model, "cpu")
+    assert start.cells() == model.cells()
+    assert [start.conditioner.prompt(c) for c in start.cells()] == [model.conditioner.prompt(c) for c in model.cells()]

@@ -293,6 +293,18 @@ def _load(bundle: ModelBundle | str | os.PathLike[str], device: str) -> ModelBun
     return bundle if isinstance(bundle, ModelBundle) else ModelBundle.load(bundle, device=device)
 
 
+def _load_start(start: ModelBundle | str | os.PathLike[str], model: ModelBundle, device: str) -> ModelBundle:
+    """The starting model; a Stable Diffusion folder gets the fine-tuned model's cells and prompt template, so both
+    are sampled with the same prompts."""
+    if isinstance(start, ModelBundle):
+        return start
+    from fairsample.models.sd_import import open_model
+
+    template = model.config.get("template") or getattr(model.conditioner, "template", None)
+    return open_model(start, flag="--init-from", attributes=model.attribute_values, labels=model.label_values,
+                      label_name=model.label_name, template=template, device=device)  # fmt: skip
+
+
 def conditioning_guard(
     bundle: ModelBundle | str | os.PathLike[str],
     dataset: FolderDataset,
@@ -370,7 +382,7 @@ def conditioning_guard(
         parent = (model.config.get("init_from") or {}).get("path")
         start = parent if parent and Path(parent).is_dir() else None
     if start is not None:
-        start_model = _load(start, device)
+        start_model = _load_start(start, model, device)
         ref_scores = _start_scores(start_model, judges, cells, chosen.setting, images_per_cell=images_per_cell,
                                    device=device, cache_dir=cache_dir)  # fmt: skip
         reference = {"kind": "start", "bundle": start_model.bundle_id, "overall": ref_scores.overall,
