@@ -223,3 +223,15 @@ def test_guard_samples_an_sd_start_with_the_same_prompts(sd_dir, sd_bundles):
     start = _load_start(str(sd_dir), model, "cpu")
     assert start.cells() == model.cells()
     assert [start.conditioner.prompt(c) for c in start.cells()] == [model.conditioner.prompt(c) for c in model.cells()]
+
+
+def test_sdk_from_pretrained_takes_an_sd_folder(sd_dir, tmp_path):
+    import fairsample as fs
+
+    pipe = fs.FairSamplePipeline.from_pretrained(sd_dir, cells=["tone=dark,label=1", "tone=light,label=1"])
+    assert pipe.bundle.config["source"]["kind"] == "sd_pipeline" and len(pipe.bundle.cells()) == 2
+    cell = pipe.bundle.parse_cell("tone=dark,label=1")
+    out = pipe([cell, cell], seeds=[0, 1], steps=2)
+    assert len(out.images) == 2 and out.images[0].size == (16, 16)
+    res = pipe.generate_to_folder(tmp_path / "g", fs.GenerationPlan.per_cell(pipe.bundle.cells(), 1), steps=2)
+    assert res.n_images == 2
