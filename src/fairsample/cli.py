@@ -548,13 +548,13 @@ def generate(
     if per_cell is not None and balanced is not None:
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
-    check_model_path(model)
     if backend is not None:
         from fairsample.config import check_backend
 
         check_backend(backend)
         if strict and backend != "tensorrt":
             raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
+    check_model_path(model)
 
     from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
