@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--select", action="store_true", help="also run the guidance selection grid on every variant")
     args = p.parse_args(argv)
 
-    from fairsample.config import TrainConfig
+    from fairsample.core.config import TrainConfig
     from fairsample.data.folder import load_folder
     from fairsample.models.bundle import default_model_path
     from fairsample.train.guard import conditioning_guard

@@ -26,9 +26,9 @@ from typing import Any
 
 from fairsample.data.demo import make_demo_dataset
 from fairsample.data.folder import load_folder
-from fairsample.eval.fidelity import conditional_accuracy
+from fairsample.evaluation.fidelity import conditional_accuracy
+from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 from fairsample.models.bundle import ModelBundle
-from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
 
 def main(argv: list[str] | None = None) -> dict:

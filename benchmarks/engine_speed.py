@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from fairsample.bench import format_table, run_bench
 from fairsample.models.bundle import ModelBundle
+from fairsample.workflows.bench import format_table, run_bench
 
 
 def main() -> None:

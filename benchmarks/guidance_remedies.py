@@ -4,7 +4,7 @@ Issue #12 item 1g. For each guidance scale in ``--guidance``, samples the bundle
 guidance rescale φ (Lin et al., 2024; ``--rescale``) and with diffusers' dynamic thresholding of x̂₀ (Saharia et al.,
 2022; ``thresholding=True``, percentile ``--ratio``, ``sample_max_value`` ``--max-value``; the bundles' static
 clipping to [-1, 1] is what it replaces — with ``sample_max_value = 1`` the two are identical), and scores every set
-with the conditioning guard's judges and validation seeds (:mod:`fairsample.eval.conditioning`).
+with the conditioning guard's judges and validation seeds (:mod:`fairsample.evaluation.conditioning`).
 
     python benchmarks/guidance_remedies.py --data demo --output-dir out/remedies              # embedded model
     python benchmarks/guidance_remedies.py --data demo --model runs/m --guidance 3,5
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers import DDPMScheduler
 
     from fairsample.data.folder import load_folder
-    from fairsample.eval.conditioning import (
+    from fairsample.evaluation.conditioning import (
         SamplingSetting,
         guard_cells,
         sample_and_score,

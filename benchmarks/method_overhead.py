@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
 from fairsample.data.demo import make_demo_dataset
 from fairsample.data.folder import load_folder
 from fairsample.train.loop import train

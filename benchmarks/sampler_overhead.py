@@ -10,7 +10,8 @@ kept. The timed region is what ``FairSamplePipeline`` runs per batch: conditioni
 decode to uint8 — not PNG writing. ``fairdiffusion_perturbed`` runs with non-zero offsets (a temporary
 perturbation.json), so its per-sample guidance / temperature path is exercised, not the zero-offset shortcut.
 ``attribute_switch`` uses ``tau`` (default 600) and ``to=uniform``; ``mixing`` uses ``to=uniform``. The τ search is
-:func:`fairsample.tau_search.find_tau` (tone light → dark, ``use_cache=False``) on its own 100-step search schedule
+:func:`fairsample.samplers.tau_search.find_tau` (tone light → dark, ``use_cache=False``) on its own 100-step search
+schedule
 (independent of ``--steps``), timed per engine, best of ``--tau-repeats``.
 
 Targets (reported, never asserted): attribute_switch / conditional <= 1.05 on every engine (the switch only swaps
@@ -35,10 +36,10 @@ from typing import Any
 import torch
 
 from fairsample.engines import load_engine
+from fairsample.generation.pipeline import FairSamplePipeline
 from fairsample.models.bundle import ModelBundle, library_versions
-from fairsample.pipeline import FairSamplePipeline
 from fairsample.samplers.perturbed import Perturbation
-from fairsample.tau_search import find_tau
+from fairsample.samplers.tau_search import find_tau
 
 SAMPLERS = ("conditional", "attribute_switch", "mixing", "fairdiffusion_perturbed")
 TARGET_SWITCH_RATIO = 1.05

@@ -23,24 +23,33 @@ _EXPORTS = {
     "load_folder": "fairsample.data.folder",
     "make_demo_dataset": "fairsample.data.demo",
     "ModelBundle": "fairsample.models.bundle",
-    "TrainConfig": "fairsample.config",
-    "SampleConfig": "fairsample.config",
-    "train": "fairsample.train.loop",
-    "FairSamplePipeline": "fairsample.pipeline",
-    "GenerationPlan": "fairsample.pipeline",
-    "SampleOutput": "fairsample.pipeline",
+    "TrainConfig": "fairsample.core.config",
+    "SampleConfig": "fairsample.core.config",
+    "train": "fairsample.train",  # the callable subpackage (see fairsample/train/__init__.py)
+    "evaluate": "fairsample.evaluation.evaluate",
+    "EvaluationSettings": "fairsample.evaluation.evaluate",
+    "augmentation_plan": "fairsample.generation.augment",
+    "inspect_model": "fairsample.models.source",
+    "open_model": "fairsample.models.sd_import",
+    "FairSamplePipeline": "fairsample.generation.pipeline",
+    "GenerationPlan": "fairsample.generation.pipeline",
+    "SampleOutput": "fairsample.generation.pipeline",
     "load_engine": "fairsample.engines",
     "SAMPLERS": "fairsample.samplers",
-    "FairsampleError": "fairsample.errors",
-    "DataError": "fairsample.errors",
-    "ConfigError": "fairsample.errors",
-    "FairsampleWarning": "fairsample.errors",
+    "FairsampleError": "fairsample.core.errors",
+    "DataError": "fairsample.core.errors",
+    "ConfigError": "fairsample.core.errors",
+    "FairsampleWarning": "fairsample.core.errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "train":  # the subpackage is the function (callable module), whatever was imported first
+        value = importlib.import_module("fairsample.train")
+        globals()[name] = value
+        return value
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

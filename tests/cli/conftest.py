@@ -49,7 +49,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, demo_dir) -> Path:
-    from fairsample.config import TrainConfig
+    from fairsample.core.config import TrainConfig
     from fairsample.data.folder import load_folder
     from fairsample.train.loop import train
 

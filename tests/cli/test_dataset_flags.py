@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairsample.cli_dataset import DATASET_FLAGS, DatasetOptions
+from fairsample.cli.dataset import DATASET_FLAGS, DatasetOptions
 from fairsample.data.splits import split_indices
 
 from .conftest import TINY_TRAIN, invoke

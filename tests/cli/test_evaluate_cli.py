@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import typer
 
-from fairsample.cli_evaluate import _human, parse_minority, parse_synthetic
-from fairsample.errors import ConfigError
+from fairsample.cli.evaluate import _human, parse_minority, parse_synthetic
+from fairsample.core.errors import ConfigError
 
 from .conftest import invoke, run_cli
 
@@ -149,7 +149,7 @@ def captured(monkeypatch):
         calls.append((real, synthetic, kwargs))
         raise ConfigError("stub: evaluation not run")
 
-    monkeypatch.setattr("fairsample.eval.evaluate.evaluate", fake)
+    monkeypatch.setattr("fairsample.evaluation.evaluate.evaluate", fake)
     return calls
 
 

@@ -12,7 +12,7 @@ import pytest
 import typer
 
 from fairsample.cli import app
-from fairsample.errors import EXTRAS, missing_extra_message, require
+from fairsample.core.errors import EXTRAS, missing_extra_message, require
 
 from .conftest import TINY_TRAIN, invoke
 

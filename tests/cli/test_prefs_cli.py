@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from fairsample.prefs_build import PROXY_SOURCE
+from fairsample.train.prefs_build import PROXY_SOURCE
 
 from .conftest import invoke, run_cli
 

@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from fairsample.study import _BAD_METHOD, _NO_ATTRIBUTE, _UNKNOWN_ATTRIBUTE, METHODS
-from fairsample.study.report import table_numbers
+from fairsample.workflows.study import _BAD_METHOD, _NO_ATTRIBUTE, _UNKNOWN_ATTRIBUTE, METHODS
+from fairsample.workflows.study.report import table_numbers
 
 from .conftest import invoke
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import DataError
 from fairsample.data import load_folder
 from fairsample.data.validate import _MISSING_COLUMN, _MISSING_FILE_COL, _NO_GROUPS
-from fairsample.errors import DataError
 
 ROWS = [{"path": "a.png", "label": "1", "sex": "F", "site": "A"}]
 PRESENT = ["path", "label", "sex", "site"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from fairsample.core.errors import DataError
 from fairsample.data.decode_check import N_SHOWN, check_decodable, check_image, scan_images
 from fairsample.data.folder import load_folder
-from fairsample.errors import DataError
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'
 
@@ -109,7 +109,7 @@ def test_only_the_given_rows_are_checked(make_folder, small_rows):
 
 @pytest.mark.parametrize("kind", ["corrupt", "truncated", "empty"])
 def test_train_fails_before_building_the_model(make_folder, small_rows, tmp_path, monkeypatch, kind):
-    from fairsample.config import TrainConfig
+    from fairsample.core.config import TrainConfig
     from fairsample.train import loop
 
     def no_model(*args, **kwargs):  # pragma: no cover - reached only if the check did not run first

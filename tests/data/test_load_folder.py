@@ -106,8 +106,8 @@ def test_whitespace_around_values_is_stripped(make_folder):
 
 @pytest.mark.parametrize("size", [0, -3, (4,), (4, 0), 2.5])
 def test_load_image_rejects_bad_size(make_folder, small_rows, size):
+    from fairsample.core.errors import ConfigError
     from fairsample.data.folder import _BAD_SIZE
-    from fairsample.errors import ConfigError
 
     ds = load_folder(make_folder(small_rows, toml=TOML))
     with pytest.raises(ConfigError, match=re.escape(_BAD_SIZE.format(value=size))):

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import DataError
 from fairsample.data import find_metadata, load_folder, read_metadata
 from fairsample.data.folder import _BAD_CSV, _BAD_JSONL, _EMPTY, _NO_METADATA, _NOT_A_DIR, _NOT_UTF8, _TWO_METADATA
-from fairsample.errors import DataError
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import DataError
 from fairsample.data import load_folder
 from fairsample.data.validate import _BLANK_FILE, _MISSING_FILES, _UNSAFE_PATH
-from fairsample.errors import DataError
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'
 

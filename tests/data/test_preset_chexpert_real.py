@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
+from fairsample.core.errors import DataError, FairsampleWarning
 from fairsample.data import apply_preset, count_table, load_folder, read_metadata, split_indices
 from fairsample.data.presets import CHEXPERT_FINDINGS
-from fairsample.errors import DataError, FairsampleWarning
 
 N_ROWS = 223_414
 UNKNOWN_SEX_ROW = 137_796  # 1-based data row whose Sex is "Unknown" (patient33093)

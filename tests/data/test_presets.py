@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import PRESETS, apply_preset, load_folder, split_indices
 from fairsample.data.presets import _BAD_OPTION_VALUE, _MISSING_NATIVE_COLUMNS, _UNKNOWN_OPTION, _UNKNOWN_PRESET
 from fairsample.data.validate import _NOT_IN_VALUES
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
 
 FITZ_COLUMNS = [
     "md5hash",

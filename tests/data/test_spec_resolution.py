@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data import DatasetSpec, load_folder
 from fairsample.data.folder import _BAD_SPEC_TYPE, _BAD_TOML, _OPTIONS_WITHOUT_PRESET
-from fairsample.errors import ConfigError, DataError
 
 
 @pytest.fixture

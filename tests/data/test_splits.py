@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data import DatasetSpec, FolderDataset, split_indices
 from fairsample.data.splits import _BAD_FRACTIONS, _BAD_SEED, _BAD_SPLIT_VALUE
-from fairsample.errors import ConfigError, DataError
 
 
 def make_ds(counts, *, patients=None, extra=None, spec=None):

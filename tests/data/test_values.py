@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import DataError, FairsampleWarning
 from fairsample.data import load_folder, split_indices
 from fairsample.data.validate import _BLANK_LABEL, _DROPPED_UNKNOWN, _DUPLICATE_FILE, _NOT_IN_VALUES, _UNKNOWN_VALUE
-from fairsample.errors import DataError, FairsampleWarning
 
 TOML = 'groups = ["tone"]\nmin_group_size = 0\n'
 

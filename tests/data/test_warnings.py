@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from fairsample.core.errors import FairsampleWarning
 from fairsample.data import load_folder
 from fairsample.data.validate import _SINGLE_LABEL, _SMALL_GROUP
-from fairsample.errors import FairsampleWarning
 
 
 def test_small_group_warns(make_folder, tone_rows):

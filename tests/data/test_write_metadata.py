@@ -5,9 +5,9 @@ import re
 import pandas as pd
 import pytest
 
+from fairsample.core.errors import DataError
 from fairsample.data import DatasetSpec, load_folder, spec_to_toml, write_metadata
 from fairsample.data.folder import _METADATA_EXISTS, _WRITE_MISSING_COLUMNS
-from fairsample.errors import DataError
 
 
 @pytest.fixture

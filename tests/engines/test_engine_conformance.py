@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fairsample.core.engine_spec import _BAD_OUT, _BAD_SHAPE
+from fairsample.core.errors import ConfigError, EngineLoadError
 from fairsample.engines import Engine, MemoryReport
-from fairsample.engines.base import _BAD_OUT, _BAD_SHAPE
-from fairsample.errors import ConfigError, EngineLoadError
 from fairsample.export.validate import GATES, compare
 from tests.export.shared import HIDDEN_DIM, SEQ_LEN, load_ort, tiny_bundle
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fairsample.core.engine_spec import _BAD_INPUT_TYPE, _BAD_SHAPE, _WRONG_DEVICE
+from fairsample.core.errors import ConfigError
 from fairsample.engines import EngineSpec, TorchEngine, check_inputs
-from fairsample.engines.base import _BAD_INPUT_TYPE, _BAD_SHAPE, _WRONG_DEVICE
-from fairsample.errors import ConfigError
 
 from .conftest import HIDDEN_DIM
 

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import EngineLoadError
 from fairsample.engines import MemoryReport, TorchEngine
 from fairsample.engines.torch_engine import _CLOSED
-from fairsample.errors import EngineLoadError
 
 
 def test_memory_counts_parameters_and_buffers(engine: TorchEngine) -> None:

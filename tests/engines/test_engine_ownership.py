@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from fairsample.core.engine_spec import _BAD_OUT
+from fairsample.core.errors import ConfigError
 from fairsample.engines import TorchEngine
-from fairsample.engines.base import _BAD_OUT
-from fairsample.errors import ConfigError
 
 
 def test_out_receives_the_result(engine: TorchEngine, inputs) -> None:

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines import Engine, EngineSpec, TorchEngine
 from fairsample.engines.torch_engine import _BAD_PREDICTION_TYPE, _NOT_A_UNET
-from fairsample.errors import ConfigError
 
 from .conftest import HIDDEN_DIM
 

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, ValidationFailed
 from fairsample.engines import TorchEngine
 from fairsample.engines.torch_engine import _REFIT_MISMATCH, _REFIT_NONFINITE
-from fairsample.errors import ConfigError, ValidationFailed
 
 
 def test_refit_a_b_a_restores_outputs_bitwise(make_unet, inputs) -> None:

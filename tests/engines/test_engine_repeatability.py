@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fairsample.core.errors import ValidationFailed
 from fairsample.engines import TorchEngine
-from fairsample.errors import ValidationFailed
 
 
 def test_repeated_calls_are_bit_exact(engine: TorchEngine, inputs) -> None:

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from fairsample.core.engine_spec import _BAD_PROFILE, _UNSUPPORTED_SHAPE
+from fairsample.core.errors import ConfigError
 from fairsample.engines import EngineSpec, ShapeProfile, TorchEngine, check_inputs
-from fairsample.engines.base import _BAD_PROFILE, _UNSUPPORTED_SHAPE
-from fairsample.errors import ConfigError
 
 
 def test_torch_engine_supports_dynamic_shapes(engine: TorchEngine) -> None:

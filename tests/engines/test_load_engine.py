@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines import _UNKNOWN_BACKEND, BACKENDS, Engine, TorchEngine, load_engine
-from fairsample.errors import ConfigError
 
 
 def test_loads_the_torch_backend(make_unet) -> None:

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, EngineLoadError
 from fairsample.engines import BACKENDS, load_engine, ort_engine
 from fairsample.engines.ort_engine import _NO_REFIT, _SPATIAL, ORT_EXTRA_HINT, OrtEngine
-from fairsample.errors import ConfigError, EngineLoadError
 from fairsample.export.validate import GATES, compare
 from tests.export.shared import HIDDEN_DIM, SEQ_LEN, load_ort, tiny_bundle
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from fairsample.errors import ConfigError
-from fairsample.eval.closure import (
+from fairsample.core.errors import ConfigError
+from fairsample.evaluation.closure import (
     _NO_BASE_ROW,
     _NO_ORACLE,
     choose_minority,

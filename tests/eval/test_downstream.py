@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data import FolderDataset, split_indices
-from fairsample.errors import ConfigError, DataError
-from fairsample.eval.downstream import (
+from fairsample.evaluation.downstream import (
     _BAD_SELECT,
     _FEW_SEEDS,
     _MISSING_ACCURACY,

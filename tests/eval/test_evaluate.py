@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import fairsample.eval.evaluate as ev
-import fairsample.eval.heldout as ho
+import fairsample.evaluation.evaluate as ev
+import fairsample.evaluation.heldout as ho
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import DatasetSpec, FolderDataset, load_folder, split_indices
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
-from fairsample.eval.closure import gap_closure, gap_difference
-from fairsample.eval.evaluate import FAIRNESS_METRICS, evaluate
-from fairsample.eval.fairness_report import FairnessReport, fairness_report
-from fairsample.eval.report_render import fmt_fraction, fmt_number
-from fairsample.eval.rows import ORACLE_LABEL
+from fairsample.evaluation.closure import gap_closure, gap_difference
+from fairsample.evaluation.evaluate import FAIRNESS_METRICS, evaluate
+from fairsample.evaluation.fairness_report import FairnessReport, fairness_report
+from fairsample.evaluation.report_render import fmt_fraction, fmt_number
+from fairsample.evaluation.rows import ORACLE_LABEL
 
 #: tiny settings: 16-px images, 2 epochs, 2 seeds x 2 generator replicates, few draws and resamples
 FAST = {
@@ -87,7 +87,7 @@ def oracle(demo) -> FolderDataset:
 @pytest.fixture(scope="module")
 def evaluation(demo, sets, oracle):
     """The evaluation and every run_protocol output it used (base, oracle, vanilla#1, vanilla#2), recorded."""
-    import fairsample.eval.downstream as downstream
+    import fairsample.evaluation.downstream as downstream
 
     runs: list[dict] = []
     original = downstream.run_protocol
@@ -378,7 +378,7 @@ def test_gap_closure_blocks_equal_the_pure_functions(result):
 
 def test_closure_against_a_reference_row():
     """`reference`: every other synthetic row of the same protocol gets its closure minus the reference's."""
-    from fairsample.eval.rows import _closures
+    from fairsample.evaluation.rows import _closures
 
     def row(row_id: str, kind: str, name: str | None, reps: list[list[float]]) -> dict:
         block = {
@@ -570,8 +570,8 @@ def no_training(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("training started before the inputs were checked")
 
-    monkeypatch.setattr("fairsample.eval.features.DomainFeatures.fit_folder", boom)
-    monkeypatch.setattr("fairsample.eval.downstream.run_protocol", boom)
+    monkeypatch.setattr("fairsample.evaluation.features.DomainFeatures.fit_folder", boom)
+    monkeypatch.setattr("fairsample.evaluation.downstream.run_protocol", boom)
 
 
 def _one_line_error(exc_info) -> str:
@@ -719,6 +719,6 @@ def test_unseen_synthetic_values(demo, sets, no_training):
 
 
 def test_protocol_names_match_downstream():
-    from fairsample.eval.downstream import PROTOCOLS
+    from fairsample.evaluation.downstream import PROTOCOLS
 
     assert ev.PROTOCOLS == PROTOCOLS

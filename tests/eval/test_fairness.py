@@ -1,4 +1,5 @@
-"""fairsample.eval fairness metrics against fairlearn / scikit-learn, hand-computed tables and real CXR group sizes."""
+"""fairsample.evaluation fairness metrics against fairlearn / scikit-learn, hand-computed tables and real CXR group
+sizes."""
 
 import importlib.util
 import json
@@ -17,8 +18,8 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from fairsample.errors import ConfigError, FairsampleWarning
-from fairsample.eval.fairness import (
+from fairsample.core.errors import ConfigError, FairsampleWarning
+from fairsample.evaluation.fairness import (
     _EMPTY,
     _FEW_GROUPS,
     _LEN_MISMATCH,
@@ -32,11 +33,11 @@ from fairsample.eval.fairness import (
     eom,
     eopp_gap,
 )
-from fairsample.eval.fairness_auc import auc_disparity, es_auc, group_auc
-from fairsample.eval.fairness_ber import ber
-from fairsample.eval.fairness_bootstrap import bootstrap_ci
-from fairsample.eval.fairness_equity import equity_scale, es_acc, essp, nar, pqd
-from fairsample.eval.fairness_report import fairness_report
+from fairsample.evaluation.fairness_auc import auc_disparity, es_auc, group_auc
+from fairsample.evaluation.fairness_ber import ber
+from fairsample.evaluation.fairness_bootstrap import bootstrap_ci
+from fairsample.evaluation.fairness_equity import equity_scale, es_acc, essp, nar, pqd
+from fairsample.evaluation.fairness_report import fairness_report
 
 # Hand table T (binary, positive class 1):
 #   a: y 1 1 0 0 / ŷ 1 1 0 0 -> acc 1,    P(ŷ=1) .5,  TPR1 1,  TPR0 1, FPR1 0
@@ -357,7 +358,7 @@ def test_count_path_equals_fairlearn_path():
 
 def test_rank_auc_equals_sklearn_auc():
     """The bootstrap's Mann-Whitney AUC equals roc_auc_score (binary and ovr-macro), ties and NaN rules included."""
-    from fairsample.eval.fairness_auc import _auc, _rank_auc
+    from fairsample.evaluation.fairness_auc import _auc, _rank_auc
 
     rng = np.random.default_rng(0)
     for trial in range(40):

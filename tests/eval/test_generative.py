@@ -15,13 +15,13 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-import fairsample.eval.features as features_mod
-import fairsample.eval.generative as gen_mod
+import fairsample.evaluation.features as features_mod
+import fairsample.evaluation.generative as gen_mod
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import FolderDataset
 from fairsample.data.schema import DatasetSpec
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
-from fairsample.eval.classifiers import SmallCNN
-from fairsample.eval.features import (
+from fairsample.evaluation.classifiers import SmallCNN
+from fairsample.evaluation.features import (
     _HASH_MISMATCH,
     _NEEDS_TORCH_FIDELITY,
     _NO_WEIGHTS,
@@ -29,7 +29,7 @@ from fairsample.eval.features import (
     DomainFeatures,
     inception_features,
 )
-from fairsample.eval.generative import (
+from fairsample.evaluation.generative import (
     _BAD_IMAGES,
     _FID_INF_SMALL,
     _MISSING_COLUMN,

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from fairsample.errors import FairsampleWarning
+from fairsample.core.errors import FairsampleWarning
 from fairsample.export.cache import (
     CACHE_ENV,
     ArtifactCache,

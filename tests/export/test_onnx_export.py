@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from fairsample.errors import EngineLoadError, ValidationFailed
+from fairsample.core.errors import EngineLoadError, ValidationFailed
 from fairsample.export import onnx_export
 from fairsample.export.onnx_export import (
     _ALL_FAILED,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines.trt_engine import resolve_refit_weights
-from fairsample.errors import ConfigError
 from fairsample.export.onnx_export import export_onnx
 from fairsample.export.refit_map import build_refit_map
 from tests.export.shared import SEQ_LEN, entry_of, ort_store, tiny_bundle

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairsample.errors import ValidationFailed
+from fairsample.core.errors import ValidationFailed
 from fairsample.export.validate import _REPORT_FAILED, GATES, compare, parity_report, require_passed, write_report
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 from fairsample.models.bundle import CONFIG_FILE, ModelBundle, new_pixel_bundle
 
 

@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
+from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 from fairsample.models.bundle import ModelBundle, default_model_path
-from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 
 
 def test_embedded_model_is_shipped_and_loads():
@@ -27,10 +27,10 @@ def test_embedded_model_is_shipped_and_loads():
 )
 def test_embedded_model_images_show_the_requested_label_and_tone(tmp_path):
     """A CPU-sized guard of the README figure (≥ 0.80 label / ≥ 0.90 tone on 200 images at 50 steps)."""
-    from fairsample.config import SampleConfig
+    from fairsample.core.config import SampleConfig
     from fairsample.data.demo import make_demo_dataset
     from fairsample.data.folder import load_folder
-    from fairsample.eval.fidelity import conditional_accuracy
+    from fairsample.evaluation.fidelity import conditional_accuracy
 
     make_demo_dataset(tmp_path / "real", source="mnist5k")
     pipe = FairSamplePipeline()

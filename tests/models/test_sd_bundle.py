@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 from fairsample.models.bundle import ModelBundle, new_latent_bundle
 from fairsample.models.conditioners import ClipTextConditioner
 from tests.tiny import build_tiny_unet

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 from fairsample.models.conditioners import TokenTableConditioner, load_conditioner
 
 

@@ -15,7 +15,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fairsample.augment import (
+from fairsample.cli import app
+from fairsample.core.errors import ConfigError
+from fairsample.data import DatasetSpec, FolderDataset
+from fairsample.data.schema import CellKey
+from fairsample.generation.augment import (
     _BAD_TOTAL,
     _SHARE_SUM,
     _TARGET_KEYS,
@@ -24,10 +28,6 @@ from fairsample.augment import (
     parse_target,
     water_fill,
 )
-from fairsample.cli import app
-from fairsample.data import DatasetSpec, FolderDataset
-from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 
 
 def cell(tone: str, label: str) -> CellKey:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines import TorchEngine
-from fairsample.errors import ConfigError
 from fairsample.samplers import (
     SCHEDULERS,
     init_noise_sigma,

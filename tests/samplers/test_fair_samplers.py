@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, DataError
 from fairsample.samplers import (
     SAMPLERS,
     ConditioningPlan,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fairsample.config import SampleConfig
-from fairsample.errors import ConfigError
-from fairsample.pipeline import FairSamplePipeline, GenerationPlan
+from fairsample.core.config import SampleConfig
+from fairsample.core.errors import ConfigError
+from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 
 KEYWORDS = {"steps": 2, "guidance_scale": 1.5, "scheduler": "ddpm", "batch_size": 3, "sampler": "conditional",
             "guidance_rescale": 0.0}  # fmt: skip

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines import TorchEngine
-from fairsample.errors import ConfigError
 from fairsample.samplers import guided_prediction
 from fairsample.samplers.guidance import _BAD_SCALE
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines import load_engine
-from fairsample.errors import ConfigError
+from fairsample.generation.pipeline import FairSamplePipeline
 from fairsample.models.bundle import new_pixel_bundle
-from fairsample.pipeline import FairSamplePipeline
 from fairsample.samplers import ConditioningPlan, guided_prediction, initial_latents, make_generators, make_scheduler
 from fairsample.samplers.conditional import sample_conditional
 from fairsample.samplers.guidance import rescale_guidance

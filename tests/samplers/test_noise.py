@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.samplers import initial_latents, make_generators
 from fairsample.samplers.base import _BAD_LATENT_SHAPE, _BAD_SEEDS, _BAD_SIGMA
 

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from fairsample.config import SampleConfig
-from fairsample.errors import ConfigError, FairsampleWarning
+from fairsample.core.config import SampleConfig
+from fairsample.core.errors import ConfigError, FairsampleWarning
+from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 from fairsample.models.bundle import new_pixel_bundle
-from fairsample.pipeline import FairSamplePipeline, GenerationPlan
 from fairsample.samplers import make_scheduler
 
 
@@ -78,7 +78,7 @@ def _tiny_pipe(tones: list[str], labels: list[str]) -> FairSamplePipeline:
 
 def test_switch_without_tau_searches_then_uses_the_cache(tmp_path, monkeypatch, capsys):
     from fairsample.samplers.switch import switch_step
-    from fairsample.tau_search import find_tau
+    from fairsample.samplers.tau_search import find_tau
 
     monkeypatch.setenv("FAIRSAMPLE_CACHE_DIR", str(tmp_path / "engines"))  # τ cache: tmp_path / "tau"
     pipe = _tiny_pipe(["light", "dark"], ["0"])
@@ -123,7 +123,7 @@ def test_switch_without_tau_searches_then_uses_the_cache(tmp_path, monkeypatch, 
 
 
 def test_switch_without_tau_passes_the_pairs_switched(tmp_path, monkeypatch, capsys):
-    import fairsample.tau_search as tau_search
+    import fairsample.samplers.tau_search as tau_search
 
     calls = []
 
@@ -156,7 +156,7 @@ def test_switch_without_tau_passes_the_pairs_switched(tmp_path, monkeypatch, cap
 
 
 def test_resolve_tau_is_the_argmin_of_the_mean_j_over_the_pairs(tmp_path):
-    from fairsample.tau_search import find_tau, resolve_tau
+    from fairsample.samplers.tau_search import find_tau, resolve_tau
 
     tones = ["light", "medium", "dark"]
     pipe = _tiny_pipe(tones, ["0"])

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 from fairsample.samplers import ConditioningPlan
 from fairsample.samplers.base import _BAD_CELLS, _BAD_PLAN_TENSOR, _BAD_UNCOND_SHAPE
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.samplers import _UNKNOWN_SAMPLER, SAMPLERS, get_sampler, sample_conditional
 
 

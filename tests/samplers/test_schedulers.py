@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.samplers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
 from fairsample.samplers.schedulers import _UNKNOWN_SCHEDULER
 

@@ -24,9 +24,9 @@ import torch
 from typer.testing import CliRunner
 
 from fairsample.cli import app
-from fairsample.config import SampleConfig
-from fairsample.errors import ConfigError
-from fairsample.pipeline import _BAD_SHARD, _SHARD_AND_DISTRIBUTED, FairSamplePipeline, GenerationPlan
+from fairsample.core.config import SampleConfig
+from fairsample.core.errors import ConfigError
+from fairsample.generation.pipeline import _BAD_SHARD, _SHARD_AND_DISTRIBUTED, FairSamplePipeline, GenerationPlan
 
 ARGS = ["generate", "--per-cell", "1", "--steps", "2", "--batch-size", "4", "--format", "json"]
 

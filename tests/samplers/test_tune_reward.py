@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from fairsample.errors import ConfigError, FairsampleWarning
-from fairsample.eval.generative import kid
-from fairsample.tune_perturbation import (
+from fairsample.core.errors import ConfigError, FairsampleWarning
+from fairsample.evaluation.generative import kid
+from fairsample.workflows.tune_perturbation import (
     _BAD_GUARD_INPUT,
     _BAD_REWARD_GROUPS,
     _SMALL_REFERENCE,

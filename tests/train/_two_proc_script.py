@@ -6,7 +6,8 @@ accelerate picks the gloo backend)::
     ACCELERATE_USE_CPU=true python -m torch.distributed.run --standalone --nproc_per_node 2 \
         _two_proc_script.py DEMO_DIR OUT_DIR CONFIG_JSON
 
-``CONFIG_JSON`` is a :class:`~fairsample.config.TrainConfig` as a dict (``batch_size`` per process). Each rank writes
+``CONFIG_JSON`` is a :class:`~fairsample.core.config.TrainConfig` as a dict (``batch_size`` per process). Each rank
+writes
 ``OUT_DIR/rank<r>.json`` with its method's state_dict, artifacts and final loss; the bundle goes to
 ``OUT_DIR/bundle``. One training run per launch: :func:`fairsample.train.loop.train` ends with
 ``accelerator.end_training()``, which destroys the process group, so a second run in the same processes cannot
@@ -24,10 +25,10 @@ def main(demo_dir: str, out_dir: str, config_json: str) -> None:
     import torch
     from accelerate.state import PartialState
 
-    from fairsample.config import TrainConfig, from_dict
+    from fairsample.core.config import TrainConfig, from_dict
     from fairsample.data.folder import load_folder
     from fairsample.train.loop import train
-    from fairsample.train.methods import get_method
+    from fairsample.train.presets import get_method
 
     torch.set_num_threads(1)
     cfg = from_dict(TrainConfig, json.loads(config_json))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fairsample.train.fbp as fbp
+from fairsample.core.errors import ConfigError, FairsampleWarning
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.train.fbp import (
     FairBayesianPerturbation,
     FBPConfig,
@@ -21,7 +21,8 @@ from fairsample.train.fbp import (
     loss_gaps,
 )
 from fairsample.train.loop import train
-from fairsample.train.methods import SetupContext, StepContext, get_method
+from fairsample.train.methods import SetupContext, StepContext
+from fairsample.train.presets import get_method
 
 RACE = ["Asian", "Black", "White"]
 SEX = ["F", "M"]
@@ -32,7 +33,7 @@ def cell(race: str, sex: str, label: str = "0") -> CellKey:
 
 
 def setup_method(m: FairBayesianPerturbation, *, seed: int = 0, accum: int = 1, rank: int = 0, world: int = 1):
-    from fairsample.config import TrainConfig
+    from fairsample.core.config import TrainConfig
 
     cfg = TrainConfig(seed=seed, gradient_accumulation_steps=accum)
     m.setup(

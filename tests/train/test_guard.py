@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fairsample.config import SampleConfig, TrainConfig
+from fairsample.core.config import SampleConfig, TrainConfig
+from fairsample.core.errors import FairsampleWarning
 from fairsample.data.folder import load_folder
-from fairsample.errors import FairsampleWarning
-from fairsample.eval.conditioning import SamplingSetting, score_samples, train_judges
+from fairsample.evaluation.conditioning import SamplingSetting, score_samples, train_judges
+from fairsample.generation.pipeline import FairSamplePipeline
 from fairsample.models.bundle import ModelBundle, new_pixel_bundle
-from fairsample.pipeline import FairSamplePipeline
 from fairsample.train import guard as guard_mod
 from fairsample.train.guard import conditioning_guard, guard_flag
 from fairsample.train.loop import train

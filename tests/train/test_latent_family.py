@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
 from fairsample.models.bundle import ModelBundle, new_latent_bundle
 from fairsample.models.conditioners import ClipTextConditioner
 from fairsample.train.loop import train

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.models.bundle import ModelBundle
 from fairsample.train.checkpoint import checkpoint_dirs
 from fairsample.train.loop import lr_at, train

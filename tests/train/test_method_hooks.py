@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.models.bundle import ModelBundle
 from fairsample.train.loop import train
 from fairsample.train.methods import TrainMethod

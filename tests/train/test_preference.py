@@ -13,14 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import preferences as P
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.models.bundle import ModelBundle, new_pixel_bundle
 from fairsample.train import preference as T
 from fairsample.train.loop import _load_paths, train
-from fairsample.train.methods import SetupContext, StepContext, get_method
+from fairsample.train.methods import SetupContext, StepContext
 from fairsample.train.preference import PreferenceTuning, diffusion_dpo_loss, fairgen_ref_free_loss
+from fairsample.train.presets import get_method
 
 _TINY = dict(architecture="test", image_size=8, cross_attention_dim=8, batch_size=8, max_steps=3, checkpoint_every=0,
              device="cpu", use_ema=False, lr_warmup_steps=0, learning_rate=1e-3)  # fmt: skip
@@ -388,7 +389,7 @@ _BUILD = {"per_cell": 1, "candidates": 2, "steps": 1, "classifier_epochs": 1}
 
 def test_fairgen_without_preferences_builds_proxy_pairs_on_the_train_split(demo_ds, tiny_bundle, tmp_path):
     from fairsample.data.splits import split_indices
-    from fairsample.prefs_build import PROXY_SOURCE
+    from fairsample.train.prefs_build import PROXY_SOURCE
 
     lines: list[str] = []
     opts = {"prefs_build": _BUILD, "pairs_per_step": 2}

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, FairsampleWarning
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.models.bundle import ModelBundle
 from fairsample.train.cbdm import ClassDiversity, class_diversity_loss, diversity_weight
 from fairsample.train.compose import Composite
 from fairsample.train.loop import _IndexStream, train
-from fairsample.train.methods import SetupContext, StepContext, TrainMethod, get_method
+from fairsample.train.methods import SetupContext, StepContext, TrainMethod
+from fairsample.train.presets import get_method
 from fairsample.train.resampling import CellResampling
 
 

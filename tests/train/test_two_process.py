@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
 from fairsample.train.loop import train
-from fairsample.train.methods import get_method
+from fairsample.train.presets import get_method
 
 SCRIPT = Path(__file__).with_name("_two_proc_script.py")
 STEPS = 5

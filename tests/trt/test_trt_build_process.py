@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from fairsample.engines.base import ShapeProfile
-from fairsample.errors import EngineLoadError
+from fairsample.core.engine_spec import ShapeProfile
+from fairsample.core.errors import EngineLoadError
 from fairsample.export import trt_build
 from fairsample.export.trt_build import (
     BUILD_CRASHED,

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from fairsample.core.engine_spec import EngineSpec, ShapeProfile
+from fairsample.core.errors import ConfigError
+from fairsample.core.gpu_info import TrtTarget
 from fairsample.engines import trt_engine
-from fairsample.engines.base import EngineSpec, ShapeProfile
-from fairsample.engines.gpu_info import TrtTarget
 from fairsample.engines.trt_engine import (
     ACTION_NOTHING,
     ACTION_ONNXRUNTIME,
@@ -25,7 +26,6 @@ from fairsample.engines.trt_engine import (
     engine_capabilities,
     plan_load,
 )
-from fairsample.errors import ConfigError
 from fairsample.export.trt_build import TrtBuildRecipe
 from fairsample.export.trt_profiles import default_profiles
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from fairsample.engines.base import EngineSpec
+from fairsample.core.engine_spec import EngineSpec
 from fairsample.export.trt_profiles import default_profiles
 from tests.tiny import build_tiny_unet
 
@@ -67,7 +67,7 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _engine(tmp_path: Path, unet: torch.nn.Module, *, refit: bool) -> Any:
-    from fairsample.engines.gpu_info import current_target
+    from fairsample.core.gpu_info import current_target
     from fairsample.engines.trt_engine import TensorRTEngine
     from fairsample.export.trt_build import TrtBuildRecipe, build_plan
 

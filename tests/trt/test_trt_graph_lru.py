@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fairsample.core.errors import ConfigError
 from fairsample.engines.trt_engine import CudaGraphLRU
-from fairsample.errors import ConfigError
 
 
 def test_warmup_then_capture_then_replay() -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
+from fairsample.core.errors import EngineLoadError, FairsampleWarning
+from fairsample.core.gpu_info import TrtTarget
 from fairsample.engines import _trt_load, load_engine
-from fairsample.engines.gpu_info import TrtTarget
-from fairsample.errors import EngineLoadError, FairsampleWarning
 from fairsample.export.cache import ArtifactCache
 from fairsample.export.onnx_export import UNetForward
 from tests.export.shared import ort_store, tiny_bundle

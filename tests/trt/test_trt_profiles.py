@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from fairsample.engines.base import ShapeProfile
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import ShapeProfile
+from fairsample.core.errors import ConfigError
 from fairsample.export.trt_profiles import (
     BAD_BATCH,
     BAD_STATIC_DIM,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fairsample.engines.base import ShapeProfile
-from fairsample.engines.gpu_info import TrtTarget
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import ShapeProfile
+from fairsample.core.errors import ConfigError
+from fairsample.core.gpu_info import TrtTarget
 from fairsample.export.trt_build import (
     BAD_HARDWARE_COMPAT,
     BAD_OPT_LEVEL,

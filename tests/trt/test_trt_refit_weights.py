@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from fairsample.core.errors import ConfigError, ValidationFailed
 from fairsample.engines.trt_engine import (
     REFIT_BAD_DTYPE,
     REFIT_MISSING,
@@ -15,7 +16,6 @@ from fairsample.engines.trt_engine import (
     REFIT_UNUSED,
     resolve_refit_weights,
 )
-from fairsample.errors import ConfigError, ValidationFailed
 from tests.tiny import build_tiny_unet
 
 

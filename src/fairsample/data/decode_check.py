@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from fairsample.errors import DataError
+from fairsample.core.errors import DataError
 
 if TYPE_CHECKING:
     from fairsample.data.folder import FolderDataset
@@ -89,7 +89,8 @@ class DecodeReport:
         return _BAD_IMAGES.format(n_bad=self.n_bad, n_checked=self.n_checked, mode=self.mode, shown=shown, more=more)
 
     def raise_if_bad(self) -> DecodeReport:
-        """Raise :class:`~fairsample.errors.DataError` (:meth:`message`) when any image is bad; else return self."""
+        """Raise :class:`~fairsample.core.errors.DataError` (:meth:`message`) when any image is bad; else return
+        self."""
         if self.problems:
             raise DataError(self.message())
         return self

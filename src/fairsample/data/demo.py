@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from fairsample.errors import DataError
+from fairsample.core.errors import DataError
 
 TONES: tuple[str, ...] = ("light", "medium", "dark")
 LABELS: tuple[str, ...] = ("0", "1", "2", "3", "4")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import presets as _presets
 from fairsample.data.schema import CellKey, DatasetSpec
 from fairsample.data.tables import check_report, count_table, format_count_table, natural_key
@@ -36,7 +37,6 @@ from fairsample.data.validate import (
     _check_rows,
     _soft_warnings,
 )
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
 
 __all__ = [
     "METADATA_FILES",

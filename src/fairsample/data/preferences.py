@@ -7,7 +7,8 @@ the way and ignored. Relative image paths are resolved against the CSV's folder.
 line, the same keys) are read too; FairGen's ``physician_preferences.jsonl`` keys ``image_w`` / ``image_l`` are
 accepted as aliases of ``file_w`` / ``file_l``. Only CSV / JSON text is parsed (nothing is unpickled).
 
-Every problem raises one :class:`~fairsample.errors.DataError` line naming the file, the row (1-based data row), the
+Every problem raises one :class:`~fairsample.core.errors.DataError` line naming the file, the row (1-based data row),
+the
 column and the fix; missing image files are all collected first and reported with the first few.
 """
 
@@ -21,8 +22,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from fairsample.core.errors import DataError
 from fairsample.data.schema import CellKey
-from fairsample.errors import DataError
 
 __all__ = ["PREFERENCE_COLUMNS", "PreferencePair", "read_preferences", "write_preferences"]
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data.schema import DatasetSpec
-from fairsample.errors import ConfigError, DataError
 
 _UNKNOWN_PRESET = "`preset` must be one of {allowed}, got {name!r}."
 _UNKNOWN_OPTION = "preset {preset!r} has no option {option!r}; its options are {allowed}."

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairsample.errors import DataError
+from fairsample.core.errors import DataError
 
 _BAD_CELL_TEXT = (
     "`cells` entry {text!r} is not of the form 'attr=value,...,label=value'; expected keys {keys} (e.g. {example!r})."

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from fairsample.errors import ConfigError, DataError
+from fairsample.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from fairsample.data.folder import FolderDataset

@@ -1,7 +1,8 @@
 """Validation of a metadata frame against its resolved spec, and the soft warnings of a dataset folder.
 
 Columns and paths (blank, absolute or escaping ``file_name``, missing files), unknown group values (fail or drop),
-value maps, blank labels, repeated files and split names. A hard failure raises :class:`~fairsample.errors.DataError`
+value maps, blank labels, repeated files and split names. A hard failure raises
+:class:`~fairsample.core.errors.DataError`
 with one line naming the file, column, first row (1-based, from the frame index) and the fix (STYLE.md §6.1, §8);
 soft findings are returned as text for :func:`~fairsample.data.folder.load_folder` to warn about.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fairsample.core.errors import DataError
 from fairsample.data.schema import DatasetSpec
 from fairsample.data.splits import SPLIT_ALIASES, normalize_split_values
 from fairsample.data.tables import natural_key
-from fairsample.errors import DataError
 
 _MISSING_FILE_COL = (
     "{file} has no {column!r} column (columns present: {present}); add it with each image's path relative to the "

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fairsample.config import BACKENDS, UNKNOWN_BACKEND, check_backend
-from fairsample.engines.base import (
+from fairsample.core.config import BACKENDS, UNKNOWN_BACKEND, check_backend
+from fairsample.core.engine_spec import (
     BOUNDARY_DTYPE,
     PREDICTION_TYPES,
     Backend,
@@ -27,7 +27,7 @@ from fairsample.engines.base import (
     check_inputs,
     check_out,
 )
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from fairsample.engines.ort_engine import OrtEngine
@@ -68,14 +68,14 @@ def load_engine(
     The ``onnxruntime`` backend exports the U-Net to ONNX, optimizes it (and converts it to fp16 with fp32 islands
     when ``dtype=torch.float16``), validates every artifact against torch fp32 (ENGINES.md §6) and stores it in the
     content-addressed cache on first use; later calls load from the cache. A stale or corrupt cache entry is rebuilt
-    with a one-line :class:`~fairsample.errors.FairsampleWarning`.
+    with a one-line :class:`~fairsample.core.errors.FairsampleWarning`.
 
     Args:
         bundle: a model bundle with ``.unet`` (diffusers ``UNet2DConditionModel``) and ``.prediction_type``; the
             onnxruntime backend also needs S from ``.conditioner.seq_len`` (or ``seq_len=`` in ``options``).
         backend: one of :data:`BACKENDS`: ``"torch"`` (default), ``"onnxruntime"`` or ``"tensorrt"`` (built and
             validated on first use; without a CUDA device or tensorrt it falls back to onnxruntime with one
-            :class:`~fairsample.errors.FairsampleWarning` line, unless ``strict=True``).
+            :class:`~fairsample.core.errors.FairsampleWarning` line, unless ``strict=True``).
         device: where to run, e.g. ``"cpu"``.
         dtype: compute dtype inside the engine (the boundary is float32 regardless).
         cache_dir: compiled backends only: the artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from fairsample.engines.base import EngineSpec, dtype_precision, sample_size_hw
-from fairsample.errors import ConfigError, EngineLoadError
+from fairsample.core.engine_spec import EngineSpec, dtype_precision, sample_size_hw
+from fairsample.core.errors import ConfigError, EngineLoadError
 
 _NO_SEQ_LEN = (
     "`seq_len` is needed for the onnxruntime backend (S is static in the graph); pass seq_len=... or a bundle with "

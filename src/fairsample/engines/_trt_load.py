@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import torch
 
-from fairsample.engines.base import EngineSpec, ShapeProfile, dtype_precision
-from fairsample.errors import ConfigError, EngineLoadError, FairsampleWarning
+from fairsample.core.engine_spec import EngineSpec, ShapeProfile, dtype_precision
+from fairsample.core.errors import ConfigError, EngineLoadError, FairsampleWarning
 
 PLAN_FILE = "engine.plan"
 _BAD_DTYPE = "the tensorrt backend builds torch.float16 or torch.float32 engines, got {dtype}; use one of those."
@@ -46,7 +46,7 @@ def _ort_providers() -> list[str] | None:
 
 
 def _target(device: torch.device) -> Any:
-    from fairsample.engines.gpu_info import current_target
+    from fairsample.core.gpu_info import current_target
 
     return current_target(device)
 
@@ -94,7 +94,7 @@ def load_trt_engine(
         seq_len: S when the bundle has no conditioner.
         max_batch: B of the default profiles (N = B and N = 2B for CFG at the model's resolution).
         profiles: extra user profiles, appended to the defaults.
-        strict: raise :class:`~fairsample.errors.EngineLoadError` instead of rebuilding or falling back.
+        strict: raise :class:`~fairsample.core.errors.EngineLoadError` instead of rebuilding or falling back.
         rebuild: ``"auto"`` rebuilds an incompatible cached plan; ``"never"`` falls back instead.
         unsafe: load a plan whose validation report is missing or failed.
         refit: build a refittable plan (``BuilderFlag.REFIT``; slower engine, ENGINES.md §8).

@@ -24,7 +24,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from fairsample.engines.base import (
+from fairsample.core.engine_spec import (
     PREDICTION_TYPES,
     EngineLifetime,
     EngineSpec,
@@ -36,7 +36,7 @@ from fairsample.engines.base import (
     is_finite,
     sample_size_hw,
 )
-from fairsample.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.core.errors import ConfigError, EngineLoadError, ValidationFailed
 
 _NOT_A_UNET = "`unet` must be a diffusers UNet2DConditionModel, got {type_name}; load the bundle's U-Net first."
 _BAD_PREDICTION_TYPE = "`prediction_type` must be one of {allowed}, got {value!r}; use the bundle's prediction_type."
@@ -96,7 +96,8 @@ class TorchEngine(EngineLifetime):
         seq_len: S of ``encoder_hidden_states`` to enforce, or None to accept any S.
         batch_invariant: run ``conv2d`` and 2-D ``linear`` per sample so sample i is bitwise identical whatever the
             batch (module docstring); False runs the plain batched forward, ~1e-6 off across batch sizes.
-        check_finite: debug/validation mode: raise :class:`~fairsample.errors.ValidationFailed` on NaN/Inf outputs.
+        check_finite: debug/validation mode: raise :class:`~fairsample.core.errors.ValidationFailed` on NaN/Inf
+            outputs.
 
     Raises:
         ConfigError: ``unet`` is not a ``UNet2DConditionModel``, or a bad ``prediction_type`` or ``dtype``.
@@ -204,7 +205,7 @@ class TorchEngine(EngineLifetime):
 
     @property
     def unet(self) -> UNet2DConditionModel:
-        """The wrapped U-Net (raises :class:`~fairsample.errors.EngineLoadError` after :meth:`close`)."""
+        """The wrapped U-Net (raises :class:`~fairsample.core.errors.EngineLoadError` after :meth:`close`)."""
         if self._unet is None:
             raise EngineLoadError(_CLOSED)
         return self._unet

@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 import torch
 from torch import Tensor
 
-from fairsample.engines.base import (
+from fairsample.core.engine_spec import (
     EngineLifetime,
     EngineSpec,
     MemoryReport,
@@ -29,8 +29,8 @@ from fairsample.engines.base import (
     check_out,
     is_finite,
 )
-from fairsample.engines.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
-from fairsample.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.core.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.core.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
 from fairsample.export.trt_profiles import INPUT_NAMES, OUTPUT_NAME, select_profile
 
 DEFAULT_MAX_GRAPHS = 8
@@ -137,7 +137,7 @@ def check_manifest(manifest: Mapping[str, Any], target: TrtTarget, *, unsafe: bo
 
     Args:
         manifest: the cache entry's manifest.
-        target: this machine (:func:`~fairsample.engines.gpu_info.current_target`).
+        target: this machine (:func:`~fairsample.core.gpu_info.current_target`).
         unsafe: accept a missing or failed validation report.
 
     Returns:
@@ -243,7 +243,7 @@ def plan_load(
 ) -> FallbackDecision | None:
     """The pre-deserialisation half of the load flow on this machine: None = go ahead and load, else a decision.
 
-    Detects tensorrt, the GPU (:func:`~fairsample.engines.gpu_info.current_target`) and onnxruntime's providers, runs
+    Detects tensorrt, the GPU (:func:`~fairsample.core.gpu_info.current_target`) and onnxruntime's providers, runs
     :func:`check_manifest`, and on a problem returns :func:`decide_fallback`'s decision. A None from
     ``deserialize_cuda_engine`` afterwards goes through :func:`decide_fallback` with :data:`DESERIALIZE_FAILED`.
 
@@ -297,7 +297,7 @@ def engine_capabilities(manifest: Mapping[str, Any], spec: EngineSpec, *, cuda_g
     more than one shape, ``cuda_graphs`` when enabled, and always ``io_binding``.
 
     Example:
-        >>> from fairsample.engines.base import ShapeProfile
+        >>> from fairsample.core.engine_spec import ShapeProfile
         >>> spec = EngineSpec(in_channels=4, out_channels=4, sample_size=8, seq_len=4, hidden_dim=8,
         ...                   prediction_type="epsilon", profiles=(ShapeProfile((1, 8, 8), (2, 8, 8), (2, 8, 8)),))
         >>> sorted(engine_capabilities({"key_parts": {"builder": {"refit": True}}}, spec, cuda_graphs=False))
@@ -476,7 +476,7 @@ class TensorRTEngine(EngineLifetime):
     """The TensorRT backend behind the :class:`~fairsample.engines.Engine` API (ENGINES.md §2, §5, §8, §9).
 
     Loading checks the manifest against this machine *before* deserialising (:func:`check_manifest`) and turns a
-    None engine into a one-line :class:`~fairsample.errors.EngineLoadError`. Each call picks the profile with the
+    None engine into a one-line :class:`~fairsample.core.errors.EngineLoadError`. Each call picks the profile with the
     nearest ``opt`` (:func:`~fairsample.export.trt_profiles.select_profile`), binds the caller's contiguous float32
     CUDA tensors with ``set_tensor_address`` and runs ``execute_async_v3`` on the engine's torch stream. The result
     is an engine-owned buffer valid until the next call, unless ``out=`` is given (rule 2.3-2). Repeated shapes are
@@ -490,7 +490,7 @@ class TensorRTEngine(EngineLifetime):
         device: a CUDA device, e.g. ``"cuda:0"``.
         cuda_graphs: capture/replay CUDA graphs for repeated exact shapes.
         max_graphs: LRU capacity of the graph cache.
-        check_finite: debug/validation mode: raise :class:`~fairsample.errors.ValidationFailed` on NaN/Inf.
+        check_finite: debug/validation mode: raise :class:`~fairsample.core.errors.ValidationFailed` on NaN/Inf.
         unsafe: load even when the validation report is missing or failed.
 
     Raises:

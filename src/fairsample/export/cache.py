@@ -4,7 +4,7 @@ A key is the sha256 of the canonical JSON of its key parts (§7.1); weights are 
 (:func:`weights_sha256`) and enter the parts as one digest. Entries are published atomically (built in a temporary
 folder, then ``os.replace``), built under one ``fcntl`` file lock per key, and evicted least-recently-used beyond a
 size cap. A corrupt, truncated or foreign entry is marked stale and rebuilt with a one-line reason (a
-:class:`~fairsample.errors.FairsampleWarning`), never a raw deserialisation error.
+:class:`~fairsample.core.errors.FairsampleWarning`), never a raw deserialisation error.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fairsample.errors import ConfigError, FairsampleWarning
+from fairsample.core.errors import ConfigError, FairsampleWarning
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

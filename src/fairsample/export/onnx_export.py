@@ -23,7 +23,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor
 
-from fairsample.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.core.errors import ConfigError, EngineLoadError, ValidationFailed
 
 Exporter = Literal["dynamo", "dynamo-noopt", "legacy"]
 EXPORTERS: tuple[Exporter, ...] = ("dynamo", "dynamo-noopt", "legacy")
@@ -298,7 +298,7 @@ def onnx_parity_report(
     Returns:
         The :func:`~fairsample.export.validate.parity_report` dict, with ``name`` set to the file name.
     """
-    from fairsample.engines.ort_engine import create_session
+    from fairsample.export.ort_session import create_session
     from fairsample.export.validate import parity_report
 
     session, _ = create_session(path, device="cpu", intra_op_threads=1)
@@ -332,7 +332,8 @@ def audit_graph(model: onnx.ModelProto, *, channels: tuple[int, int], seq_len: i
         >>> audit_graph(helper.make_model(g), channels=(3, 3), seq_len=4, hidden_dim=16)
         Traceback (most recent call last):
         ...
-        fairsample.errors.ValidationFailed: exported graph fixed sample[0] to 2 but it must stay dynamic (batch); ...
+        fairsample.core.errors.ValidationFailed: exported graph fixed sample[0] to 2 but it must stay dynamic (batch);
+            ...
     """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}

@@ -17,7 +17,7 @@ import onnx
 import onnxscript
 import onnxscript.optimizer
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.export.onnx_export import save_with_external_data
 
 OPT_MODEL_FILE = "model.opt.onnx"

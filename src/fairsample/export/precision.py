@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.export.onnx_export import save_with_external_data
 
 FP16_MODEL_FILE = "model.fp16.onnx"

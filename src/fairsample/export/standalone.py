@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 
 
 def copy_engine_files(

@@ -6,7 +6,8 @@ everything the ``plan/`` cache key covers, and it is unit-tested on CPU. :func:`
 ``CUDA_MODULE_LOADING=LAZY``, streams its progress lines to the parent and writes the plan to a temporary file. An
 out-of-memory build is retried once with half the workspace and each profile's ``max`` clamped to its ``opt``
 (:func:`oom_retry_recipe`); the returned :class:`BuiltPlan` carries the recipe that was actually built, which is the
-one the cache must key by. Every failure raises :class:`~fairsample.errors.EngineLoadError` with a one-line reason.
+one the cache must key by. Every failure raises :class:`~fairsample.core.errors.EngineLoadError` with a one-line
+reason.
 
 tensorrt is imported only inside the child (and only there); the parent needs just torch.
 """
@@ -29,9 +30,9 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from fairsample.engines.base import PRECISIONS, Precision, ShapeProfile
-from fairsample.engines.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
-from fairsample.errors import ConfigError, EngineLoadError
+from fairsample.core.engine_spec import PRECISIONS, Precision, ShapeProfile
+from fairsample.core.errors import ConfigError, EngineLoadError
+from fairsample.core.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
 from fairsample.export.trt_profiles import INPUT_NAMES, input_shapes, profile_to_dict, validate_profiles
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ WorkerFn = Callable[..., None]
 
 @dataclass(frozen=True)
 class TrtBuildRecipe:
-    """Everything one TensorRT build depends on except the machine (:class:`~fairsample.engines.gpu_info.TrtTarget`).
+    """Everything one TensorRT build depends on except the machine (:class:`~fairsample.core.gpu_info.TrtTarget`).
 
     Paths are inputs, never key parts: the ONNX enters the key by content (``onnx_key`` + ``weights_sha256``, or the
     sha256 of the ONNX files), and the timing cache is keyed separately (:meth:`timing_cache_key_parts`).
@@ -118,7 +119,7 @@ class TrtBuildRecipe:
         weights_sha256: hash of the weights baked into the plan; required with ``onnx_key`` unless ``strip_plan``.
 
     Example:
-        >>> from fairsample.engines.gpu_info import TrtTarget
+        >>> from fairsample.core.gpu_info import TrtTarget
         >>> from fairsample.export.trt_profiles import default_profiles
         >>> r = TrtBuildRecipe(onnx_path="m/model.fp16.onnx", profiles=default_profiles(32, 2), onnx_key="ab12",
         ...                    weights_sha256="cd34")
@@ -191,7 +192,7 @@ class TrtBuildRecipe:
         """Every input of the ``plan/`` key (ENGINES.md §7.1), JSON-safe.
 
         Args:
-            target: the machine facts; None = :func:`~fairsample.engines.gpu_info.current_target` (needs a GPU).
+            target: the machine facts; None = :func:`~fairsample.core.gpu_info.current_target` (needs a GPU).
 
         Returns:
             ``{"artifact", "schema", "onnx", "weights", "precision", "strongly_typed", "profiles", "builder",
@@ -257,7 +258,8 @@ class TrtBuildRecipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrtBuildRecipe:
-        """Inverse of :meth:`to_dict` (unknown keys raise :class:`~fairsample.errors.ConfigError` via the init)."""
+        """Inverse of :meth:`to_dict` (unknown keys raise :class:`~fairsample.core.errors.ConfigError` via the
+        init)."""
         fields = dict(data)
         fields["profiles"] = validate_profiles(fields.get("profiles", ()))
         fields["tactic_sources"] = tuple(fields.get("tactic_sources", ()))
@@ -440,7 +442,7 @@ def build_plan(recipe: TrtBuildRecipe, *, progress: ProgressFn | None = None) ->
     """Build a TensorRT plan from ``recipe`` in a child process (spawn, ``CUDA_MODULE_LOADING=LAZY``).
 
     The child parses the ONNX (reporting every parser error), sets the workspace cap, optimisation level, flags and
-    one optimisation profile per :class:`~fairsample.engines.base.ShapeProfile` (``set_shape`` for every input),
+    one optimisation profile per :class:`~fairsample.core.engine_spec.ShapeProfile` (``set_shape`` for every input),
     loads/saves the timing cache, and checks ``build_serialized_network`` for None. On an out-of-memory failure the
     build is retried once with :func:`oom_retry_recipe`.
 

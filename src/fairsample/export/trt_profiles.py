@@ -1,6 +1,6 @@
 """TensorRT optimisation-profile planning: default profiles, validation, nearest-opt selection (ENGINES.md §2.3, §5).
 
-A fairsample profile is a :class:`~fairsample.engines.base.ShapeProfile` over the engine's dynamic dims (N, H, W);
+A fairsample profile is a :class:`~fairsample.core.engine_spec.ShapeProfile` over the engine's dynamic dims (N, H, W);
 every other dim (C, S, D) is static and comes from the ONNX graph. This module is pure Python: it never imports
 tensorrt, so the build recipe and the runtime's profile choice are unit-tested on CPU.
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fairsample.engines.base import ShapeProfile
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import ShapeProfile
+from fairsample.core.errors import ConfigError
 
 INPUT_NAMES: tuple[str, str, str] = ("sample", "timestep", "encoder_hidden_states")
 """Engine inputs, in binding order (ENGINES.md §2.1)."""

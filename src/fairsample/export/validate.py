@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairsample._json import json_safe
-from fairsample.errors import ConfigError, ValidationFailed
+from fairsample.core.errors import ConfigError, ValidationFailed
+from fairsample.core.json_safe import json_safe
 
 Forward = Callable[[Tensor, Tensor, Tensor], Tensor | np.ndarray]
 """``(sample (N, C, H, W), timestep (N,), encoder_hidden_states (N, S, D)) -> (N, C_out, H, W)`` float32."""

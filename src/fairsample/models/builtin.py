@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 
 PredictionType = Literal["epsilon", "v_prediction"]
 

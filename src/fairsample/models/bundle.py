@@ -31,8 +31,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DCondit
 from torch import Tensor
 
 from fairsample._version import __version__
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey, parse_cell
-from fairsample.errors import ConfigError
 from fairsample.models.conditioners import ClipTextConditioner, TokenTableConditioner, load_conditioner
 
 CONFIG_FILE = "fairsample_config.json"

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 
 _UNKNOWN_VALUE = "cell {cell} has {slot}={value!r}, which this model was not trained on; known {slot} values: {known}."
 _MISSING_SLOT = "cell {cell} has no value for {slot!r}; this model's cells have {slots}."

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
-from fairsample.model_source import ModelSource, inspect_model
 from fairsample.models.bundle import ModelBundle, new_latent_bundle
 from fairsample.models.conditioners import ClipTextConditioner, default_template
+from fairsample.models.source import ModelSource, inspect_model
 
 _NO_SAFETENSORS = (
     "`{flag}` {path}: {part}/ has no safetensors weights ({why}); fairsample never unpickles .bin files: re-save "
@@ -132,7 +132,7 @@ def import_sd(
         value_text: display text per value, e.g. ``{"tone": {"dark": "dark-skinned"}}``.
         flag: the option the path came from (named in errors).
         dtype: weight dtype of the loaded modules.
-        source: a :func:`~fairsample.model_source.inspect_model` result (inspected here when omitted).
+        source: a :func:`~fairsample.models.source.inspect_model` result (inspected here when omitted).
 
     Returns:
         A :class:`ModelBundle` with ``config["source"]`` and ``config["template"]``; images are

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 from fairsample.samplers.base import (
     ConditioningPlan,
     SamplerFn,

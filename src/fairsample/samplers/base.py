@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypedDict, cast
 import torch
 from torch import Tensor
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 
 SamplerFn = Callable[..., Tensor]
 """A sampler: ``fn(engine, scheduler, latents, plan, *, num_inference_steps, guidance_scale, generator, callback,

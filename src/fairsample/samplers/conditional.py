@@ -14,8 +14,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from tqdm import tqdm
 
-from fairsample.engines.base import Engine
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import Engine
+from fairsample.core.errors import ConfigError
 from fairsample.samplers.base import ConditioningPlan, StepCallback, StepInfo
 from fairsample.samplers.guidance import (
     GuidanceScale,

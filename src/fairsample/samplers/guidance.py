@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from fairsample.engines.base import Engine
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import Engine
+from fairsample.core.errors import ConfigError
 from fairsample.samplers.base import ConditioningPlan
 
 GuidanceScale = float | Tensor

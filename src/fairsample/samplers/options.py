@@ -3,7 +3,7 @@
 | sampler | options |
 |---|---|
 | ``conditional`` | none |
-| ``attribute_switch`` | ``attribute`` (default: the model's only sensitive attribute), ``to`` (a value, a map ``"light:dark,dark:light"``, ``"uniform"``; default: the other value of a binary attribute), ``tau`` (training timesteps in [0, T]; default None: the pipeline uses the cached τ* of this model, attribute and the value pairs switched, or searches it — :func:`fairsample.tau_search.resolve_tau`) |
+| ``attribute_switch`` | ``attribute`` (default: the model's only sensitive attribute), ``to`` (a value, a map ``"light:dark,dark:light"``, ``"uniform"``; default: the other value of a binary attribute), ``tau`` (training timesteps in [0, T]; default None: the pipeline uses the cached τ* of this model, attribute and the value pairs switched, or searches it — :func:`fairsample.samplers.tau_search.resolve_tau`) |
 | ``mixing`` | ``attribute``, ``to`` |
 | ``fairdiffusion_perturbed`` | ``perturbation`` (a ``perturbation.json`` path; default: the bundle's own file, else zero offsets with a warning) |
 """  # noqa: E501
@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fairsample.errors import ConfigError, FairsampleWarning
+from fairsample.core.errors import ConfigError, FairsampleWarning
 from fairsample.samplers.perturbed import FILE_NAME, Perturbation
 from fairsample.samplers.switch import check_tau, parse_target
 

@@ -22,9 +22,9 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from fairsample.core.engine_spec import Engine
+from fairsample.core.errors import ConfigError, DataError
 from fairsample.data.schema import CellKey
-from fairsample.engines.base import Engine
-from fairsample.errors import ConfigError, DataError
 from fairsample.samplers.base import ConditioningPlan, StepCallback
 from fairsample.samplers.conditional import run_guided_loop
 

@@ -21,7 +21,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from fairsample.errors import ConfigError
+from fairsample.core.errors import ConfigError
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,

@@ -37,8 +37,8 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-from fairsample.engines.base import Engine
-from fairsample.errors import ConfigError
+from fairsample.core.engine_spec import Engine
+from fairsample.core.errors import ConfigError
 from fairsample.samplers.base import ConditioningPlan
 from fairsample.samplers.guidance import guided_prediction
 from fairsample.samplers.switch import switch_index

@@ -36,8 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fairsample.core.errors import ConfigError, FairsampleWarning
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 Y_PRIME_POLICIES: tuple[str, ...] = ("prior", "same_attribute", "same_label_other_attribute", "uniform")

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairsample.core.errors import ConfigError, FairsampleWarning
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, FairsampleWarning
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 _MODES = ("improved", "random", "reference")
@@ -631,8 +631,8 @@ def _versions() -> dict[str, str | None]:
 def fbp_preset(mode: str, name: str) -> Callable[..., FairBayesianPerturbation]:
     """A method factory for ``METHODS``: keyword options are the :class:`FBPConfig` fields except ``mode``.
 
-    The factory's signature lists the options, so :func:`~fairsample.train.methods.get_method` rejects unknown ones
-    with a one-line :class:`~fairsample.errors.ConfigError`; direct calls check them too.
+    The factory's signature lists the options, so :func:`~fairsample.train.presets.get_method` rejects unknown ones
+    with a one-line :class:`~fairsample.core.errors.ConfigError`; direct calls check them too.
 
     Example:
         >>> fbp_preset("reference", "fairdiffusion")(window=5).cfg.window

@@ -3,7 +3,8 @@
 A fine-tuning method can erase what the model is conditioned on (the CBDM class-diversity term at τ = 1 pulled every
 skin tone of the demo towards the average: METHODS.md §3.3), and a fixed guidance scale can turn a model's samples to
 noise (a from-scratch v-prediction model drew its minority attribute in 100 % of samples at w = 1.5 and 0 % at w = 3).
-Both are caught by one measurement (:mod:`fairsample.eval.conditioning`): how often judges trained on the real data
+Both are caught by one measurement (:mod:`fairsample.evaluation.conditioning`): how often judges trained on the real
+data
 recover the requested label and attribute values from the model's samples.
 
 :func:`conditioning_guard`:
@@ -20,7 +21,8 @@ recover the requested label and attribute values from the model's samples.
    judged right less often than chance; else ``degraded`` when an accuracy (overall or of one attribute value)
    dropped by more than 0.15 from the starting point; else ``ok``. A drop warns (one :class:`FairsampleWarning` line).
 4. **Record** in the bundle's ``fairsample_config.json``: ``sampling`` (the selected setting, used by default by
-   :class:`~fairsample.pipeline.FairSamplePipeline` and ``fairsample generate``), ``sampling_selection`` (the table)
+   :class:`~fairsample.generation.pipeline.FairSamplePipeline` and ``fairsample generate``), ``sampling_selection``
+   (the table)
    and ``conditioning_guard`` (flag, reasons, scores, reference, thresholds, wall time).
 
 :func:`guard_after_training` runs it at the end of :func:`fairsample.train.loop.train` (``TrainConfig.guard``).
@@ -37,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fairsample._json import json_safe
+from fairsample.core.errors import ConfigError, FairsampleError, FairsampleWarning
+from fairsample.core.json_safe import json_safe
 from fairsample.data.folder import FolderDataset
-from fairsample.errors import ConfigError, FairsampleError, FairsampleWarning
-from fairsample.eval.conditioning import (
+from fairsample.evaluation.conditioning import (
     VALIDATION_SEED,
     ConditioningScores,
     Judges,
@@ -154,7 +156,7 @@ def guard_flag(
     """The guard's verdict on one set of scores.
 
     Args:
-        scores: the model's :class:`~fairsample.eval.conditioning.ConditioningScores`.
+        scores: the model's :class:`~fairsample.evaluation.conditioning.ConditioningScores`.
         reference: ``{"overall": {target: acc}, "by_group": {"attr=value": {target: acc}}}`` (start or ceiling;
             ``None`` accuracies are skipped).
         chance: ``{target: 1 / number of values}``.
@@ -167,7 +169,7 @@ def guard_flag(
         ``(flag, reasons)``: ``"collapsed"``, ``"degraded"`` or ``"ok"``, and one line per failed check.
 
     Example:
-        >>> from fairsample.eval.conditioning import SamplingSetting
+        >>> from fairsample.evaluation.conditioning import SamplingSetting
         >>> s = ConditioningScores(SamplingSetting(1.5), 8, [], {}, {"tone=dark": {"label": 0.9, "tone": 0.1, "n": 40},
         ...     "tone=light": {"label": 0.9, "tone": 1.0, "n": 40}}, {"label": 0.9, "tone": 0.55}, {}, {}, "label")
         >>> flag, reasons = guard_flag(s, {"overall": {"label": 0.9, "tone": 1.0}}, {"label": 0.2, "tone": 0.5})
@@ -212,7 +214,7 @@ def select_setting(candidates: Sequence[ConditioningScores]) -> tuple[int, float
     """Index of the selected candidate and the tolerance (candidates in cost order, cheapest first).
 
     Example:
-        >>> from fairsample.eval.conditioning import SamplingSetting
+        >>> from fairsample.evaluation.conditioning import SamplingSetting
         >>> def sc(w, dark):
         ...     return ConditioningScores(SamplingSetting(w), 8, [], {}, {"t=a": {"label": 1.0, "t": 1.0, "n": 40},
         ...                               "t=b": {"label": dark, "t": 1.0, "n": 40}}, {}, {}, {}, "label")
@@ -343,10 +345,10 @@ def conditioning_guard(
         judge_epochs: judge training epochs.
         write: record ``sampling`` (when ``select``), ``sampling_selection`` and ``conditioning_guard`` in the bundle
             folder's ``fairsample_config.json`` (default: when the bundle has a folder).
-        warn: a one-line :class:`~fairsample.errors.FairsampleWarning` when the flag is not ``ok``.
+        warn: a one-line :class:`~fairsample.core.errors.FairsampleWarning` when the flag is not ``ok``.
         device: torch device for sampling.
         cache_dir: artifact store for the judges and the start's scores (default:
-            :func:`~fairsample.eval.conditioning.conditioning_cache_dir`, next to the engine cache).
+            :func:`~fairsample.evaluation.conditioning.conditioning_cache_dir`, next to the engine cache).
 
     Returns:
         :class:`GuardReport`.
@@ -434,7 +436,7 @@ def guard_after_training(
     Args:
         bundle_dir: the bundle just written.
         dataset: the training dataset.
-        config: the run's :class:`~fairsample.config.TrainConfig`.
+        config: the run's :class:`~fairsample.core.config.TrainConfig`.
         device: torch device for sampling.
         log: one-line messages (the loop's ``say``).
 

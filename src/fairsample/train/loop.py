@@ -32,18 +32,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fairsample.config import TrainConfig
+from fairsample.core.config import TrainConfig
+from fairsample.core.errors import ConfigError
 from fairsample.data.decode_check import check_decodable
 from fairsample.data.folder import FolderDataset
 from fairsample.data.schema import CellKey
 from fairsample.data.splits import split_indices
-from fairsample.errors import ConfigError
-from fairsample.model_source import ModelSource, finetune_defaults, inspect_model
 from fairsample.models.bundle import ModelBundle, library_versions, new_pixel_bundle
 from fairsample.models.conditioners import TokenTableConditioner
 from fairsample.models.sd_import import open_model
+from fairsample.models.source import ModelSource, finetune_defaults, inspect_model
 from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from fairsample.train.methods import SetupContext, StepContext, TrainMethod, get_method
+from fairsample.train.methods import SetupContext, StepContext, TrainMethod
+from fairsample.train.presets import get_method
 
 _NOT_EMPTY = (
     "`output_dir` {path} already holds a training run ({what}); pass --resume to continue it, or choose a new "
@@ -245,7 +246,7 @@ def _adopt_base_facts(cfg: TrainConfig, source: ModelSource) -> TrainConfig:
     """Resolution, prediction type and architecture of a fine-tune are the base model's: fields left at their
     :class:`TrainConfig` defaults take the base's values (so the bundle's ``train`` record shows what was used); a
     different explicit value is an error. Learning rate and warm-up are choices, applied by the CLI
-    (:func:`~fairsample.model_source.finetune_defaults`)."""
+    (:func:`~fairsample.models.source.finetune_defaults`)."""
     base = finetune_defaults(source)
     defaults = TrainConfig()
     changes: dict[str, Any] = {}
@@ -291,7 +292,7 @@ def train(
     Args:
         dataset: a validated :class:`~fairsample.data.folder.FolderDataset` (cells = attribute values × label).
         output_dir: the bundle folder; ``checkpoints/`` and ``logs/train_log.jsonl`` live inside it.
-        config: :class:`~fairsample.config.TrainConfig` (defaults if omitted).
+        config: :class:`~fairsample.core.config.TrainConfig` (defaults if omitted).
         method: a :class:`~fairsample.train.methods.TrainMethod` (default:
             ``get_method(config.method, config.method_options)``).
         resume: continue from the newest checkpoint in ``output_dir`` (a fresh start if there is none).
@@ -311,7 +312,7 @@ def train(
         >>> from fairsample.data import load_folder  # doctest: +SKIP
         >>> train(load_folder("demo"), "runs/m", TrainConfig(max_steps=200))  # doctest: +SKIP
     """
-    from fairsample.errors import require
+    from fairsample.core.errors import require
 
     require("accelerate", feature="training")  # a missing extra names `pip install 'fairsample[train]'`
     from accelerate import Accelerator

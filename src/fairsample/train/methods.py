@@ -29,10 +29,6 @@ import torch
 from torch import Tensor
 
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
-
-_BAD_METHOD = "`method` must be one of {names}, got {name!r}."
-_BAD_OPTIONS = "`method_options` {extra} are not options of method {name!r}; its options are {known}."
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -50,7 +46,7 @@ class SetupContext:
         label_name: the label column's name.
         bundle: the model bundle being trained (unprepared modules).
         device: the training device.
-        config: the resolved :class:`~fairsample.config.TrainConfig`.
+        config: the resolved :class:`~fairsample.core.config.TrainConfig`.
         dataset: the :class:`~fairsample.data.folder.FolderDataset` (its root resolves preference files).
         load_images: ``load_images(paths) -> (B, C, h, w)`` model inputs for image files (pixels in [-1, 1], or
             VAE latents), as the loop prepares training images.
@@ -138,7 +134,8 @@ class TrainMethod:
 
     def check_config(self, config: Any) -> None:
         """Called by :func:`~fairsample.train.loop.train` before any data or model loads; raises
-        :class:`~fairsample.errors.ConfigError` for a :class:`~fairsample.config.TrainConfig` the method cannot run
+        :class:`~fairsample.core.errors.ConfigError` for a :class:`~fairsample.core.config.TrainConfig` the method
+        cannot run
         with (e.g. preference tuning that must build its pairs from ``--init-from`` but has none)."""
 
     def setup(self, ctx: SetupContext) -> None:
@@ -211,36 +208,3 @@ class TrainMethod:
     def config(self) -> dict[str, Any]:
         """The method's resolved settings, recorded in the bundle."""
         return {"name": self.name, "method_status": self.method_status}
-
-
-#: method name -> factory(**options); the fair-method presets register here (fairsample.train.presets).
-METHODS: dict[str, Callable[..., TrainMethod]] = {"vanilla": TrainMethod}
-
-
-def get_method(name: str, options: Mapping[str, Any] | None = None) -> TrainMethod:
-    """Instantiate a registered method with its options.
-
-    Raises:
-        ConfigError: an unknown name (the message lists the names) or options the method does not take.
-
-    Example:
-        >>> get_method("vanilla").name
-        'vanilla'
-    """
-    import fairsample.train.presets  # noqa: F401  (registers the fair-method presets)
-
-    if name not in METHODS:
-        raise ConfigError(_BAD_METHOD.format(names=sorted(METHODS), name=name))
-    factory = METHODS[name]
-    opts = dict(options or {})
-    if not opts:
-        return factory()
-    import inspect
-
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        extra = sorted(set(opts) - set(params))
-        if extra:
-            known = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty)
-            raise ConfigError(_BAD_OPTIONS.format(extra=extra, name=name, known=known))
-    return factory(**opts)

@@ -23,7 +23,7 @@ option: Diffusion-DPO's ``--sft`` *replaces* the DPO loss). Pairs are read from 
 images are loaded once and cached. Each micro-step draws ``pairs_per_step`` pairs (with replacement) from the step's
 generator, so runs and ``--resume`` are deterministic; pairs are always conditioned on their cell (no CFG dropout).
 
-Without ``preferences`` the pairs are built at setup (as the study does): :func:`fairsample.prefs_build.
+Without ``preferences`` the pairs are built at setup (as the study does): :func:`fairsample.train.prefs_build.
 build_preferences` generates candidates with the ``--init-from`` model and ranks them by a classifier trained on the
 run's **training rows only**, into ``OUTPUT/preferences/`` (reused by ``--resume``); the bundle records how under
 ``preferences_built``. These pairs are a classifier-confidence proxy, not physician judgements.
@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data.preferences import PreferencePair, read_preferences
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 PREF_LOSSES: tuple[str, str] = ("diffusion_dpo", "fairgen_ref_free")
@@ -67,7 +67,7 @@ DEFAULT_BETA: dict[str, float] = {"diffusion_dpo": 5000.0, "fairgen_ref_free": 0
 #: ``source`` recorded when the preference file has no companion JSON saying where the pairs came from
 UNSPECIFIED_SOURCE = "unspecified (user-supplied file)"
 
-#: keys of the ``prefs_build`` option (passed to :func:`fairsample.prefs_build.build_preferences`)
+#: keys of the ``prefs_build`` option (passed to :func:`fairsample.train.prefs_build.build_preferences`)
 PREFS_BUILD_KEYS: tuple[str, ...] = (
     "backend", "batch_size", "candidates", "classifier_epochs", "guidance_scale", "per_cell", "scorer", "steps",
 )  # fmt: skip
@@ -188,7 +188,8 @@ class PreferenceTuning(TrainMethod):
         sft_weight: weight of an extra plain MSE on winners; 0 disables (> 0 is a project extension).
         share_noise: ``fairgen_ref_free`` only: one ε for both images of a pair (default false, as FairGen);
             ``diffusion_dpo`` always shares t and ε.
-        prefs_build: options of :func:`~fairsample.prefs_build.build_preferences` when ``preferences`` is ``None``
+        prefs_build: options of :func:`~fairsample.train.prefs_build.build_preferences` when ``preferences`` is
+            ``None``
             (keys :data:`PREFS_BUILD_KEYS`; its defaults otherwise; the seed is the run's ``seed``).
         preset: the preset this term belongs to (``"dpo"`` or ``"fairgen"``); it decides which loss is the
             published one for ``method_status``.
@@ -329,7 +330,7 @@ class PreferenceTuning(TrainMethod):
         """Proxy pairs from the --init-from model on the run's training rows, in ``OUTPUT/preferences/`` (the study's
         recipe); reused when ``build.json`` there records the same inputs (``--resume``)."""
         from fairsample.data.splits import split_indices
-        from fairsample.prefs_build import PROXY_SOURCE, build_preferences
+        from fairsample.train.prefs_build import PROXY_SOURCE, build_preferences
 
         cfg = ctx.config
         self.check_config(cfg)

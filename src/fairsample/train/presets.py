@@ -1,17 +1,23 @@
 """Method presets selectable with ``fairsample train --method NAME`` (METHODS.md §3; issue #5).
 
-Each preset is a factory registered in :data:`fairsample.train.methods.METHODS`; its keyword options are the
-``[train.method_options]`` table of a TOML config (or ``--method-option key=value`` flags). Importing this module
-registers every preset; :func:`fairsample.train.methods.get_method` does it on first use.
+This module is the method registry: :data:`METHODS` maps each name to a factory whose keyword options are the
+``[train.method_options]`` table of a TOML config (or ``--method-option key=value`` flags), and :func:`get_method`
+instantiates one. The method modules below it (resampling, cbdm, fbp, preference, compose) never import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from fairsample.train.methods import METHODS, TrainMethod
+from fairsample.core.errors import ConfigError
+from fairsample.train.methods import TrainMethod
 
-METHODS.setdefault("vanilla", TrainMethod)
+_BAD_METHOD = "`method` must be one of {names}, got {name!r}."
+_BAD_OPTIONS = "`method_options` {extra} are not options of method {name!r}; its options are {known}."
+
+#: method name -> factory(**options)
+METHODS: dict[str, Callable[..., TrainMethod]] = {"vanilla": TrainMethod}
 
 # -- resampling and class diversity: CBRS, SQRS, CBDM, FairSkin-C/-S (METHODS.md §3.2–3.4) ---------------------------
 from fairsample.train.cbdm import ClassDiversity  # noqa: E402
@@ -144,3 +150,30 @@ def fairgen(
 
 
 METHODS.update({"dpo": dpo, "fairgen": fairgen})
+
+
+def get_method(name: str, options: Mapping[str, Any] | None = None) -> TrainMethod:
+    """Instantiate a registered method with its options.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the names) or options the method does not take.
+
+    Example:
+        >>> get_method("vanilla").name
+        'vanilla'
+    """
+    if name not in METHODS:
+        raise ConfigError(_BAD_METHOD.format(names=sorted(METHODS), name=name))
+    factory = METHODS[name]
+    opts = dict(options or {})
+    if not opts:
+        return factory()
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        extra = sorted(set(opts) - set(params))
+        if extra:
+            known = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty)
+            raise ConfigError(_BAD_OPTIONS.format(extra=extra, name=name, known=known))
+    return factory(**opts)

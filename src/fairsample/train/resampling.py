@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
-from fairsample.errors import ConfigError
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
 _BAD_OPTION = "`{name}` must be {what}, got {value!r}; {fix}."

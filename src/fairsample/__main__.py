@@ -1,0 +1,5 @@
+"""``python -m fairsample``: the command line."""
+
+from fairsample.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m fairsample.cli``: the command line."""
+
+from fairsample.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Generation: the sampling pipeline (plan, in-memory sampling, resumable folder writer) and augmentation plans."""
