@@ -28,8 +28,9 @@ demo: setup
 	$(BIN)/fairsample generate --output-dir $(DEMO_OUT) --per-cell 8 --overwrite
 	$(BIN)/fairsample data check $(DEMO_OUT)
 
+# two workers (pytest-xdist), one test file per worker at a time so module fixtures are built once
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

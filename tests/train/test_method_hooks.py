@@ -33,12 +33,20 @@ class OnlyDarkZeroWeight(TrainMethod):
 
 
 class ExtraTerm(TrainMethod):
+    """Only the extra term trains: the main loss is weighted 0, the extra term pulls the unconditional prediction
+    toward zero through ``ctx.denoise`` (with gradients) times ``scale``."""
+
     name = "test-extra"
 
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def loss_weights(self, ctx):
+        return torch.zeros(len(ctx.cells))
+
     def extra_loss(self, ctx):
-        # pull the prediction under another cell toward zero: exercises ctx.denoise with gradients
         other = ctx.denoise(ctx.noisy, ctx.timesteps.float(), [None] * len(ctx.cells))
-        return 0.0 * other.pow(2).mean()
+        return self.scale * other.pow(2).mean()
 
 
 def test_sampling_weights_and_zero_loss_weights(demo_ds, tiny_cfg, tmp_path):
@@ -57,11 +65,17 @@ def test_sampling_weights_and_zero_loss_weights(demo_ds, tiny_cfg, tmp_path):
     assert ModelBundle.load(tmp_path / "m").config["method"]["name"] == "test-only-dark"
 
 
-def test_extra_loss_hook_runs(demo_ds, tiny_cfg, tmp_path):
-    res = train(
-        demo_ds, tmp_path / "e", tiny_cfg.replace(max_steps=2, checkpoint_every=0), method=ExtraTerm(), progress=False
-    )
-    assert np.isfinite(res.final_loss)
+def test_extra_loss_hook_trains_the_model(demo_ds, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(max_steps=2, checkpoint_every=0, weight_decay=0.0, use_ema=False)
+    for scale in (0.0, 1.0):
+        res = train(demo_ds, tmp_path / f"e{scale}", cfg, method=ExtraTerm(scale), progress=False)
+        assert np.isfinite(res.final_loss)
+    init = tmp_path / "init"
+    train(demo_ds, init, cfg.replace(max_steps=1, learning_rate=0.0, lr_warmup_steps=0), progress=False)
+    start = ModelBundle.load(init).unet.state_dict()
+    frozen, moved = (ModelBundle.load(tmp_path / f"e{s}").unet.state_dict() for s in (0.0, 1.0))
+    assert all(torch.equal(frozen[k], start[k]) for k in start)  # no main loss and a zero extra term: no update
+    assert any(not torch.equal(moved[k], start[k]) for k in start)  # the extra term alone moves the weights
 
 
 class Capture(TrainMethod):

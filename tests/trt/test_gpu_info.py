@@ -7,8 +7,8 @@ from importlib import metadata
 
 import pytest
 
+from fairsample.core import gpu_info
 from fairsample.core.gpu_info import BOTH_ORT_INSTALLED, TrtTarget, gpu_report, ort_conflict_warning, sm_name
-from fairsample.engines import gpu_info
 
 KEYS = {
     "python", "platform", "torch", "cuda_available", "cuda_runtime", "device_count", "device", "driver_version",

@@ -332,8 +332,7 @@ def audit_graph(model: onnx.ModelProto, *, channels: tuple[int, int], seq_len: i
         >>> audit_graph(helper.make_model(g), channels=(3, 3), seq_len=4, hidden_dim=16)
         Traceback (most recent call last):
         ...
-        fairsample.core.errors.ValidationFailed: exported graph fixed sample[0] to 2 but it must stay dynamic (batch);
-            ...
+        fairsample.core.errors.ValidationFailed: exported graph fixed sample[0] to 2 but it must stay dynamic ...
     """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}

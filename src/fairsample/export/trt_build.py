@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from fairsample.core.atomic import write_atomic
 from fairsample.core.engine_spec import PRECISIONS, Precision, ShapeProfile
 from fairsample.core.errors import ConfigError, EngineLoadError
 from fairsample.core.gpu_info import NO_CUDA_DEVICE, TENSORRT_MISSING, TrtTarget, current_target
@@ -704,15 +705,7 @@ def _all_initializers(graph: Any) -> Iterable[Any]:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
 def _major(version: str) -> int:

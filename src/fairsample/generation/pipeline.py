@@ -53,6 +53,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fairsample.core.atomic import write_atomic
 from fairsample.core.config import SampleConfig
 from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
@@ -720,11 +721,8 @@ def _csv_field(v: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary sibling and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write a text file atomically (:func:`fairsample.core.atomic.write_atomic`)."""
+    write_atomic(path, text)
 
 
 def _save_png_atomic(pixels: np.ndarray, path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from fairsample.core.atomic import write_atomic
 from fairsample.core.errors import ConfigError
 from fairsample.samplers import ConditioningPlan, initial_latents, make_generators
 from fairsample.samplers.switch import switch_index
@@ -152,9 +153,7 @@ def find_tau(
                             grid=grid, norm=norm, weighting=weighting, allow_coarse=allow_coarse)  # type: ignore[arg-type]  # fmt: skip
     result.settings.update(asked)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key_parts": parts, "result": result.to_dict()}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"key_parts": parts, "result": result.to_dict()}, indent=2) + "\n")
     return result, False
 
 

@@ -59,11 +59,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from fairsample.core.errors import ConfigError, FairsampleWarning
+from fairsample.core.rng import mix_seed
 from fairsample.data.schema import CellKey
 from fairsample.train.methods import SetupContext, StepContext, TrainMethod
 
@@ -149,11 +149,6 @@ class FBPConfig:
         if self.weights != "normal":
             out.append(f"weights={self.weights!r}")
         return out
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy SeedSequence)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 _EXPLORE, _BO = 1, 2  # stream tags of the seed-derived generators
@@ -493,7 +488,7 @@ class FairBayesianPerturbation(TrainMethod):
                         beta=self.cfg.ucb_beta,
                         num_restarts=self.cfg.num_restarts,
                         raw_samples=self.cfg.raw_samples,
-                        seed=_mix(self.seed, step, _BO),
+                        seed=mix_seed(self.seed, step, _BO),
                     )
                     packed[g] = acq
                     packed[g + 1 : 2 * g + 1] = sigma
@@ -534,7 +529,7 @@ class FairBayesianPerturbation(TrainMethod):
         return total
 
     def _generator(self, step: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_mix(self.seed, step, stream))
+        return torch.Generator().manual_seed(mix_seed(self.seed, step, stream))
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from fairsample.core.config import TrainConfig
 from fairsample.core.errors import ConfigError
+from fairsample.core.rng import mix_seed
 from fairsample.data.decode_check import check_decodable
 from fairsample.data.folder import FolderDataset
 from fairsample.data.schema import CellKey
@@ -132,7 +133,7 @@ class _IndexStream:
 
     def _epoch_order(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 7919, self._key, self._key >> 32))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 7919, self._key, self._key >> 32))
             if self.weights is None:
                 self._perm = torch.randperm(self.n, generator=g)
             else:
@@ -147,11 +148,6 @@ class _IndexStream:
         for p in range(start, start + count):
             rows.append(int(self._epoch_order(p // self.n)[p % self.n]))
         return rows, start // self.n
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy SeedSequence), for per-(seed, step, rank) generators."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -410,7 +406,7 @@ def train(
         x = _load_paths(dataset.root, paths, image_size)
         if bundle.vae is not None:  # a fixed posterior draw per file (seeded), so pair losses are reproducible
             with torch.no_grad():
-                g = torch.Generator().manual_seed(_mix(cfg.seed, 104729))
+                g = torch.Generator().manual_seed(mix_seed(cfg.seed, 104729))
                 x = bundle.encode(x.to(bundle.vae.device), generator=g)
         return x
 
@@ -539,7 +535,7 @@ def train(
             mine = batch_rows[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
             ds_rows = [int(rows[i]) for i in mine]
             cells = [all_cells[r] for r in ds_rows]
-            g = torch.Generator().manual_seed(_mix(cfg.seed, micro, rank))
+            g = torch.Generator().manual_seed(mix_seed(cfg.seed, micro, rank))
             flip = torch.rand(len(ds_rows), generator=g) < 0.5 if cfg.hflip else None
             # 1. clean inputs (pixels in [-1, 1], or VAE latents)
             with torch.no_grad():

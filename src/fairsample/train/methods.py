@@ -124,6 +124,7 @@ class TrainMethod:
     """The vanilla method; fair methods subclass it and override hooks (see the module docstring).
 
     Example:
+        >>> from fairsample.train.presets import get_method
         >>> m = get_method("vanilla")
         >>> m.sample_weights([CellKey((), "0")]) is None
         True
@@ -169,6 +170,7 @@ class TrainMethod:
         norm. Call it once per micro-step: methods draw their randomness from ``ctx.generator``.
 
         Example:
+            >>> from fairsample.train.presets import get_method
             >>> get_method("vanilla").extra_losses(None)
             {}
         """

@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fairsample.core.atomic import write_atomic
 from fairsample.core.errors import FairsampleWarning
 
 
@@ -34,11 +34,7 @@ def digest(doc: Any) -> str:
 def write_json(path: Path, doc: Any) -> None:
     """Atomic JSON write (temporary sibling + rename), world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairsample.core.atomic import write_atomic
 from fairsample.core.errors import ConfigError, DataError
 from fairsample.workflows.study.grid import append_jsonl, load_average, read_json, read_jsonl, run_parallel, write_json
 from fairsample.workflows.study.plan import plan_study
@@ -310,7 +311,5 @@ def run_study(
     results_path = root / "results.json"
     write_json(results_path, results)
     markdown_path = root / "RESULTS.md"
-    tmp = markdown_path.with_name(".RESULTS.md.tmp")
-    tmp.write_text(render_markdown(results), encoding="utf-8")
-    os.replace(tmp, markdown_path)
+    write_atomic(markdown_path, render_markdown(results))
     return StudyResult(root, results, results_path, markdown_path, ran, skipped, time.perf_counter() - t_start)
