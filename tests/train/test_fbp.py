@@ -157,7 +157,7 @@ def test_exploration_step_formula():
     m = setup_method(FairBayesianPerturbation(FBPConfig(window=1000, exploitation_rate=0.8, seed=5)))
     run_steps(m, range(3))
     for k in range(2):
-        u = torch.rand(5, generator=torch.Generator().manual_seed(fbp._mix(5, k, fbp._EXPLORE)), dtype=torch.float64)
+        u = torch.rand(5, generator=torch.Generator().manual_seed(fbp.mix_seed(5, k, fbp._EXPLORE)), dtype=torch.float64)
         expected = 0.8 * torch.tensor(m.trajectory[k]["sigma"], dtype=torch.float64) + 0.2 * u
         torch.testing.assert_close(torch.tensor(m.trajectory[k + 1]["sigma"], dtype=torch.float64), expected)
 
@@ -172,7 +172,7 @@ def test_bo_fires_exactly_at_window_multiples(monkeypatch):
     assert all(c["standardize"] is False and c["beta"] == 0.1 for c in calls)
     assert m.bo_updates == 3 and m.X == [] and m.Y == []
     # right after a BO update the exploration step still applies: σ = ρ·argmax + (1 − ρ)·u
-    u = torch.rand(5, generator=torch.Generator().manual_seed(fbp._mix(1, 3, fbp._EXPLORE)), dtype=torch.float64)
+    u = torch.rand(5, generator=torch.Generator().manual_seed(fbp.mix_seed(1, 3, fbp._EXPLORE)), dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(m.trajectory[4]["sigma"], dtype=torch.float64), 0.9 * 0.25 + 0.1 * u)
     # the GP inputs are the σ used at each step, the outcomes the rewards
     torch.testing.assert_close(
