@@ -25,23 +25,18 @@ def info(fmt: FormatOpt = Format.human) -> None:
     import importlib.resources
     import importlib.util
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
     from fairsample._version import __version__
+    from fairsample.core.provenance import package_versions
 
-    def _version(dist: str) -> str | None:  # read from the installed metadata: importing torch takes seconds
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return None
-
+    found = package_versions(["torch", "diffusers"])  # installed metadata: importing torch takes seconds
     # the same keys and folder as models.bundle.library_versions() / default_model_path(), without importing torch
     embedded = Path(str(importlib.resources.files("fairsample") / "assets" / "tone-digits-32"))
     doc = {
         "versions": {
             "fairsample": __version__,
-            "torch": _version("torch"),
-            "diffusers": _version("diffusers"),
+            "torch": found["torch"],
+            "diffusers": found["diffusers"],
             "python": platform.python_version(),
         },  # fmt: skip
         "embedded_model": str(embedded),

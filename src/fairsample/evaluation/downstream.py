@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import WeightedRandomSampler
@@ -852,6 +851,8 @@ def attribute_classifier_ber(
         learning_rate=learning_rate,
         seed=seed,
     )
-    # 3. balanced accuracy on the held-out part
-    bacc = float(balanced_accuracy_score(list(s[test_rows]), clf.predict(x_test)))
-    return BERResult(1.0 - bacc, bacc, classes, len(train_rows), len(test_rows), clf)
+    # 3. BER on the held-out part (the one BER implementation, fairness_ber.ber = 1 - balanced accuracy)
+    from fairsample.evaluation.fairness_ber import ber
+
+    error = ber(list(s[test_rows]), list(clf.predict(x_test)))
+    return BERResult(error, 1.0 - error, classes, len(train_rows), len(test_rows), clf)

@@ -86,7 +86,6 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +94,7 @@ import numpy as np
 from fairsample._version import __version__
 from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.core.json_safe import json_safe
+from fairsample.core.provenance import package_versions
 from fairsample.evaluation.aggregate import (  # noqa: F401  (FAIRNESS_METRICS and _mean_sd are re-exported)
     FAIRNESS_METRICS,
     _cell_columns,
@@ -692,11 +692,7 @@ def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     distributions (``"not installed"`` when missing)."""
     out = {"fairsample": __version__, "python": platform.python_version(), "platform": platform.platform()}
     reported = ("torch", "torchmetrics", "fairlearn", "scikit-learn", "numpy", "pandas", "scipy", "matplotlib")
-    for dist in (*reported, *extra):
-        try:
-            out[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+    out.update(package_versions((*reported, *extra), missing="not installed"))  # type: ignore[arg-type]
     import torch
 
     out["torch_threads"] = str(torch.get_num_threads())

@@ -612,15 +612,9 @@ class FairBayesianPerturbation(TrainMethod):
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    from fairsample.core.provenance import package_versions
 
-    out: dict[str, str | None] = {}
-    for pkg in ("botorch", "gpytorch"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(["botorch", "gpytorch"])
 
 
 def fbp_preset(mode: str, name: str) -> Callable[..., FairBayesianPerturbation]:
