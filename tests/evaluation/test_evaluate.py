@@ -18,6 +18,7 @@ import fairsample.evaluation.evaluate as ev
 import fairsample.evaluation.heldout as ho
 from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import DatasetSpec, FolderDataset, load_folder, split_indices
+from fairsample.evaluation.aggregate import _BAD_SEEDS, _FEW_SEEDS
 from fairsample.evaluation.closure import gap_closure, gap_difference
 from fairsample.evaluation.evaluate import FAIRNESS_METRICS, evaluate
 from fairsample.evaluation.fairness_report import FairnessReport, fairness_report
@@ -610,8 +611,8 @@ def test_group_with_fewer_than_two_images(demo, sets, no_training):
 @pytest.mark.parametrize(
     ("kwargs", "template"),
     [
-        ({"seeds": (0,), "allow_few_seeds": False}, ev._FEW_SEEDS),
-        ({"seeds": (0, 0, 1)}, ev._BAD_SEEDS),
+        ({"seeds": (0,), "allow_few_seeds": False}, _FEW_SEEDS),
+        ({"seeds": (0, 0, 1)}, _BAD_SEEDS),
         ({"protocols": ("bogus",)}, ev._BAD_PROTOCOLS),
         ({"attribute": "nope"}, ev._UNKNOWN_ATTRIBUTE),
         ({"attribute": "label"}, ev._LABEL_ATTRIBUTE),

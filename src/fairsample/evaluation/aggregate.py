@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairsample.core.errors import ConfigError
+
 if TYPE_CHECKING:
     from fairsample.data.folder import FolderDataset
 
@@ -67,3 +69,31 @@ def _natural_key(value: str) -> tuple[int, float, str]:
     from fairsample.data.tables import natural_key as key
 
     return key(value)
+
+
+#: fewest classifier seeds a mean ± sd is reported over (unless allowed)
+MIN_SEEDS = 3
+_BAD_SEEDS = "`seeds` must be distinct integers >= 0, got {value!r}."
+_FEW_SEEDS = (
+    "`seeds` has {n} seed(s) {value!r}; mean ± sd needs at least {k} (e.g. seeds=(0, 1, 2)), or pass "
+    "allow_few_seeds=True (CLI: --allow-few-seeds)."
+)
+
+
+def check_seeds(seeds: Sequence[int], allow_few_seeds: bool) -> list[int]:
+    """Classifier seeds: distinct ints >= 0, at least :data:`MIN_SEEDS` unless ``allow_few_seeds`` (the one check used
+    by :func:`run_protocol` and :func:`fairsample.evaluation.evaluate.evaluate`).
+
+    Example:
+        >>> check_seeds((0, 1, 2), False)
+        [0, 1, 2]
+    """
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str):
+        raise ConfigError(_BAD_SEEDS.format(value=seeds))
+    values = list(seeds)
+    ints = all(not isinstance(s, bool) and isinstance(s, int | np.integer) and s >= 0 for s in values)
+    if not values or not ints or len(set(values)) != len(values):
+        raise ConfigError(_BAD_SEEDS.format(value=seeds))
+    if len(values) < MIN_SEEDS and not allow_few_seeds:
+        raise ConfigError(_FEW_SEEDS.format(n=len(values), value=values, k=MIN_SEEDS))
+    return [int(s) for s in values]

@@ -27,6 +27,7 @@ from fairsample.core.errors import ConfigError, DataError
 from fairsample.data.folder import FolderDataset
 from fairsample.data.splits import split_indices
 from fairsample.data.tables import natural_key
+from fairsample.evaluation.aggregate import _BAD_SEEDS, _FEW_SEEDS, MIN_SEEDS, check_seeds  # noqa: F401  (re-exported)
 from fairsample.evaluation.classifiers import TrainedClassifier, fit_classifier
 
 __all__ = [
@@ -50,7 +51,6 @@ Select = Literal["val", "last"] | int
 REWEIGHT_MODES: tuple[str, str] = ("per_sample", "per_group_share")
 PROTOCOLS: tuple[str, str, str] = ("real_only", "real_plus_synthetic", "synthetic_only")
 #: default number of seeds per protocol; fewer needs ``allow_few_seeds=True``
-MIN_SEEDS = 3
 
 _BAD_MODE = "`mode` must be one of {allowed}, got {value!r}."
 _BAD_REWEIGHT = "`reweight` must be None or one of {allowed}, got {value!r}."
@@ -73,10 +73,6 @@ _VAL_MISSING_GROUP = (
 )
 _BAD_PROTOCOL = "`protocol` must be one of {allowed}, got {value!r}."
 _NEED_SYNTHETIC = "protocol={protocol!r} needs a synthetic dataset; pass `synthetic=` or use protocol='real_only'."
-_BAD_SEEDS = "`seeds` must be distinct integers >= 0, got {value!r}."
-_FEW_SEEDS = (
-    "`seeds` has {n} seed(s) {value!r}; report at least {k} (mean ± sd), or pass allow_few_seeds=True to accept fewer."
-)
 _NO_ATTRIBUTE = "`attribute` is required: the real dataset's spec names no group columns."
 _MISSING_COLUMN = "the {which} dataset has no {what} column {column!r} (columns: {present}); fix the spec or metadata."
 _UNSEEN_VALUES = (
@@ -488,19 +484,6 @@ def _pixels(ds: FolderDataset, rows: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(ds.load_image(int(r), size=size), np.uint8) for r in rows])
 
 
-def _check_seeds(seeds: Sequence[int], allow_few_seeds: bool) -> list[int]:
-    """Distinct ints >= 0; at least MIN_SEEDS unless allowed."""
-    if not isinstance(seeds, Sequence) or isinstance(seeds, str):
-        raise ConfigError(_BAD_SEEDS.format(value=seeds))
-    values = list(seeds)
-    ints = all(not isinstance(s, bool) and isinstance(s, int | np.integer) and s >= 0 for s in values)
-    if not values or not ints or len(set(values)) != len(values):
-        raise ConfigError(_BAD_SEEDS.format(value=seeds))
-    if len(values) < MIN_SEEDS and not allow_few_seeds:
-        raise ConfigError(_FEW_SEEDS.format(n=len(values), value=values, k=MIN_SEEDS))
-    return [int(s) for s in values]
-
-
 def _check_columns(ds: FolderDataset, which: str, label: str, attribute: str) -> None:
     """The label and attribute columns exist, else a DataError naming the missing one."""
     for what, column in (("label", label), ("attribute", attribute)):
@@ -618,7 +601,7 @@ def run_protocol(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(_BAD_EPOCHS.format(value=epochs))
     _check_select(select, epochs)
-    seed_list = _check_seeds(seeds, allow_few_seeds)
+    seed_list = check_seeds(seeds, allow_few_seeds)
     if attribute is None:
         if not real.spec.groups:
             raise ConfigError(_NO_ATTRIBUTE)

@@ -95,7 +95,7 @@ from fairsample._version import __version__
 from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.core.json_safe import json_safe
 from fairsample.core.provenance import package_versions
-from fairsample.evaluation.aggregate import (  # noqa: F401  (FAIRNESS_METRICS and _mean_sd are re-exported)
+from fairsample.evaluation.aggregate import (
     FAIRNESS_METRICS,
     _cell_columns,
     _counts,
@@ -103,6 +103,7 @@ from fairsample.evaluation.aggregate import (  # noqa: F401  (FAIRNESS_METRICS a
     _mean_sd,
     _natural_key,
     _text_key,
+    check_seeds,  # noqa: F401  (FAIRNESS_METRICS and _mean_sd are re-exported)
 )
 
 if TYPE_CHECKING:
@@ -231,11 +232,6 @@ _EMPTY_SPLIT = (
     "{split} fraction."
 )
 _BAD_PROTOCOLS = "`protocols` must be a non-empty list of distinct values from {allowed}, got {value!r}."
-_BAD_SEEDS = "`seeds` must be distinct integers >= 0, got {value!r}."
-_FEW_SEEDS = (
-    "`seeds` has {n} seed(s) {value!r}; mean ± sd needs at least 3 (e.g. seeds=(0, 1, 2)), or pass "
-    "allow_few_seeds=True (CLI: --allow-few-seeds)."
-)
 _BAD_INT = "`{name}` must be an integer >= {low}, got {value!r}."
 _BAD_FRACTIONS = (
     "`fractions` must be three numbers >= 0 summing to 1 (train, val, test) with val, test > 0, got {value!r}."
@@ -453,18 +449,6 @@ def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
         raise ConfigError(_BAD_INT.format(name=name, value=value, low=low))
     return int(value)
-
-
-def _check_seeds(seeds: Any, allow_few: bool) -> tuple[int, ...]:
-    if isinstance(seeds, str) or not isinstance(seeds, Sequence):
-        raise ConfigError(_BAD_SEEDS.format(value=seeds))
-    values = list(seeds)
-    ok = all(not isinstance(s, bool) and isinstance(s, int | np.integer) and s >= 0 for s in values)
-    if not values or not ok or len(set(values)) != len(values):
-        raise ConfigError(_BAD_SEEDS.format(value=seeds))
-    if len(values) < 3 and not allow_few:
-        raise ConfigError(_FEW_SEEDS.format(n=len(values), value=[int(s) for s in values]))
-    return tuple(int(s) for s in values)
 
 
 def _check_protocols(protocols: Any) -> tuple[str, ...]:
@@ -959,7 +943,7 @@ def evaluate(
     seed = _check_int("seed", seed, 0)
     cfg = EvaluationSettings(
         protocols=_check_protocols(protocols),
-        seeds=_check_seeds(seeds, bool(allow_few_seeds)),
+        seeds=tuple(check_seeds(seeds, bool(allow_few_seeds))),
         epochs=_check_int("epochs", epochs, 1),
         size=_check_int("size", size, 8),
         k=_check_int("k", k, 1),
