@@ -157,7 +157,9 @@ def test_exploration_step_formula():
     m = setup_method(FairBayesianPerturbation(FBPConfig(window=1000, exploitation_rate=0.8, seed=5)))
     run_steps(m, range(3))
     for k in range(2):
-        u = torch.rand(5, generator=torch.Generator().manual_seed(fbp.mix_seed(5, k, fbp._EXPLORE)), dtype=torch.float64)
+        u = torch.rand(
+            5, generator=torch.Generator().manual_seed(fbp.mix_seed(5, k, fbp._EXPLORE)), dtype=torch.float64
+        )
         expected = 0.8 * torch.tensor(m.trajectory[k]["sigma"], dtype=torch.float64) + 0.2 * u
         torch.testing.assert_close(torch.tensor(m.trajectory[k + 1]["sigma"], dtype=torch.float64), expected)
 
