@@ -287,3 +287,25 @@ def test_augment_generates_the_planned_counts(real_dir, tmp_path):
     # re-running the same command generates nothing and leaves the folder complete
     again = json.loads(_invoke(*args).stdout)
     assert again["n_generated"] == 0 and json.loads((out / "config.json").read_text())["complete"] is True
+
+
+def test_sdk_augment_writes_the_plan_after_the_images(tmp_path):
+    from fairsample.data.demo import make_demo_dataset
+    from fairsample.data.folder import load_folder
+    from fairsample.generation.augment import augment, generation_plan
+    from fairsample.generation.pipeline import FairSamplePipeline
+
+    make_demo_dataset(tmp_path / "demo", source="digits")
+    ds = load_folder(tmp_path / "demo")
+    pipe = FairSamplePipeline()
+    plan = augmentation_plan(ds, total=6)
+    cfg = pipe.default_config().replace(steps=2)
+    result = augment(pipe, plan, tmp_path / "aug", cfg, progress=False, provenance={"data": "demo"})
+    assert result.n_images == 6 and len(list((tmp_path / "aug" / "images").glob("*.png"))) == 6
+    doc = json.loads((tmp_path / "aug" / "augment.json").read_text())
+    assert doc["data"] == "demo" and doc["total"] == 6 and doc["model"] == pipe.bundle.bundle_id
+    counts = {str(c): n for c, n in generation_plan(plan, pipe.bundle).counts().items()}
+    assert counts == {r.cell.to_text(): r.synthetic for r in plan.rows if r.synthetic}
+    unknown = augmentation_plan(frame_dataset({("violet", "0"): 1, ("light", "0"): 5}), total=4)
+    with pytest.raises(ConfigError, match=r"the plan needs cell tone=violet,label=0 \(\d images\), which model"):
+        generation_plan(unknown, pipe.bundle)

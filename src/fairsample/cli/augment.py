@@ -7,7 +7,6 @@ resumable (re-run the same command), and sharded automatically under ``accelerat
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from enum import StrEnum
@@ -34,12 +33,6 @@ from fairsample.cli.common import (
     handle_errors,
     parse_int_list,
     sample_config,
-)
-from fairsample.core.errors import ConfigError
-
-_CELL_NOT_IN_MODEL = (
-    "the plan needs cell {cell} ({m} images), which model {model} cannot generate (its cells: {known}); "
-    "pass --cells to restrict the plan."
 )
 
 
@@ -116,7 +109,7 @@ def augment_cmd(
 
     check_model_path(model)
     from fairsample.data.splits import split_indices
-    from fairsample.generation.augment import augmentation_plan, parse_target
+    from fairsample.generation.augment import augment, augmentation_plan, generation_plan, parse_target
     from fairsample.generation.pipeline import FairSamplePipeline
 
     goal = parse_target(target)
@@ -132,19 +125,8 @@ def augment_cmd(
 
         cell_list = [parse_cell(c, ds.spec.groups, ds.spec.label) for c in cells]
     plan = augmentation_plan(ds, target=goal, total=total, attribute=attribute, cells=cell_list, within=within.value)
-    # the dataset's cells → the model's cells (same attribute values and label; the label column may be named apart)
-    known = {c.to_text(): c for c in bundle.cells()}
-    model_counts = []
-    for row in plan.rows:
-        text = row.cell.to_text()
-        if text not in known and row.synthetic > 0:
-            raise ConfigError(_CELL_NOT_IN_MODEL.format(cell=text, m=row.synthetic, model=bundle.bundle_id,
-                                                        known=sorted(known)))  # fmt: skip
-        if row.synthetic > 0:
-            model_counts.append((known[text], row.synthetic))
-    from fairsample.generation.pipeline import GenerationPlan
-
-    gen_plan = GenerationPlan.from_counts(model_counts, parse_int_list(seeds) if seeds else None)
+    seed_list = parse_int_list(seeds) if seeds else None
+    generation_plan(plan, bundle, seed_list)  # every cell that needs images must be one the model knows
     goal_text = (
         "balanced"
         if isinstance(plan.target, str)
@@ -162,14 +144,11 @@ def augment_cmd(
     main = _is_main_process()
     if fmt is Format.human and main:
         print(f"{header}\n{plan.format_table()}", file=sys.stderr)
-        print(f"generating {len(gen_plan)} images into {output_dir}", file=sys.stderr)
+        print(f"generating {plan.total} images into {output_dir}", file=sys.stderr)
     pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device)
-    result = pipe.generate_to_folder(output_dir, gen_plan, cfg, overwrite=overwrite, progress=fmt is Format.human)
-    if main:  # the plan next to the images, for provenance (written after the folder is complete)
-        from fairsample.generation.pipeline import _write_atomic
-
-        _write_atomic(Path(output_dir) / "augment.json", json.dumps(plan_doc, indent=2) + "\n")
-    else:
+    result = augment(pipe, plan, output_dir, cfg, seeds=seed_list, overwrite=overwrite,
+                     progress=fmt is Format.human, provenance={"data": str(data), "split": split.value})  # fmt: skip
+    if not main:
         return  # one result document per launch, from the main process
     doc: dict[str, Any] = {
         "output_dir": str(result.output_dir),

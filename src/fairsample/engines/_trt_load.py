@@ -9,7 +9,7 @@ unvalidated entry is rebuilt once, a failing gate or a second failure falls back
 never a raw deserialisation error.
 
 The GPU half (steps 2-4 with real TensorRT) has never run on the project's CPU-only machines; the orchestration is
-tested on CPU with the GPU-facing calls replaced (tests/trt/test_trt_load_flow.py).
+tested on CPU with the GPU-facing calls replaced (tests/engines/tensorrt/test_trt_load_flow.py).
 """
 
 from __future__ import annotations

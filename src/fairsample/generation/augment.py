@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fairsample.core.errors import ConfigError
@@ -230,9 +231,9 @@ class AugmentPlan:
         ]
 
     def to_generation_plan(self, seeds: Sequence[int] | None = None) -> GenerationPlan:
-        """The :class:`~fairsample.generation.pipeline.GenerationPlan`: m_c images per cell in cell order, cells with
-        m = 0
-        skipped, seeds assigned in that order (default 0, 1, 2, ...; a ``seeds`` list gives them explicitly)."""
+        """The :class:`~fairsample.generation.pipeline.GenerationPlan`: m_c images per cell in cell order, cells
+        with m = 0 skipped, seeds assigned in that order (default 0, 1, 2, ...; a ``seeds`` list gives them
+        explicitly)."""
         from fairsample.generation.pipeline import GenerationPlan
 
         return GenerationPlan.from_counts([(r.cell, r.synthetic) for r in self.rows], seeds)
@@ -429,3 +430,70 @@ def _proportional(
         for i, m in zip(idx, split, strict=True):
             synth[i] = m
     return synth, {v: float(p[v]) for v in values}
+
+
+_CELL_NOT_IN_MODEL = (
+    "the plan needs cell {cell} ({m} images), which model {model} cannot generate (its cells: {known}); "
+    "pass --cells to restrict the plan."
+)
+
+
+def generation_plan(plan: AugmentPlan, bundle: Any, seeds: Sequence[int] | None = None) -> Any:
+    """The :class:`~fairsample.generation.pipeline.GenerationPlan` that generates an augmentation plan's synthetic
+    images with ``bundle``: the dataset's cells are matched to the model's by their text (attribute values and label).
+
+    Raises:
+        ConfigError: a cell that needs images is unknown to the model (names the cell and the model's cells).
+
+    Example:
+        >>> gen = generation_plan(augmentation_plan(ds, total=300), pipe.bundle)  # doctest: +SKIP
+    """
+    known = {c.to_text() for c in bundle.cells()}
+    for row in plan.rows:
+        if row.synthetic > 0 and row.cell.to_text() not in known:
+            raise ConfigError(_CELL_NOT_IN_MODEL.format(cell=row.cell.to_text(), m=row.synthetic,
+                                                        model=bundle.bundle_id, known=sorted(known)))  # fmt: skip
+    return plan.to_generation_plan(seeds)
+
+
+def augment(
+    pipe: Any,
+    plan: AugmentPlan,
+    output_dir: str | Path,
+    config: Any = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> Any:
+    """Generate an augmentation plan's synthetic images into a dataset folder (resumable), then write
+    ``augment.json`` (the plan, plus ``provenance``) next to them — only after the folder is complete.
+
+    Args:
+        pipe: a :class:`~fairsample.generation.pipeline.FairSamplePipeline`.
+        plan: :func:`augmentation_plan` output for the real dataset.
+        output_dir: the synthetic dataset folder.
+        config: :class:`~fairsample.core.config.SampleConfig` (default: the pipeline's).
+        seeds: one seed per image (default 0, 1, 2, ...).
+        overwrite, progress: as :meth:`FairSamplePipeline.generate_to_folder`.
+        provenance: extra JSON-safe entries for ``augment.json`` (e.g. the data path, split, model id).
+
+    Returns:
+        The :class:`~fairsample.generation.pipeline.FolderResult` of the generation.
+
+    Example:
+        >>> plan = augmentation_plan(load_folder("demo"), total=300)  # doctest: +SKIP
+        >>> augment(FairSamplePipeline(), plan, "aug/")  # doctest: +SKIP
+    """
+    import json
+    import os
+
+    from fairsample.core.atomic import write_atomic
+
+    gen = generation_plan(plan, pipe.bundle, seeds)
+    result = pipe.generate_to_folder(output_dir, gen, config, overwrite=overwrite, progress=progress)
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun only the main process writes the plan
+        doc = {**dict(provenance or {}), "model": pipe.bundle.bundle_id, **plan.to_dict()}
+        write_atomic(Path(output_dir) / "augment.json", json.dumps(doc, indent=2) + "\n")
+    return result

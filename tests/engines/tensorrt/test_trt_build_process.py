@@ -26,7 +26,7 @@ from fairsample.export.trt_build import (
     oom_retry_recipe,
 )
 from fairsample.export.trt_profiles import default_profiles
-from tests.trt import _fake_workers
+from tests.engines.tensorrt import _fake_workers
 
 GIB = 1 << 30
 
