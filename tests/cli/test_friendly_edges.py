@@ -99,3 +99,23 @@ def test_info_and_bad_paths_do_not_import_torch(tmp_path):
         assert code == 1 and err.startswith("error: ") and str(tmp_path / "nope") in err, (name, err)
         assert "does not exist" in err or "is not a folder" in err, (name, err)
     assert out["heavy"] == []  # every answer came before torch / diffusers were imported
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "--backend", "tvm", "-o", "x"],
+        ["augment", "DATA", "--total", "3", "--backend", "tvm", "-o", "x"],
+        ["tau", "--attribute", "tone", "--from", "light", "--to", "dark", "--backend", "tvm"],
+        ["prefs", "build", "--model", "m", "--data", "DATA", "-o", "p", "--backend", "tvm"],
+    ],
+)
+def test_every_sampling_command_checks_backend_first(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from fairsample.cli import app
+
+    (tmp_path / "data").mkdir()
+    res = CliRunner().invoke(app, [str(tmp_path / "data") if a == "DATA" else a for a in args])
+    assert res.exit_code == 1
+    assert "`backend` must be one of ['torch', 'onnxruntime', 'tensorrt'], got 'tvm'" in res.stderr

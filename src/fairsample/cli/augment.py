@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from fairsample.cli.common import (
+    BackendOpt,
     DatasetOptions,
     DropUnknownOpt,
     Format,
@@ -30,6 +31,7 @@ from fairsample.cli.common import (
     _emit,
     app,
     check_folder,
+    checked_backend,
     handle_errors,
     parse_int_list,
     sample_config,
@@ -86,7 +88,7 @@ def augment_cmd(
     steps: Annotated[int | None, typer.Option(min=1, help="Inference steps (default: the model's).")] = None,
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale w (1 = none).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Engine backend: torch, onnxruntime or tensorrt.")] = None,
+    backend: BackendOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a folder holding something else.")] = False,
     dry_run: Annotated[
@@ -105,6 +107,7 @@ def augment_cmd(
     """
     dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
     check_folder(data)  # a bad path fails before the heavy imports
+    checked_backend(backend, default=None)
     from fairsample.cli.common import check_model_path
 
     check_model_path(model)

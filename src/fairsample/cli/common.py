@@ -105,6 +105,26 @@ SamplerOptionOpt = Annotated[
     list[str] | None,
     typer.Option("--sampler-option", help="Sampler option key=value, e.g. tau=600, attribute=tone, to=dark."),
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Engine backend: torch, onnxruntime or tensorrt (tensorrt falls back to onnxruntime without a GPU; "
+        "default: the config file's, else torch)."
+    ),
+]
+"""The one ``--backend`` option of the sampling commands; each checks it with :func:`checked_backend` before any
+heavy import."""
+
+
+def checked_backend(backend: str | None, default: str | None = "torch") -> str | None:
+    """``--backend`` value checked against the backends this release can load (one-line error, exit 1); ``None``
+    becomes ``default``."""
+    from fairsample.core.config import check_backend
+
+    value = backend if backend is not None else default
+    return check_backend(value) if value is not None else None
+
+
 CacheDirOpt = Annotated[
     Path | None, typer.Option("--cache-dir", help="Artifact store (default $FAIRSAMPLE_CACHE_DIR or ~/.cache/...).")
 ]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from fairsample.cli.common import (
+    BackendOpt,
     Format,
     FormatOpt,
     SamplerOpt,
@@ -19,6 +20,7 @@ from fairsample.cli.common import (
     _print_json,
     app,
     check_model_path,
+    checked_backend,
     handle_errors,
     open_model_option,
     parse_int_list,
@@ -60,10 +62,7 @@ def generate(
         typer.Option(min=0.0, max=1.0, help="Guidance rescale phi for over-guided v-prediction models (0 = off)."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch (default 32).")] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(help="Engine backend: torch, onnxruntime or tensorrt (falls back to onnxruntime without a GPU)."),
-    ] = None,
+    backend: BackendOpt = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (tensorrt default: cuda if present).")] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="tensorrt: fail instead of rebuilding or falling back to onnxruntime.")
@@ -83,9 +82,7 @@ def generate(
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
     if backend is not None:
-        from fairsample.core.config import check_backend
-
-        check_backend(backend)
+        checked_backend(backend)
         if strict and backend != "tensorrt":
             raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
     check_model_path(model)

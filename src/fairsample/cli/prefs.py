@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fairsample.cli.common import (
+    BackendOpt,
     DatasetOptions,
     DropUnknownOpt,
     Format,
@@ -21,6 +22,7 @@ from fairsample.cli.common import (
     _emit,
     app,
     check_folder,
+    checked_backend,
     handle_errors,
 )
 
@@ -56,7 +58,7 @@ def prefs_build(
     guidance_scale: Annotated[float | None, typer.Option(min=0.0, help="CFG scale (default: bundle's).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per engine batch.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Classifier seed and first candidate seed.")] = 0,
-    backend: Annotated[str, typer.Option(help="Engine backend: torch, onnxruntime or tensorrt.")] = "torch",
+    backend: BackendOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace OUT/candidates when it holds another generation.")] = False,
     label_col: LabelColOpt = None,
@@ -77,6 +79,7 @@ def prefs_build(
     """
     dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
     check_folder(data, "--data")  # a bad path fails before the heavy imports
+    backend = checked_backend(backend)
     from fairsample.cli.common import check_model_path, open_model_option
 
     check_model_path(model)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from fairsample.cli.common import (
+    BackendOpt,
     CacheDirOpt,
     DatasetOptions,
     DropUnknownOpt,
@@ -24,6 +25,7 @@ from fairsample.cli.common import (
     _emit,
     app,
     check_folder,
+    checked_backend,
     handle_errors,
 )
 
@@ -52,7 +54,7 @@ def tau_cmd(
     norm: Annotated[str, typer.Option(help="official (over the batch) or per_sample.")] = "official",
     weighting: Annotated[str, typer.Option(help="riemann (β·Δt per step) or official (β per step).")] = "riemann",
     seed: Annotated[int, typer.Option(min=0, help="First seed of the initial latents.")] = 0,
-    backend: Annotated[str, typer.Option(help="Engine backend: torch, onnxruntime, tensorrt.")] = "torch",
+    backend: BackendOpt = None,
     output_dir: Annotated[Path | None, typer.Option(help="Write tau.json and tau.png here.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute even if a cached result exists.")] = False,
     cache_dir: CacheDirOpt = None,
@@ -65,6 +67,7 @@ def tau_cmd(
     """
     from fairsample.cli.common import check_model_path, open_model_option
 
+    backend = checked_backend(backend)
     check_model_path(model)
     from fairsample.engines import load_engine
     from fairsample.samplers.schedulers import make_scheduler
