@@ -86,13 +86,36 @@ def test_epsilon_prediction_and_no_ema(demo_ds, tiny_cfg, tmp_path):
     assert b.prediction_type == "epsilon" and b.config["weights"] == "raw"
 
 
-def test_gradient_accumulation_and_bf16_run(demo_ds, tiny_cfg, tmp_path):
-    res = train(
-        demo_ds,
-        tmp_path / "acc",
-        tiny_cfg.replace(max_steps=2, gradient_accumulation_steps=2, mixed_precision="bf16"),
-        progress=False,
-    )
+class _CountMicroBatches(TrainMethod):
+    name = "test-count"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def after_step(self, ctx):
+        if ctx.step == 2:  # stop during optimizer step 3, after checkpoint-2 was written
+            raise KeyboardInterrupt
+        self.batches.append(len(ctx.cells))
+        return {}
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_k_micro_batches(demo_ds, tiny_cfg, tmp_path):
+    from fairsample.train.checkpoint import checkpoint_dirs, load_checkpoint
+
+    counter = _CountMicroBatches()
+    cfg = tiny_cfg.replace(max_steps=4, gradient_accumulation_steps=3, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(demo_ds, tmp_path / "acc", cfg, method=counter, progress=False)
+    assert counter.batches == [cfg.batch_size] * 6  # 2 optimizer steps x 3 micro-batches
+    logs = (tmp_path / "acc" / "logs" / "train_log.jsonl").read_text().splitlines()
+    assert sum('"loss"' in line for line in logs) == 2  # one log record per optimizer step
+    [(step, ck)] = checkpoint_dirs(tmp_path / "acc")
+    steps = {int(s["step"]) for s in load_checkpoint(ck)["optimizer"]["state"].values()}
+    assert step == 2 and steps == {2}  # AdamW stepped twice, not six times
+
+
+def test_bf16_run(demo_ds, tiny_cfg, tmp_path):
+    res = train(demo_ds, tmp_path / "bf16", tiny_cfg.replace(max_steps=2, mixed_precision="bf16"), progress=False)
     assert res.steps == 2 and torch.isfinite(torch.tensor(res.final_loss))
 
 
