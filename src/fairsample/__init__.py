@@ -29,6 +29,7 @@ _EXPORTS = {
     "evaluate": "fairsample.evaluation.evaluate",
     "EvaluationSettings": "fairsample.evaluation.evaluate",
     "augmentation_plan": "fairsample.generation.augment",
+    "augment": "fairsample.generation.augment",
     "inspect_model": "fairsample.models.source",
     "open_model": "fairsample.models.sd_import",
     "FairSamplePipeline": "fairsample.generation.pipeline",

@@ -272,6 +272,70 @@ def _say_resize(dataset: FolderDataset, rows: Any, size: int, say: Callable[[str
     return other
 
 
+def _training_rows(dataset: FolderDataset, cfg: TrainConfig, *, progress: bool) -> np.ndarray:
+    """Step 1: the rows of ``cfg.split`` (all rows for ``"all"``), each image decoded once before any model work.
+
+    Raises:
+        ConfigError: the split is empty.
+        DataError: unreadable, truncated or wrong-mode images (:func:`~fairsample.data.decode_check.check_decodable`).
+    """
+    if cfg.split == "all":
+        rows = np.arange(len(dataset))
+    else:
+        rows = np.asarray(split_indices(dataset, seed=cfg.split_seed)[cfg.split])
+    if len(rows) == 0:
+        raise ConfigError(_EMPTY_SPLIT.format(split=cfg.split, root=dataset.root))
+    check_decodable(dataset, rows, progress=progress)
+    return rows
+
+
+def _starting_bundle(
+    dataset: FolderDataset,
+    cfg: TrainConfig,
+    train_cells: Sequence[CellKey],
+    vocabulary: tuple[Mapping[str, Sequence[str]], Sequence[str]] | None,
+    base_source: ModelSource | None,
+    say: Callable[[str], None],
+) -> tuple[ModelBundle, int]:
+    """Step 2: the model to train and its image side — the ``--init-from`` model (a bundle, or a Stable Diffusion
+    folder given the dataset's cells and ``cfg.template``), checked to know every training cell, or a new seeded
+    built-in pixel model.
+
+    Raises:
+        ConfigError: a training cell the ``--init-from`` model cannot condition on.
+    """
+    if cfg.init_from:
+        values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
+        if base_source is not None and base_source.kind == "bundle" and cfg.template:
+            say(f"note: --template is ignored: --init-from {cfg.init_from} is a fairsample bundle with its own "
+                "conditioner")  # fmt: skip
+        bundle = open_model(cfg.init_from, flag="--init-from", attributes=values, labels=labels,
+                            label_name=dataset.spec.label, template=cfg.template)  # fmt: skip
+        for cell in sorted(set(train_cells)):
+            try:
+                bundle.conditioner.indices([cell]) if isinstance(
+                    bundle.conditioner, TokenTableConditioner
+                ) else bundle.conditioner.prompt(cell)
+            except ConfigError as exc:
+                raise ConfigError(_UNKNOWN_TO_MODEL.format(cell=cell, path=cfg.init_from, why=exc)) from exc
+        image_size = bundle.image_shape[-1]
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+            torch.manual_seed(cfg.seed)
+            values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
+            bundle = new_pixel_bundle(
+                {k: list(v) for k, v in values.items()},
+                list(labels),
+                architecture=cfg.architecture,
+                image_size=cfg.image_size,
+                cross_attention_dim=cfg.cross_attention_dim,
+                prediction_type=cfg.prediction_type,
+                label_name=dataset.spec.label,
+            )
+        image_size = cfg.image_size
+    return bundle, image_size
+
+
 def train(
     dataset: FolderDataset,
     output_dir: str | Path,
@@ -336,13 +400,7 @@ def train(
         raise ConfigError(_NOT_EMPTY.format(path=out, what=what))
 
     # -- data ------------------------------------------------------------------------------------------------------
-    if cfg.split == "all":
-        rows = np.arange(len(dataset))
-    else:
-        rows = np.asarray(split_indices(dataset, seed=cfg.split_seed)[cfg.split])
-    if len(rows) == 0:
-        raise ConfigError(_EMPTY_SPLIT.format(split=cfg.split, root=dataset.root))
-    check_decodable(dataset, rows, progress=progress)  # every training image decodes, before any model work
+    rows = _training_rows(dataset, cfg, progress=progress)
     all_cells = dataset.cell_ids()
     train_cells = [all_cells[int(r)] for r in rows]
 
@@ -355,35 +413,7 @@ def train(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=device == "cpu",
     )
-    if cfg.init_from:
-        values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
-        if base_source is not None and base_source.kind == "bundle" and cfg.template:
-            say(f"note: --template is ignored: --init-from {cfg.init_from} is a fairsample bundle with its own "
-                "conditioner")  # fmt: skip
-        bundle = open_model(cfg.init_from, flag="--init-from", attributes=values, labels=labels,
-                            label_name=dataset.spec.label, template=cfg.template)  # fmt: skip
-        for cell in sorted(set(train_cells)):
-            try:
-                bundle.conditioner.indices([cell]) if isinstance(
-                    bundle.conditioner, TokenTableConditioner
-                ) else bundle.conditioner.prompt(cell)
-            except ConfigError as exc:
-                raise ConfigError(_UNKNOWN_TO_MODEL.format(cell=cell, path=cfg.init_from, why=exc)) from exc
-        image_size = bundle.image_shape[-1]
-    else:
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
-            torch.manual_seed(cfg.seed)
-            values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
-            bundle = new_pixel_bundle(
-                {k: list(v) for k, v in values.items()},
-                list(labels),
-                architecture=cfg.architecture,
-                image_size=cfg.image_size,
-                cross_attention_dim=cfg.cross_attention_dim,
-                prediction_type=cfg.prediction_type,
-                label_name=dataset.spec.label,
-            )
-        image_size = cfg.image_size
+    bundle, image_size = _starting_bundle(dataset, cfg, train_cells, vocabulary, base_source, say)
     resized_from = _say_resize(dataset, rows, image_size, say)
     if cfg.gradient_checkpointing:
         bundle.unet.enable_gradient_checkpointing()
