@@ -27,7 +27,7 @@ from fairsample.core.errors import ConfigError, DataError
 from fairsample.data.folder import FolderDataset
 from fairsample.data.splits import split_indices
 from fairsample.data.tables import natural_key
-from fairsample.evaluation.aggregate import _BAD_SEEDS, _FEW_SEEDS, MIN_SEEDS, check_seeds  # noqa: F401  (re-exported)
+from fairsample.evaluation.aggregate import _BAD_SEEDS, _FEW_SEEDS, MIN_SEEDS, _mean_sd, check_seeds  # noqa: F401
 from fairsample.evaluation.classifiers import TrainedClassifier, fit_classifier
 
 __all__ = [
@@ -506,16 +506,6 @@ def _counts(values: Sequence[str]) -> dict[str, int]:
     """``{value: count}`` in natural order."""
     arr = np.asarray(values, dtype=object)
     return {v: int((arr == v).sum()) for v in sorted(set(values), key=natural_key)}
-
-
-def _mean_sd(values: Sequence[float]) -> dict[str, Any]:
-    """``{"mean", "sd" (ddof=1; None below 2 values), "values"}``."""
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(arr.mean()),
-        "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "values": [float(v) for v in arr],
-    }
 
 
 def run_protocol(
