@@ -686,24 +686,8 @@ def train(
         if ema is not None:
             ema.copy_to(params)
         bundle.unet, bundle.conditioner = unwrapped.unet, unwrapped.conditioner
-        if cfg.init_from:  # the parent's identity and training record must not pass for this model's
-            parent = {"name": bundle.config.get("name"), "path": str(cfg.init_from),
-                      "method": bundle.config.get("method")}  # fmt: skip
-            for key in _PARENT_ONLY_KEYS:
-                bundle.config.pop(key, None)
-            bundle.config["init_from"] = parent
-        bundle.config.update(
-            method=method.config(),
-            method_status=method.method_status,
-            weights="ema" if ema is not None else "raw",
-            train=cfg.to_dict(),
-            image_resize={"from": resized_from, "to": image_size} if resized_from else None,
-            dataset={"root": str(dataset.root), "spec": dataset.spec.to_dict(), "n_train": int(len(rows))},
-            cells=sorted({c.to_text(dataset.spec.label) for c in all_cells}),
-            seed=cfg.seed,
-            steps=cfg.max_steps,
-            versions=library_versions(),
-        )
+        _record_training(bundle, cfg, method, dataset, all_cells, n_train=len(rows), ema=ema is not None,
+                         resize={"from": resized_from, "to": image_size} if resized_from else None)  # fmt: skip
         bundle.save(out)
         for name, doc in method.artifacts().items():
             (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -721,6 +705,39 @@ def train(
         final_loss=last_loss,
         log_path=log_path,
         seconds=time.time() - t_start,
+    )
+
+
+def _record_training(
+    bundle: ModelBundle,
+    cfg: TrainConfig,
+    method: TrainMethod,
+    dataset: FolderDataset,
+    all_cells: Sequence[CellKey],
+    *,
+    n_train: int,
+    ema: bool,
+    resize: dict[str, Any] | None,
+) -> None:
+    """Last step: what was trained, into ``bundle.config`` (→ ``fairsample_config.json``): method, weights kind,
+    the resolved ``TrainConfig``, any resize, dataset, cells, seed, steps and versions. A fine-tune drops its parent's
+    identity keys and records the parent under ``init_from``."""
+    if cfg.init_from:  # the parent's identity and training record must not pass for this model's
+        parent = {"name": bundle.config.get("name"), "path": str(cfg.init_from), "method": bundle.config.get("method")}
+        for key in _PARENT_ONLY_KEYS:
+            bundle.config.pop(key, None)
+        bundle.config["init_from"] = parent
+    bundle.config.update(
+        method=method.config(),
+        method_status=method.method_status,
+        weights="ema" if ema else "raw",
+        train=cfg.to_dict(),
+        image_resize=resize,
+        dataset={"root": str(dataset.root), "spec": dataset.spec.to_dict(), "n_train": int(n_train)},
+        cells=sorted({c.to_text(dataset.spec.label) for c in all_cells}),
+        seed=cfg.seed,
+        steps=cfg.max_steps,
+        versions=library_versions(),
     )
 
 
