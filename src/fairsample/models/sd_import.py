@@ -36,16 +36,19 @@ _NO_CELLS = (
 )
 
 
-def vocabulary_from_cells(cells: Sequence[str], label_name: str = "label") -> tuple[dict[str, list[str]], list[str]]:
-    """``["tone=dark,label=1", ...]`` → ``({attribute: values}, labels)`` in first-seen order (the label is the
-    ``label_name`` key, else each text's last key).
+def vocabulary_from_cells(
+    cells: Sequence[str], label_name: str = "label"
+) -> tuple[dict[str, list[str]], list[str], str]:
+    """``["tone=dark,label=1", ...]`` → ``({attribute: values}, labels, label key)`` in first-seen order (the label
+    is the ``label_name`` key, else each text's last key).
 
     Example:
         >>> vocabulary_from_cells(["tone=dark,label=1", "tone=light,label=1", "tone=dark,label=0"])
-        ({'tone': ['dark', 'light']}, ['1', '0'])
+        ({'tone': ['dark', 'light']}, ['1', '0'], 'label')
     """
     attrs: dict[str, list[str]] = {}
     labels: list[str] = []
+    lab_key = label_name
     for text in cells:
         pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
         if not pairs or any(len(p) != 2 for p in pairs):
@@ -57,7 +60,7 @@ def vocabulary_from_cells(cells: Sequence[str], label_name: str = "label") -> tu
             target = labels if k == lab_key else attrs.setdefault(k, [])
             if v not in target:
                 target.append(v)
-    return attrs, labels
+    return attrs, labels, lab_key
 
 
 def _load_sd_components(root: Path, flag: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -193,9 +196,7 @@ def open_model(
         return ModelBundle.load(path, device=device, dtype=dtype)
     if attributes is None or labels is None:
         if cells:
-            attributes, labels = vocabulary_from_cells(cells, label_name)
-            label_name = label_name if any(f"{label_name}=" in c for c in cells) else cells[0].split(",")[-1].split(
-                "=")[0].strip()  # fmt: skip
+            attributes, labels, label_name = vocabulary_from_cells(cells, label_name)
         elif need_cells:
             raise ConfigError(_NO_CELLS.format(flag=flag, path=path))
         else:
