@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data", type=Path, required=True, help="dataset folder the starting bundle was trained on")
     p.add_argument("--init-from", type=Path, default=None, help="starting bundle (default: the embedded model)")
     p.add_argument("--output-dir", type=Path, default=Path("out/cbdm-variants"))
-    p.add_argument("--variants", default="vanilla,cbdm,cbdm-tmax500,cbdm-tmax750,cbdm-tmax900,cbdm-same-attribute,"
-                   "cbdm-slota-tmax500")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        default="vanilla,cbdm,cbdm-tmax500,cbdm-tmax750,cbdm-tmax900,cbdm-same-attribute,cbdm-slota-tmax500",
+    )
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-4)
@@ -65,22 +67,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.variants.split(","):
         method, options = VARIANTS[name]
         folder = out / name
-        cfg = TrainConfig(method=method, method_options=options, init_from=start, max_steps=args.steps,
-                          batch_size=args.batch_size, learning_rate=args.learning_rate, lr_warmup_steps=args.warmup,
-                          checkpoint_every=0, seed=args.seed, device="cpu", guard=False)  # fmt: skip
+        cfg = TrainConfig(
+            method=method,
+            method_options=options,
+            init_from=start,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            lr_warmup_steps=args.warmup,
+            checkpoint_every=0,
+            seed=args.seed,
+            device="cpu",
+            guard=False,
+        )
         row = results.get(name, {})
         if not (folder / "fairsample_config.json").is_file():
             t0 = time.time()
             res = train(ds, folder, cfg, progress=False, log=lambda s: print(s, file=sys.stderr))
-            row = {"method": method, "options": options, "train_seconds": round(time.time() - t0, 1),
-                   "final_loss": res.final_loss}  # fmt: skip
+            row = {
+                "method": method,
+                "options": options,
+                "train_seconds": round(time.time() - t0, 1),
+                "final_loss": res.final_loss,
+            }
         if "guard" not in row:
-            report = conditioning_guard(folder, ds, start=start, select=False, write=False, warn=False,
-                                        images_per_cell=args.images_per_cell)  # fmt: skip
+            report = conditioning_guard(
+                folder, ds, start=start, select=False, write=False, warn=False, images_per_cell=args.images_per_cell
+            )
             row["guard"] = report.to_dict()
         if args.select and "selection" not in row:
-            report = conditioning_guard(folder, ds, start=start, select=True, write=False, warn=False,
-                                        images_per_cell=args.images_per_cell)  # fmt: skip
+            report = conditioning_guard(
+                folder, ds, start=start, select=True, write=False, warn=False, images_per_cell=args.images_per_cell
+            )
             row["selection"] = {"table": report.selection_table(), "guard": report.to_dict()}
         results[name] = row
         results_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -91,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: per variant, flag, label / attribute accuracy (overall and worst value), BER, start's values."""
-    lines = ["| variant | flag | label acc | attribute acc | worst value (label / attr) | BER (max) | start label / "
-             "attr | train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| variant | flag | label acc | attribute acc | worst value (label / attr) | BER (max) | start label / "
+        "attr | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in results.items():
         g = row["guard"]
         sc = g["scores"]

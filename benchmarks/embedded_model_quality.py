@@ -86,10 +86,23 @@ def select(bundle: ModelBundle, real: Any, out: Path, args: argparse.Namespace) 
 
     floats = [float(v) for v in args.guidance.split(",")]
     rescale = [float(v) for v in args.rescale.split(",") if v.strip()]
-    report = conditioning_guard(bundle, real, start=None, guidance=floats, rescale=rescale, steps=args.judge_steps,
-                                images_per_cell=args.images_per_cell, write=False, warn=False)  # fmt: skip
-    doc = {"model": bundle.bundle_id, "data": str(real.root), "selection": report.selection_table(),
-           "guard": report.to_dict()}  # fmt: skip
+    report = conditioning_guard(
+        bundle,
+        real,
+        start=None,
+        guidance=floats,
+        rescale=rescale,
+        steps=args.judge_steps,
+        images_per_cell=args.images_per_cell,
+        write=False,
+        warn=False,
+    )
+    doc = {
+        "model": bundle.bundle_id,
+        "data": str(real.root),
+        "selection": report.selection_table(),
+        "guard": report.to_dict(),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(doc, indent=2) + "\n")
     print("| w | rescale | score (worst value) | worst value | label acc | attribute acc | BER | seconds |")
@@ -99,8 +112,10 @@ def select(bundle: ModelBundle, real: Any, out: Path, args: argparse.Namespace) 
         label, attrs = next(iter(acc)), [k for k in acc if k in row["ber"]]
         accs = ", ".join(f"{acc[a]:.3f}" for a in attrs)
         bers = ", ".join(f"{row['ber'][a]:.3f}" for a in attrs)
-        print(f"| {row['guidance_scale']:g} | {row['guidance_rescale']:g} | {row['score']:.3f} | {row['worst_group']} "
-              f"| {acc[label]:.3f} | {accs} | {bers} | {row['seconds']} |")  # fmt: skip
+        print(
+            f"| {row['guidance_scale']:g} | {row['guidance_rescale']:g} | {row['score']:.3f} | {row['worst_group']} "
+            f"| {acc[label]:.3f} | {accs} | {bers} | {row['seconds']} |"
+        )
     print(
         f"selected: {doc['selection']['selected']} (tolerance {doc['selection']['tolerance']}); "
         f"guard: {report.summary()}"

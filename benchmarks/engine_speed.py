@@ -27,8 +27,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("out/bench/engine_speed.json"))
     args = parser.parse_args()
     bundle = ModelBundle.load(args.model) if args.model else ModelBundle.load_default()
-    doc = run_bench(bundle, batches=[int(b) for b in args.batches.split(",")], steps=args.steps, repeats=args.repeats,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+    doc = run_bench(
+        bundle,
+        batches=[int(b) for b in args.batches.split(",")],
+        steps=args.steps,
+        repeats=args.repeats,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     print(format_table(doc))

@@ -50,10 +50,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     judges = train_judges(ds, size=bundle.image_shape[-1])
     cells = guard_cells(bundle, ds)
     plain = sampling_pipeline(bundle)
-    dyn_bundle = ModelBundle(bundle.unet, DDPMScheduler.from_config({**dict(bundle.scheduler.config),
-                             "thresholding": True, "dynamic_thresholding_ratio": args.ratio,
-                             "sample_max_value": args.max_value}), bundle.conditioner, bundle.vae,
-                             dict(bundle.config))  # fmt: skip
+    dyn_bundle = ModelBundle(
+        bundle.unet,
+        DDPMScheduler.from_config(
+            {
+                **dict(bundle.scheduler.config),
+                "thresholding": True,
+                "dynamic_thresholding_ratio": args.ratio,
+                "sample_max_value": args.max_value,
+            }
+        ),
+        bundle.conditioner,
+        bundle.vae,
+        dict(bundle.config),
+    )
     dynamic = sampling_pipeline(dyn_bundle)
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -61,15 +71,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
     done = {(r["guidance_scale"], r["remedy"]) for r in rows}
     for w in (float(v) for v in args.guidance.split(",")):
-        runs = [("none", plain, 0.0), (f"rescale {args.rescale:g}", plain, args.rescale),
-                (f"dynamic thresholding p={args.ratio:g}, max={args.max_value:g}", dynamic, 0.0)]  # fmt: skip
+        runs = [
+            ("none", plain, 0.0),
+            (f"rescale {args.rescale:g}", plain, args.rescale),
+            (f"dynamic thresholding p={args.ratio:g}, max={args.max_value:g}", dynamic, 0.0),
+        ]
         for remedy, pipe, phi in runs:
             if (w, remedy) in done:
                 continue
-            sc = sample_and_score(pipe, judges, cells, SamplingSetting(w, phi, args.steps, "ddim"),
-                                  images_per_cell=args.images_per_cell)  # fmt: skip
-            rows.append({"guidance_scale": w, "remedy": remedy, "score": round(sc.score, 4),
-                         "mean_score": round(sc.mean_score, 4), "scores": sc.to_dict()})  # fmt: skip
+            sc = sample_and_score(
+                pipe, judges, cells, SamplingSetting(w, phi, args.steps, "ddim"), images_per_cell=args.images_per_cell
+            )
+            rows.append(
+                {
+                    "guidance_scale": w,
+                    "remedy": remedy,
+                    "score": round(sc.score, 4),
+                    "mean_score": round(sc.mean_score, 4),
+                    "scores": sc.to_dict(),
+                }
+            )
             path.write_text(json.dumps(rows, indent=2) + "\n")
     print("| w | remedy | score (worst value) | label acc | attribute acc | worst value: label / attribute |")
     print("|---|---|---|---|---|---|")
@@ -77,9 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sc = r["scores"]
         label, attr = judges.label, judges.attributes[0]
         worst = min(sc["by_group"], key=lambda g: sc["by_group"][g][label] + sc["by_group"][g][attr])
-        print(f"| {r['guidance_scale']:g} | {r['remedy']} | {r['score']:.3f} | {sc['overall'][label]:.3f} | "
-              f"{sc['overall'][attr]:.3f} | {worst}: {sc['by_group'][worst][label]:.2f} / "
-              f"{sc['by_group'][worst][attr]:.2f} |")  # fmt: skip
+        print(
+            f"| {r['guidance_scale']:g} | {r['remedy']} | {r['score']:.3f} | {sc['overall'][label]:.3f} | "
+            f"{sc['overall'][attr]:.3f} | {worst}: {sc['by_group'][worst][label]:.2f} / "
+            f"{sc['by_group'][worst][attr]:.2f} |"
+        )
     return {"rows": rows}
 
 

@@ -27,8 +27,19 @@ from fairsample.data.demo import make_demo_dataset
 from fairsample.data.folder import load_folder
 from fairsample.train.loop import train
 
-PRESETS = ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin-c", "fairskin-s", "fairdiffusion", "fairdiffusion-improved",
-           "fbp-random", "dpo", "fairgen"]  # fmt: skip
+PRESETS = [
+    "vanilla",
+    "cbrs",
+    "sqrs",
+    "cbdm",
+    "fairskin-c",
+    "fairskin-s",
+    "fairdiffusion",
+    "fairdiffusion-improved",
+    "fbp-random",
+    "dpo",
+    "fairgen",
+]
 TARGETS = {"fairdiffusion": 1.05, "cbdm": 2.0}
 
 
@@ -60,8 +71,14 @@ def main() -> None:
     make_demo_dataset(work / "demo", seed=0)
     ds = load_folder(work / "demo")
     prefs = _preferences(ds, work)
-    base = TrainConfig(architecture=args.architecture, batch_size=args.batch_size, max_steps=args.steps,
-                       checkpoint_every=0, device="cpu", seed=0)  # fmt: skip
+    base = TrainConfig(
+        architecture=args.architecture,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        checkpoint_every=0,
+        device="cpu",
+        seed=0,
+    )
     rows = []
     for name in args.presets.split(","):
         options = {"preferences": str(prefs)} if name in ("dpo", "fairgen") else {}
@@ -69,11 +86,19 @@ def main() -> None:
         t0 = time.time()
         res = train(ds, work / f"run-{name}", cfg, progress=False, log=lambda m: None)
         secs = [json.loads(line)["seconds"] for line in res.log_path.read_text().splitlines()][args.warmup :]
-        rows.append({"method": name, "median_step_s": round(statistics.median(secs), 4),
-                     "mean_step_s": round(statistics.fmean(secs), 4),
-                     "wall_s": round(time.time() - t0, 1)})  # fmt: skip
-        print(f"{name:24s} median {rows[-1]['median_step_s']:.3f} s  mean {rows[-1]['mean_step_s']:.3f} s",
-              file=sys.stderr, flush=True)  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "median_step_s": round(statistics.median(secs), 4),
+                "mean_step_s": round(statistics.fmean(secs), 4),
+                "wall_s": round(time.time() - t0, 1),
+            }
+        )
+        print(
+            f"{name:24s} median {rows[-1]['median_step_s']:.3f} s  mean {rows[-1]['mean_step_s']:.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     vanilla = next(r for r in rows if r["method"] == "vanilla")
     for r in rows:
         r["ratio_mean"] = round(r["mean_step_s"] / vanilla["mean_step_s"], 3)

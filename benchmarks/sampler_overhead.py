@@ -93,8 +93,11 @@ def main() -> None:
         "mixing": {"to": "uniform"},
         "fairdiffusion_perturbed": {"perturbation": str(perturbation)},
     }
-    base = pipes[backends[0]].default_config().replace(steps=args.steps, batch_size=args.batch_size,
-                                                       guidance_scale=args.guidance_scale)  # fmt: skip
+    base = (
+        pipes[backends[0]]
+        .default_config()
+        .replace(steps=args.steps, batch_size=args.batch_size, guidance_scale=args.guidance_scale)
+    )
     cfgs = {s: base.replace(sampler=s, sampler_options=options[s]) for s in SAMPLERS}
 
     pairs = [(b, s) for b in backends for s in SAMPLERS]
@@ -112,8 +115,9 @@ def main() -> None:
     for rep in range(args.tau_repeats):
         for b in backends if rep % 2 == 0 else backends[::-1]:
             t0 = time.perf_counter()
-            result, cached = find_tau(bundle, engines[b], attribute="tone", source="light", target="dark",
-                                      use_cache=False)  # fmt: skip
+            result, cached = find_tau(
+                bundle, engines[b], attribute="tone", source="light", target="dark", use_cache=False
+            )
             tau_times[b].append(time.perf_counter() - t0)
             assert not cached
             tau_star[b] = float(result.tau_star)
@@ -129,10 +133,17 @@ def main() -> None:
         for s in SAMPLERS:
             best = min(times[(b, s)])
             ratios[b][s] = round(best / cond, 4)
-            rows.append({"backend": b, "sampler": s, "best_s": round(best, 4),
-                         "median_s": round(sorted(times[(b, s)])[len(times[(b, s)]) // 2], 4),
-                         "images_per_s": round(args.images / best, 2), "over_conditional": round(best / cond, 4),
-                         "all_s": [round(t, 4) for t in times[(b, s)]]})  # fmt: skip
+            rows.append(
+                {
+                    "backend": b,
+                    "sampler": s,
+                    "best_s": round(best, 4),
+                    "median_s": round(sorted(times[(b, s)])[len(times[(b, s)]) // 2], 4),
+                    "images_per_s": round(args.images / best, 2),
+                    "over_conditional": round(best / cond, 4),
+                    "all_s": [round(t, 4) for t in times[(b, s)]],
+                }
+            )
     doc = {
         "benchmark": "sampler_overhead",
         "plan": {

@@ -51,16 +51,39 @@ def save_tiny_sd_pipeline(path, *, max_length: int = 32, prediction_type: str = 
         tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                           num_attention_heads=4, num_hidden_layers=2,
-                                           max_position_embeddings=max_length,
-                                           bos_token_id=0, eos_token_id=1, pad_token_id=1))  # fmt: skip
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            norm_num_groups=4, layers_per_block=1, sample_size=16)  # fmt: skip
+        enc = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=max_length,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 16),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=4,
+            layers_per_block=1,
+            sample_size=16,
+        )
     unet = build_tiny_unet(8, seed, in_channels=4, cross_attention_dim=32)
-    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                          steps_offset=1, prediction_type=prediction_type)  # fmt: skip
+    sched = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,

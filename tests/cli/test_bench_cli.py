@@ -9,10 +9,31 @@ from .conftest import run_cli
 
 def test_bench_json(tiny_model, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--model", tiny_model, "--backend", "torch-eager", "--backend", "onnxruntime",
-                   "--batches", "1,2", "--steps", "1", "--repeats", "1", "--threads", "1",
-                   "--cache-dir", tmp_path / "cache", "--output", out, "--format", "json",
-                   "--matmul-size", 256)  # fmt: skip
+    proc = run_cli(
+        "bench",
+        "--model",
+        tiny_model,
+        "--backend",
+        "torch-eager",
+        "--backend",
+        "onnxruntime",
+        "--batches",
+        "1,2",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--output",
+        out,
+        "--format",
+        "json",
+        "--matmul-size",
+        256,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == doc
@@ -34,8 +55,9 @@ def test_bench_json(tiny_model, tmp_path):
     assert doc["config"]["matmul_size"] == 256
     b1 = doc["targets"]["onnxruntime_over_torch_eager_B1"]
     # ceiling: ORT's U-Net at the matmul rate, nothing else costing time, against the measured eager rate
-    ceiling = min(1 / (flops[str(n)] / (doc["matmul_gflops"] * 1e9)) / eager[(1, cfg)]
-                  for n, cfg in ((2, True), (1, False)))  # fmt: skip
+    ceiling = min(
+        1 / (flops[str(n)] / (doc["matmul_gflops"] * 1e9)) / eager[(1, cfg)] for n, cfg in ((2, True), (1, False))
+    )
     assert abs(b1["ceiling_at_matmul_rate"] - ceiling) < 0.01 * ceiling + 1e-3
     assert b1["reachable_here"] == (b1["ceiling_at_matmul_rate"] >= b1["target"])
 

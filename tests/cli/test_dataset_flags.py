@@ -44,8 +44,14 @@ def own_dir(demo_dir, tmp_path_factory) -> Path:
         name = f"pictures/{k:03d}.png"
         shutil.copy(demo_dir / r["file_name"], root / name)
         sex = "F" if r["tone"] == "light" else "M"
-        out.append({"file_name": name, "finding": "effusion" if r["label"] == "1" else "normal", "sex": sex,
-                    "pid": f"{sex}{k % 8}"})  # fmt: skip
+        out.append(
+            {
+                "file_name": name,
+                "finding": "effusion" if r["label"] == "1" else "normal",
+                "sex": sex,
+                "pid": f"{sex}{k % 8}",
+            }
+        )
     pd.DataFrame(out).to_csv(root / "metadata.csv", index=False)
     assert not (root / "fairsample.toml").exists()
     return root
@@ -58,8 +64,22 @@ def test_own_columns_check_train_generate_evaluate(runner, own_dir, tmp_path):
     assert doc["n_images"] == 40
 
     model = tmp_path / "m"
-    res = invoke(runner, "train", own_dir, "--output-dir", model, "--method", "cbrs", "--max-steps", "2", *TINY_TRAIN,
-                 "--no-guard", *FLAGS, "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "train",
+        own_dir,
+        "--output-dir",
+        model,
+        "--method",
+        "cbrs",
+        "--max-steps",
+        "2",
+        *TINY_TRAIN,
+        "--no-guard",
+        *FLAGS,
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     bundle_cfg = json.loads((model / "fairsample_config.json").read_text())
     assert bundle_cfg["label"] == "finding" and bundle_cfg["groups"] == ["sex"]
@@ -68,16 +88,55 @@ def test_own_columns_check_train_generate_evaluate(runner, own_dir, tmp_path):
     assert bundle_cfg["dataset"]["n_train"] == len(split_indices(grouped, seed=0)["train"])
 
     gen = tmp_path / "g"
-    res = invoke(runner, "generate", "--model", model, "--output-dir", gen, "--per-cell", "3", "--steps", "2",
-                 "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "generate",
+        "--model",
+        model,
+        "--output-dir",
+        gen,
+        "--per-cell",
+        "3",
+        "--steps",
+        "2",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     assert (gen / "metadata.csv").read_text().splitlines()[0].startswith("file_name,sex,finding")
 
     report = tmp_path / "report"
-    fast = ["--size", "16", "--epochs", "1", "--seeds", "0-1", "--allow-few-seeds", "--k", "2", "--n-resamples", "5",
-            "--feature-epochs", "2", "--closure-resamples", "300"]  # fmt: skip
-    res = invoke(runner, "evaluate", "--real", own_dir, "--synthetic", f"fair={gen}", "--output-dir", report, *FLAGS,
-                 *fast, "--format", "json")  # fmt: skip
+    fast = [
+        "--size",
+        "16",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0-1",
+        "--allow-few-seeds",
+        "--k",
+        "2",
+        "--n-resamples",
+        "5",
+        "--feature-epochs",
+        "2",
+        "--closure-resamples",
+        "300",
+    ]
+    res = invoke(
+        runner,
+        "evaluate",
+        "--real",
+        own_dir,
+        "--synthetic",
+        f"fair={gen}",
+        "--output-dir",
+        report,
+        *FLAGS,
+        *fast,
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["headline"]["attribute"] == "sex"
@@ -114,8 +173,9 @@ def test_patient_col_gives_a_patient_grouped_split(own_dir):
 
 
 def test_missing_patient_column_names_the_flag(runner, own_dir):
-    res = invoke(runner, "data", "check", own_dir, "--label-col", "finding", "--group-col", "sex", "--patient-col",
-                 "nope")  # fmt: skip
+    res = invoke(
+        runner, "data", "check", own_dir, "--label-col", "finding", "--group-col", "sex", "--patient-col", "nope"
+    )
     assert res.exit_code == 1 and "'nope'" in res.stderr and "--patient-col" in res.stderr
 
 
@@ -127,8 +187,10 @@ def test_every_dataset_command_lists_the_five_options(runner, command):
         assert flag in res.stdout, (command, flag)
 
 
-@pytest.mark.parametrize("command", [["train", "DATA", "-o", "x"], ["data", "check", "DATA"],
-                                     ["augment", "DATA", "--total", "3", "-o", "x"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [["train", "DATA", "-o", "x"], ["data", "check", "DATA"], ["augment", "DATA", "--total", "3", "-o", "x"]],
+)
 def test_missing_folder_says_does_not_exist(runner, tmp_path, command):
     args = [str(tmp_path / "nope") if a == "DATA" else a for a in command]
     res = invoke(runner, *args)

@@ -86,8 +86,20 @@ def test_clean_dataset_passes_with_decode_result(runner, tmp_path):
 def test_train_fails_before_step_one(runner, tmp_path, damage):
     root = _dataset(tmp_path / "ds", damage)
     out = tmp_path / "m"
-    res = invoke(runner, "train", root, "--output-dir", out, "--max-steps", "1", "--split", "all", *TINY_TRAIN,
-                 "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "train",
+        root,
+        "--output-dir",
+        out,
+        "--max-steps",
+        "1",
+        "--split",
+        "all",
+        *TINY_TRAIN,
+        "--format",
+        "json",
+    )
     assert res.exit_code == 1 and res.stdout == ""
     line = _one_error_line(res.stderr)
     assert "1 of 8 images cannot be used (full decode check)" in line and BAD in line

@@ -15,8 +15,19 @@ def test_doctor_json(runner):
 
 def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    res = invoke(runner, "export", "onnx", "--model", tiny_model, "--exporter", "legacy", "--cache-dir", cache,
-                 "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "export",
+        "onnx",
+        "--model",
+        tiny_model,
+        "--exporter",
+        "legacy",
+        "--cache-dir",
+        cache,
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stdout
     man = json.loads(res.stdout)["manifest"]
     assert man["report"]["passed"] is True
@@ -40,8 +51,10 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, m
         "error: no CUDA device: the tensorrt backend needs a CUDA GPU and `pip install 'fairsample[tensorrt]'`; "
         "use the onnxruntime backend on this machine (or drop strict to fall back automatically)."
     ]
-    digest = {d: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / d / "images").glob("*.png"))
-              for d in ("t", "o", "r")}  # fmt: skip
+    digest = {
+        d: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / d / "images").glob("*.png"))
+        for d in ("t", "o", "r")
+    }
     assert len(digest["t"]) == 4 and digest["t"] == digest["o"] == digest["r"]
 
     # a damaged artifact is reported by verify (exit 1, one line) and removed by prune

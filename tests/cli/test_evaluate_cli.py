@@ -165,12 +165,32 @@ def test_flags_reach_the_sdk(runner, demo_dir, tmp_path, captured):
         path.mkdir()
     result = invoke(
         runner,
-        "evaluate", "--real", real, "--label-col", "digit", "--group-col", "tone",
-        "--synthetic", f"vanilla={folders['v0']}", "--synthetic", f"vanilla={folders['v1']}",
-        "--synthetic", f"fair={folders['f']}", "--counterfactual", folders["cf"], "--oracle", folders["oracle"],
-        "--minority", "tone=dark", "--reference", "vanilla", "--closure-resamples", "50",
-        "--output-dir", tmp_path / "out",
-    )  # fmt: skip
+        "evaluate",
+        "--real",
+        real,
+        "--label-col",
+        "digit",
+        "--group-col",
+        "tone",
+        "--synthetic",
+        f"vanilla={folders['v0']}",
+        "--synthetic",
+        f"vanilla={folders['v1']}",
+        "--synthetic",
+        f"fair={folders['f']}",
+        "--counterfactual",
+        folders["cf"],
+        "--oracle",
+        folders["oracle"],
+        "--minority",
+        "tone=dark",
+        "--reference",
+        "vanilla",
+        "--closure-resamples",
+        "50",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert result.exit_code == 1 and "error: stub: evaluation not run" in result.stderr
     ((ds, synthetic, kwargs),) = captured
     assert ds.spec.label == "digit" and ds.spec.groups == ("tone",) and len(ds) == 12

@@ -19,8 +19,19 @@ from .conftest import TINY_TRAIN, invoke
 
 def test_train_without_accelerate_names_the_extra(runner, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "accelerate", None)  # `import accelerate` now raises ImportError
-    res = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--max-steps", "1", *TINY_TRAIN,
-                 "--no-guard", "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "train",
+        demo_dir,
+        "--output-dir",
+        tmp_path / "m",
+        "--max-steps",
+        "1",
+        *TINY_TRAIN,
+        "--no-guard",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 1
     assert "pip install 'fairsample[train]'" in res.stderr and "accelerate" in res.stderr
     assert res.stderr.count("error:") == 1
@@ -86,8 +97,13 @@ _PROBE = textwrap.dedent(
 def test_info_and_bad_paths_do_not_import_torch(tmp_path):
     from fairsample.models.bundle import default_model_path, library_versions
 
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "nope"), str(default_model_path())],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path / "nope"), str(default_model_path())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["import"] == []  # `import fairsample.cli` is light

@@ -12,9 +12,26 @@ from .conftest import invoke, run_cli
 
 def test_prefs_build_writes_ranked_pairs(tiny_model, demo_dir, tmp_path):
     out = tmp_path / "prefs"
-    res = run_cli("prefs", "build", "--model", tiny_model, "--data", demo_dir, "--output-dir", out,
-                  "--per-cell", "2", "--candidates", "4", "--steps", "2", "--classifier-epochs", "1",
-                  "--format", "json")  # fmt: skip
+    res = run_cli(
+        "prefs",
+        "build",
+        "--model",
+        tiny_model,
+        "--data",
+        demo_dir,
+        "--output-dir",
+        out,
+        "--per-cell",
+        "2",
+        "--candidates",
+        "4",
+        "--steps",
+        "2",
+        "--classifier-epochs",
+        "1",
+        "--format",
+        "json",
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["source"] == PROXY_SOURCE and doc["n_candidates"] == 15 * 4
@@ -38,8 +55,21 @@ def test_prefs_build_writes_ranked_pairs(tiny_model, demo_dir, tmp_path):
 def test_prefs_build_help_and_usage_errors(runner, tiny_model, demo_dir, tmp_path):
     help_text = invoke(runner, "prefs", "build", "--help").stdout
     assert "proxy: classifier confidence" in " ".join(help_text.split())
-    bad = invoke(runner, "prefs", "build", "--model", tiny_model, "--data", demo_dir, "--output-dir", tmp_path,
-                 "--per-cell", "3", "--candidates", "4")  # fmt: skip
+    bad = invoke(
+        runner,
+        "prefs",
+        "build",
+        "--model",
+        tiny_model,
+        "--data",
+        demo_dir,
+        "--output-dir",
+        tmp_path,
+        "--per-cell",
+        "3",
+        "--candidates",
+        "4",
+    )
     assert bad.exit_code == 2 and "--candidates" in bad.stderr
 
 

@@ -16,8 +16,23 @@ from tests.tiny import save_tiny_sd_pipeline
 
 from .conftest import invoke
 
-FAST_EVAL = ["--size", "16", "--epochs", "1", "--seeds", "0-1", "--allow-few-seeds", "--k", "2", "--n-resamples", "5",
-             "--feature-epochs", "2", "--closure-resamples", "100"]  # fmt: skip
+FAST_EVAL = [
+    "--size",
+    "16",
+    "--epochs",
+    "1",
+    "--seeds",
+    "0-1",
+    "--allow-few-seeds",
+    "--k",
+    "2",
+    "--n-resamples",
+    "5",
+    "--feature-epochs",
+    "2",
+    "--closure-resamples",
+    "100",
+]
 TRAIN = ["--max-steps", "2", "--batch-size", "4", "--no-guard", "--device", "cpu", "--checkpoint-every", "0"]
 
 
@@ -31,8 +46,20 @@ def sd_bundles(runner, demo_dir, sd_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sd_runs")
     out = {}
     for method in ("vanilla", "cbrs"):
-        res = invoke(runner, "train", demo_dir, "--init-from", sd_dir, "--method", method, *TRAIN,
-                     "-o", root / method, "--format", "json")  # fmt: skip
+        res = invoke(
+            runner,
+            "train",
+            demo_dir,
+            "--init-from",
+            sd_dir,
+            "--method",
+            method,
+            *TRAIN,
+            "-o",
+            root / method,
+            "--format",
+            "json",
+        )
         assert res.exit_code == 0, res.stderr
         out[method] = root / method
         out[f"{method}.stderr"] = res.stderr  # type: ignore[assignment]
@@ -100,8 +127,19 @@ def test_generate_export_onnx_and_evaluate(runner, demo_dir, sd_bundles, tmp_pat
     assert res.exit_code == 0, res.stderr
     assert len(list((tmp_path / "ort" / "images").glob("*.png"))) == 2 * n_cells
 
-    res = invoke(runner, "evaluate", "--real", demo_dir, "--synthetic", f"sd={tmp_path / 'torch'}",
-                 "--output-dir", tmp_path / "report", *FAST_EVAL, "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "evaluate",
+        "--real",
+        demo_dir,
+        "--synthetic",
+        f"sd={tmp_path / 'torch'}",
+        "--output-dir",
+        tmp_path / "report",
+        *FAST_EVAL,
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     assert Path(json.loads(res.stdout)["files"]["json"]).is_file()
 
@@ -110,8 +148,21 @@ def test_generate_straight_from_the_untouched_folder(runner, sd_dir, tmp_path):
     cells = ["--cells", "tone=dark,label=1", "--cells", "tone=light,label=1"]
     dry = invoke(runner, "generate", "--model", sd_dir, *cells, "-o", tmp_path / "g", "--dry-run")
     assert json.loads(dry.stdout)["prompts"]["tone=dark,label=1"] == "tone dark, label 1"
-    res = invoke(runner, "generate", "--model", sd_dir, *cells, "--per-cell", "2", "--steps", "2",
-                 "-o", tmp_path / "g", "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "generate",
+        "--model",
+        sd_dir,
+        *cells,
+        "--per-cell",
+        "2",
+        "--steps",
+        "2",
+        "-o",
+        tmp_path / "g",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["n_images"] == 4
     assert sorted(p.name for p in (tmp_path / "g" / "images").glob("*.png"))[:1]
@@ -126,8 +177,20 @@ def test_generate_straight_from_the_untouched_folder(runner, sd_dir, tmp_path):
 
 
 def test_model_import_writes_a_bundle(runner, demo_dir, sd_dir, tmp_path):
-    res = invoke(runner, "model", "import", sd_dir, "--data", demo_dir, "--template", "{tone} skin, digit {label}",
-                 "-o", tmp_path / "b", "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "model",
+        "import",
+        sd_dir,
+        "--data",
+        demo_dir,
+        "--template",
+        "{tone} skin, digit {label}",
+        "-o",
+        tmp_path / "b",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     from fairsample.data.folder import load_folder
@@ -151,8 +214,10 @@ def test_model_import_writes_a_bundle(runner, demo_dir, sd_dir, tmp_path):
     ],
 )
 def test_bad_templates_fail_with_one_line(runner, demo_dir, sd_dir, tmp_path, template, message):
-    for args in (["train", demo_dir, "--init-from", sd_dir, *TRAIN, "-o", tmp_path / "t"],
-                 ["model", "import", sd_dir, "--data", demo_dir, "-o", tmp_path / "i"]):  # fmt: skip
+    for args in (
+        ["train", demo_dir, "--init-from", sd_dir, *TRAIN, "-o", tmp_path / "t"],
+        ["model", "import", sd_dir, "--data", demo_dir, "-o", tmp_path / "i"],
+    ):
         res = invoke(runner, *args, "--template", template)
         assert res.exit_code == 1, res.stdout
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -163,8 +228,18 @@ def test_bad_templates_fail_with_one_line(runner, demo_dir, sd_dir, tmp_path, te
 
 def test_colliding_cells_are_refused(runner, sd_dir, tmp_path):
     # the CLIP tokenizer lower-cases: DARK and dark become the same tokens
-    res = invoke(runner, "generate", "--model", sd_dir, "--cells", "tone=dark,label=1", "--cells",
-                 "tone=DARK,label=1", "-o", tmp_path / "g")  # fmt: skip
+    res = invoke(
+        runner,
+        "generate",
+        "--model",
+        sd_dir,
+        "--cells",
+        "tone=dark,label=1",
+        "--cells",
+        "tone=DARK,label=1",
+        "-o",
+        tmp_path / "g",
+    )
     assert res.exit_code == 1
     assert "maps cells tone=dark,label=1 and tone=DARK,label=1 to the same" in res.stderr
 
@@ -182,9 +257,12 @@ def test_colliding_cells_are_refused(runner, sd_dir, tmp_path):
 def test_model_path_errors(runner, demo_dir, tmp_path, args, message):
     (tmp_path / "model.ckpt").write_bytes(b"\x80\x04")
     (tmp_path / "empty").mkdir()
-    subs = {"MISSING": str(tmp_path / "nope"), "PICKLE": str(tmp_path / "model.ckpt"),
-            "EMPTY": str(tmp_path / "empty"),
-            "DATA": str(demo_dir)}  # fmt: skip
+    subs = {
+        "MISSING": str(tmp_path / "nope"),
+        "PICKLE": str(tmp_path / "model.ckpt"),
+        "EMPTY": str(tmp_path / "empty"),
+        "DATA": str(demo_dir),
+    }
     res = invoke(runner, *[subs.get(a, a) for a in args])
     assert res.exit_code == 1
     expected = message.replace("MISSING", subs["MISSING"])
@@ -196,15 +274,36 @@ def test_single_file_that_cannot_be_read_offline_says_what_to_run(runner, tmp_pa
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "sd.safetensors"))
-    res = invoke(runner, "generate", "--model", tmp_path / "sd.safetensors", "--cells", "tone=dark,label=1",
-                 "-o", tmp_path / "g")  # fmt: skip
+    res = invoke(
+        runner,
+        "generate",
+        "--model",
+        tmp_path / "sd.safetensors",
+        "--cells",
+        "tone=dark,label=1",
+        "-o",
+        tmp_path / "g",
+    )
     assert res.exit_code == 1
     assert "could not read this single-file checkpoint offline" in res.stderr and "save_pretrained" in res.stderr
 
 
 def test_gradient_checkpointing_changes_memory_not_results(runner, demo_dir, sd_dir, sd_bundles, tmp_path):
-    res = invoke(runner, "train", demo_dir, "--init-from", sd_dir, "--method", "vanilla", *TRAIN,
-                 "--gradient-checkpointing", "-o", tmp_path / "gc", "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "train",
+        demo_dir,
+        "--init-from",
+        sd_dir,
+        "--method",
+        "vanilla",
+        *TRAIN,
+        "--gradient-checkpointing",
+        "-o",
+        tmp_path / "gc",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stderr
     cfg = json.loads((tmp_path / "gc" / "fairsample_config.json").read_text())
     assert cfg["train"]["gradient_checkpointing"] is True

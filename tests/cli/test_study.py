@@ -47,14 +47,34 @@ def study_env(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     demo = root / "demo"
     make_demo_dataset(demo, source="digits")
     # the conditioning guard is part of the study's protocol (the suite turns it off for other tests)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", FAIRSAMPLE_GUARD="1",
-               FAIRSAMPLE_CACHE_DIR=str(root / "cache" / "engines"))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",
+        FAIRSAMPLE_GUARD="1",
+        FAIRSAMPLE_CACHE_DIR=str(root / "cache" / "engines"),
+    )
     return root, demo, env
 
 
 def _command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fairsample.cli", "study", "--data", str(data), "--output-dir", str(out),
-            "--profile", "tiny", "--backend", "torch", "--format", "json", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "fairsample.cli",
+        "study",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--profile",
+        "tiny",
+        "--backend",
+        "torch",
+        "--format",
+        "json",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +116,18 @@ def _section_rows(markdown: str, heading: str) -> list[str]:
 
 def test_tiny_study_end_to_end(full_run) -> None:
     out, results = full_run
-    for rel in ("results.json", "RESULTS.md", "study.json", "plots/closure_counterfactual.png", "plots/curve.png",
-                "cells/base/base/cell.json", "cells/oracle/oracle/set/metadata.csv",
-                "cells/evaluate/all/report/report.json", "cells/generate/vanilla@0/set/metadata.csv",
-                "cells/generate/vanilla@1/set/metadata.csv"):  # fmt: skip
+    for rel in (
+        "results.json",
+        "RESULTS.md",
+        "study.json",
+        "plots/closure_counterfactual.png",
+        "plots/curve.png",
+        "cells/base/base/cell.json",
+        "cells/oracle/oracle/set/metadata.csv",
+        "cells/evaluate/all/report/report.json",
+        "cells/generate/vanilla@0/set/metadata.csv",
+        "cells/generate/vanilla@1/set/metadata.csv",
+    ):
         assert (out / rel).is_file(), rel
     md = (out / "RESULTS.md").read_text()
     assert _section_rows(md, "## Gap closure — counterfactual") == ROWS
@@ -118,9 +146,16 @@ def test_tiny_study_end_to_end(full_run) -> None:
     assert base["minority"] == "dark" and base["minority_images"] == 0 and base["minority_in_train_split"] > 0
     assert results["views"] == ["counterfactual", "test"] and results["minority"] == "dark"
     rows = {r["id"]: r for r in results["rows"]}
-    assert list(rows) == ["base", "oracle", "vanilla", "fairdiffusion", "vanilla.attribute_switch",
-                          "fairdiffusion.attribute_switch", "vanilla.fairdiffusion_perturbed",
-                          "fairdiffusion.fairdiffusion_perturbed"]  # fmt: skip
+    assert list(rows) == [
+        "base",
+        "oracle",
+        "vanilla",
+        "fairdiffusion",
+        "vanilla.attribute_switch",
+        "fairdiffusion.attribute_switch",
+        "vanilla.fairdiffusion_perturbed",
+        "fairdiffusion.fairdiffusion_perturbed",
+    ]
     oracle_meta = pd.read_csv(out / "cells/oracle/oracle/set/metadata.csv")
     plan_counts = json.loads((out / "cells/oracle/oracle/cell.json").read_text())["outputs"]["counts"]
     assert len(oracle_meta) == sum(plan_counts.values()) == rows["oracle"]["n_train_synthetic"]
@@ -154,11 +189,13 @@ def _foreign(root: Path, demo: Path) -> Path:
     data = root / "foreign"
     data.mkdir()
     meta = pd.read_csv(demo / "metadata.csv")
-    frame = pd.DataFrame({
-        "file_name": meta["file_name"],
-        "finding": meta["label"].map({0: "none", 1: "mild", 2: "mild", 3: "severe", 4: "severe"}),
-        "sex": meta["tone"].map({"light": "F", "medium": "F", "dark": "M"}),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "file_name": meta["file_name"],
+            "finding": meta["label"].map({0: "none", 1: "mild", 2: "mild", 3: "severe", 4: "severe"}),
+            "sex": meta["tone"].map({"light": "F", "medium": "F", "dark": "M"}),
+        }
+    )
     frame.to_csv(data / "metadata.csv", index=False)
     (data / "images").symlink_to(demo / "images")
     return data
@@ -168,8 +205,9 @@ def test_foreign_dataset_runs_and_a_killed_study_resumes(study_env) -> None:
     root, demo, env = study_env
     data = _foreign(root, demo)
     out = root / "foreign_study"
-    cmd = _command(data, out, "--attribute", "sex", "--label-col", "finding", "--methods", "vanilla",
-                   "--samplers", "conditional")  # fmt: skip
+    cmd = _command(
+        data, out, "--attribute", "sex", "--label-col", "finding", "--methods", "vanilla", "--samplers", "conditional"
+    )
     first = out / "cells" / "base" / "base" / "cell.json"
     with open(root / "killed.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -215,8 +253,9 @@ def test_unknown_method_is_one_line(runner, study_env, tmp_path) -> None:
 
 def test_data_without_the_attribute_is_one_line(runner, study_env, tmp_path) -> None:
     _, demo, _ = study_env
-    res = invoke(runner, "study", "--data", demo, "--output-dir", tmp_path / "s", "--profile", "tiny",
-                 "--attribute", "sex")  # fmt: skip
+    res = invoke(
+        runner, "study", "--data", demo, "--output-dir", tmp_path / "s", "--profile", "tiny", "--attribute", "sex"
+    )
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: attribute 'sex' is not a group column")

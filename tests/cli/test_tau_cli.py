@@ -38,9 +38,26 @@ def test_tau_json_plot_cache_and_generate_without_tau(runner, tiny_model, tmp_pa
     )
     assert len(list((tmp_path / "tau").glob("*.json"))) == 1
     # generate without tau= finds the same cached τ* (same model, attribute, pair and guidance) and says so
-    gen = invoke(runner, "generate", "--model", tiny_model, "--sampler", "attribute_switch", "--sampler-option",
-                 "attribute=tone", "--sampler-option", "to=dark", "--cells", "tone=light,label=1", "--seeds", "0-1",
-                 "--steps", "10", "--output-dir", tmp_path / "g")  # fmt: skip
+    gen = invoke(
+        runner,
+        "generate",
+        "--model",
+        tiny_model,
+        "--sampler",
+        "attribute_switch",
+        "--sampler-option",
+        "attribute=tone",
+        "--sampler-option",
+        "to=dark",
+        "--cells",
+        "tone=light,label=1",
+        "--seeds",
+        "0-1",
+        "--steps",
+        "10",
+        "--output-dir",
+        tmp_path / "g",
+    )
     assert gen.exit_code == 0, gen.stderr
     assert [ln for ln in gen.stderr.splitlines() if ln.startswith("attribute_switch:")] == [
         f"attribute_switch: tau not given; using cached tau* = {doc['tau_star']} (step {doc['step_index']} of 100 "

@@ -205,15 +205,35 @@ def test_bundle_sampling_defaults_sit_below_config_file_and_flags(runner, tiny_m
 
 
 def test_train_guard_switch_and_generate_guidance_rescale(runner, demo_dir, tiny_model, tmp_path):
-    res = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--max-steps", "2", *TINY_TRAIN,
-                 "--no-guard", "--format", "json")  # fmt: skip
+    res = invoke(
+        runner,
+        "train",
+        demo_dir,
+        "--output-dir",
+        tmp_path / "m",
+        "--max-steps",
+        "2",
+        *TINY_TRAIN,
+        "--no-guard",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.stdout
     assert json.loads(res.stdout)["conditioning_guard"] == "unchecked"
     doc = json.loads((tmp_path / "m" / "fairsample_config.json").read_text())
     assert doc["train"]["guard"] is False and doc["conditioning_guard"]["flag"] == "unchecked"
     dry = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "x", "--guard", "--dry-run")
     assert json.loads(dry.stdout)["guard"] is True and json.loads(dry.stdout)["guard_guidance"] == [1.0, 1.5, 2.0, 3.0]
-    gen = invoke(runner, "generate", "--model", tiny_model, "--output-dir", tmp_path / "g",
-                 "--guidance-rescale", "0.7", "--dry-run")  # fmt: skip
+    gen = invoke(
+        runner,
+        "generate",
+        "--model",
+        tiny_model,
+        "--output-dir",
+        tmp_path / "g",
+        "--guidance-rescale",
+        "0.7",
+        "--dry-run",
+    )
     assert gen.exit_code == 0, gen.stdout
     assert json.loads(gen.stdout)["config"]["guidance_rescale"] == 0.7

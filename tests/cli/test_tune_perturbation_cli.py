@@ -16,9 +16,25 @@ from .conftest import run_cli
 
 def test_tune_perturbation_writes_a_loadable_file(demo_dir, tmp_path):
     out = tmp_path / "perturbation.json"
-    proc = run_cli("tune-perturbation", "--data", demo_dir, "--attribute", "tone", "--n-eval", "3",
-                   "--iterations", "1", "--steps", "2", "--held-out-sets", "2", "--output", out,
-                   "--format", "json")  # fmt: skip
+    proc = run_cli(
+        "tune-perturbation",
+        "--data",
+        demo_dir,
+        "--attribute",
+        "tone",
+        "--n-eval",
+        "3",
+        "--iterations",
+        "1",
+        "--steps",
+        "2",
+        "--held-out-sets",
+        "2",
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["output"] == str(out) and doc["kept"] in ("zero", "theta_star") and doc["reason"]

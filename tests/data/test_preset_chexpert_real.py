@@ -38,8 +38,12 @@ def ds(root):
 def test_native_layout(native):
     assert len(native) == N_ROWS
     assert list(native.columns) == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS]
-    assert native["Pleural Effusion"].value_counts().to_dict() == {"": 90_203, "1.0": 86_187, "0.0": 35_396,
-                                                                   "-1.0": 11_628}  # fmt: skip
+    assert native["Pleural Effusion"].value_counts().to_dict() == {
+        "": 90_203,
+        "1.0": 86_187,
+        "0.0": 35_396,
+        "-1.0": 11_628,
+    }
 
 
 def test_unknown_sex_is_reported_with_its_row(root):

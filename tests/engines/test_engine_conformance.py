@@ -14,8 +14,15 @@ from fairsample.engines import Engine, MemoryReport
 from fairsample.export.validate import GATES, compare
 from tests.export.shared import HIDDEN_DIM, SEQ_LEN, load_ort, tiny_bundle
 
-BACKENDS = ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed"))]  # fmt: skip
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "onnxruntime",
+        marks=pytest.mark.skipif(
+            __import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed"
+        ),
+    ),
+]
 
 
 def _make(backend: str):
@@ -84,8 +91,9 @@ def test_out_ownership_and_aliasing(any_engine, batch) -> None:
 
 
 def test_shape_errors_are_one_line(any_engine) -> None:
-    msg = _BAD_SHAPE.format(name="encoder_hidden_states", got=[1, SEQ_LEN, 32], sample="[N, 3, H, W]",
-                            ehs=f"[N, {SEQ_LEN}, {HIDDEN_DIM}]")  # fmt: skip
+    msg = _BAD_SHAPE.format(
+        name="encoder_hidden_states", got=[1, SEQ_LEN, 32], sample="[N, 3, H, W]", ehs=f"[N, {SEQ_LEN}, {HIDDEN_DIM}]"
+    )
     with pytest.raises(ConfigError, match=re.escape(msg)):
         any_engine(torch.zeros(1, 3, 8, 8), 1.0, torch.zeros(1, SEQ_LEN, 32))
 

@@ -26,17 +26,27 @@ def _trajectory(engine, scheduler_name: str):
     scheduler = make_scheduler(scheduler_name, {"num_train_timesteps": 1000, "prediction_type": "epsilon"})
     gens = make_generators([0, 1, 2])
     outputs: list[torch.Tensor] = []
-    x0 = sample_conditional(engine, scheduler, initial_latents(gens, (3, 8, 8)), plan, num_inference_steps=10,
-                            guidance_scale=3.0, generator=gens,
-                            callback=lambda info: outputs.append(info["model_output"].clone()))  # fmt: skip
+    x0 = sample_conditional(
+        engine,
+        scheduler,
+        initial_latents(gens, (3, 8, 8)),
+        plan,
+        num_inference_steps=10,
+        guidance_scale=3.0,
+        generator=gens,
+        callback=lambda info: outputs.append(info["model_output"].clone()),
+    )
     return x0, outputs
 
 
-@pytest.mark.parametrize(("scheduler_name", "dtype", "step_gate", "psnr_gate"), [
-    ("ddim", torch.float32, 1e-3, 40.0),
-    ("ddpm", torch.float32, 1e-3, 40.0),
-    ("ddpm", torch.float16, 1e-2, 40.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("scheduler_name", "dtype", "step_gate", "psnr_gate"),
+    [
+        ("ddim", torch.float32, 1e-3, 40.0),
+        ("ddpm", torch.float32, 1e-3, 40.0),
+        ("ddpm", torch.float16, 1e-2, 40.0),
+    ],
+)
 def test_trajectory_matches_torch(scheduler_name, dtype, step_gate, psnr_gate) -> None:
     ref_x0, ref_steps = _trajectory(load_engine(tiny_bundle()), scheduler_name)
     x0, steps = _trajectory(load_ort(dtype=dtype), scheduler_name)

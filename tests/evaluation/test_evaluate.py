@@ -387,8 +387,15 @@ def test_closure_against_a_reference_row():
             "by_group": {},
             "summary": {"worst_best_gap": None, "accuracy": None},
         }
-        return {"id": row_id, "kind": kind, "protocol": "real_plus_synthetic", "set": name,
-                "fairness": {"tone": block}, "counterfactual": None, "gap_closure": None}  # fmt: skip
+        return {
+            "id": row_id,
+            "kind": kind,
+            "protocol": "real_plus_synthetic",
+            "set": name,
+            "fairness": {"tone": block},
+            "counterfactual": None,
+            "gap_closure": None,
+        }
 
     rows = [
         row("base", "base", None, [[0.30, 0.31, 0.29]]),

@@ -38,8 +38,10 @@ def test_key_is_stable_across_calls_and_dict_order() -> None:
     assert len(cache_key(a)) == 64
 
 
-@pytest.mark.parametrize("field", ["prediction_type", "seq_len", "exporters", "max_batch", "max_size", "weights",
-                                   "architecture", "torch", "schema"])  # fmt: skip
+@pytest.mark.parametrize(
+    "field",
+    ["prediction_type", "seq_len", "exporters", "max_batch", "max_size", "weights", "architecture", "torch", "schema"],
+)
 def test_flipping_each_key_field_changes_the_key(field: str) -> None:
     base = _parts()
     if field == "weights":
@@ -51,8 +53,17 @@ def test_flipping_each_key_field_changes_the_key(field: str) -> None:
     elif field == "schema":
         flipped = {**base, "schema": base["schema"] + 1}
     else:
-        flipped = _parts(**{field: {"prediction_type": "v_prediction", "seq_len": 5, "exporters": ("legacy",),
-                                    "max_batch": 9, "max_size": 65}[field]})  # fmt: skip
+        flipped = _parts(
+            **{
+                field: {
+                    "prediction_type": "v_prediction",
+                    "seq_len": 5,
+                    "exporters": ("legacy",),
+                    "max_batch": 9,
+                    "max_size": 65,
+                }[field]
+            }
+        )
     assert cache_key(flipped) != cache_key(base)
 
 

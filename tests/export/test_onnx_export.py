@@ -57,8 +57,9 @@ def test_dynamo_graph_has_dynamic_dims_and_one_data_file() -> None:
 
 def test_legacy_export_round_trips_external_data(tmp_path) -> None:
     unet = tiny_bundle().unet
-    art = export_onnx(unet, tmp_path, prediction_type="epsilon", seq_len=SEQ_LEN, exporters=("legacy",),
-                      size_threshold=0)  # fmt: skip
+    art = export_onnx(
+        unet, tmp_path, prediction_type="epsilon", seq_len=SEQ_LEN, exporters=("legacy",), size_threshold=0
+    )
     assert art.exporter == "legacy" and art.opset == 17 and art.report["passed"]
     model = onnx.load(str(art.path), load_external_data=False)
     assert all(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
@@ -67,8 +68,15 @@ def test_legacy_export_round_trips_external_data(tmp_path) -> None:
     moved.mkdir()
     for name in (MODEL_FILE, DATA_FILE):
         (tmp_path / name).rename(moved / name)
-    report = onnx_parity_report(moved / MODEL_FILE, UNetForward(unet), parity_shapes(unet), precision="fp32",
-                                channels=3, seq_len=SEQ_LEN, hidden_dim=HIDDEN_DIM)  # fmt: skip
+    report = onnx_parity_report(
+        moved / MODEL_FILE,
+        UNetForward(unet),
+        parity_shapes(unet),
+        precision="fp32",
+        channels=3,
+        seq_len=SEQ_LEN,
+        hidden_dim=HIDDEN_DIM,
+    )
     assert report["passed"]
 
 
@@ -105,10 +113,13 @@ def _graph(sample_dims):
     return helper.make_model(g)
 
 
-@pytest.mark.parametrize(("dims", "axis", "value", "param"), [
-    ([2, 3, "height", "width"], 0, 2, "batch"),
-    (["batch", 3, 16, "width"], 2, 16, "height"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dims", "axis", "value", "param"),
+    [
+        ([2, 3, "height", "width"], 0, 2, "batch"),
+        (["batch", 3, 16, "width"], 2, 16, "height"),
+    ],
+)
 def test_dim_audit_names_the_specialised_dim(dims, axis, value, param) -> None:
     msg = _DIM_NOT_DYNAMIC.format(tensor="sample", axis=axis, value=value, param=param)
     with pytest.raises(ValidationFailed, match=re.escape(msg)) as info:

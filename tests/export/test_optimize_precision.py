@@ -53,8 +53,9 @@ def test_fp16_keeps_islands_in_float32(tmp_path) -> None:
     islands = [n for n in model.graph.node if n.op_type in ("Softmax", "LayerNormalization", "InstanceNormalization")]
     assert islands
     # every island op reads a float32 tensor: its input comes from an inserted Cast to FLOAT or an fp32 producer
-    casts_to_fp16 = {o for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.i == 10
-                     for o in n.output}  # fmt: skip
+    casts_to_fp16 = {
+        o for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.i == 10 for o in n.output
+    }
     assert not any(n.input[0] in casts_to_fp16 for n in islands)
     assert art.policy == precision_policy()
     assert precision_policy(keep_attention_fp32=True)["island_scopes"] != art.policy["island_scopes"]

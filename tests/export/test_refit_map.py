@@ -31,13 +31,20 @@ def _prototypes(path: Path) -> dict[str, tuple[int, str]]:
 def _check_roundtrip(path: Path, state: dict[str, torch.Tensor], rtol: float) -> dict:
     refit = build_refit_map(path, state)
     protos = _prototypes(path)
-    weights = resolve_refit_weights(state, protos, name_map=refit["name_map"], ignored=refit["ignored"],
-                                    constants=refit["constants"], shared=refit["shared"])  # fmt: skip
+    weights = resolve_refit_weights(
+        state,
+        protos,
+        name_map=refit["name_map"],
+        ignored=refit["ignored"],
+        constants=refit["constants"],
+        shared=refit["shared"],
+    )
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     assert set(weights) == set(protos) - set(refit["constants"])
     for name, tensor in weights.items():
-        np.testing.assert_allclose(tensor.float().numpy().reshape(inits[name].shape), inits[name].astype(np.float32),
-                                   rtol=rtol, atol=1e-7)  # fmt: skip
+        np.testing.assert_allclose(
+            tensor.float().numpy().reshape(inits[name].shape), inits[name].astype(np.float32), rtol=rtol, atol=1e-7
+        )
     return refit
 
 
@@ -77,8 +84,14 @@ def test_deduplicated_initializers_are_listed_and_guarded(kind: str) -> None:
     changed = {k: v.clone() for k, v in state.items()}
     changed[sources[-1]] += 0.5
     with pytest.raises(ConfigError, match=r"share one engine weight .*rebuild the engine"):
-        resolve_refit_weights(changed, _prototypes(path), name_map=refit["name_map"], ignored=refit["ignored"],
-                              constants=refit["constants"], shared=refit["shared"])  # fmt: skip
+        resolve_refit_weights(
+            changed,
+            _prototypes(path),
+            name_map=refit["name_map"],
+            ignored=refit["ignored"],
+            constants=refit["constants"],
+            shared=refit["shared"],
+        )
 
 
 def test_refit_with_other_weights_feeds_their_values(tmp_path: Path) -> None:
@@ -87,7 +100,8 @@ def test_refit_with_other_weights_feeds_their_values(tmp_path: Path) -> None:
     path = export_onnx(unet, tmp_path, prediction_type="epsilon", seq_len=SEQ_LEN, exporters=("legacy",)).path
     refit = build_refit_map(path, unet.state_dict())
     other = _trained_like(seed=4).state_dict()
-    weights = resolve_refit_weights(other, _prototypes(path), name_map=refit["name_map"], ignored=refit["ignored"],
-                                    constants=refit["constants"])  # fmt: skip
+    weights = resolve_refit_weights(
+        other, _prototypes(path), name_map=refit["name_map"], ignored=refit["ignored"], constants=refit["constants"]
+    )
     name, source = next((k, v) for k, v in refit["name_map"].items() if isinstance(v, str) and v.endswith("weight"))
     assert torch.equal(weights[name], other[source].float().contiguous())

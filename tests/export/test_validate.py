@@ -36,8 +36,9 @@ def test_fp16_gate_scales_max_abs_with_the_reference() -> None:
 def test_failed_report_is_refused_with_one_line() -> None:
     ref = lambda x, t, e: x  # noqa: E731
     bad = lambda x, t, e: x + 1e-3  # noqa: E731
-    report = parity_report(bad, ref, [(2, 4, 4), (1, 4, 6)], precision="fp32", channels=3, seq_len=2, hidden_dim=4,
-                           name="model.onnx")  # fmt: skip
+    report = parity_report(
+        bad, ref, [(2, 4, 4), (1, 4, 6)], precision="fp32", channels=3, seq_len=2, hidden_dim=4, name="model.onnx"
+    )
     assert not report["passed"]
     assert report["reason"].startswith("at (N, H, W)=(2, 4, 4): max_abs 0.001 > 0.0001")
     msg = _REPORT_FAILED.format(name="model.onnx", precision="fp32", reason=report["reason"])

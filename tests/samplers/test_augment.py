@@ -173,8 +173,9 @@ def test_unreachable_share_names_the_share_and_the_minimum_total():
     real = {cell("light", "0"): 4, cell("medium", "0"): 1, cell("dark", "0"): 0}
     third = {"light": 1 / 3, "medium": 1 / 3, "dark": 1 / 3}
     # light needs N >= 3 · 4 = 12, i.e. total >= 7; with total 5, N = 10
-    msg = _UNREACHABLE.format(attribute="tone", value="light", share=1 / 3, total=5, real=4, merged=10, have=0.4,
-                              need=7)  # fmt: skip
+    msg = _UNREACHABLE.format(
+        attribute="tone", value="light", share=1 / 3, total=5, real=4, merged=10, have=0.4, need=7
+    )
     with pytest.raises(ConfigError, match=re.escape(msg)):
         augmentation_plan(real, target=third, total=5)
     assert "\n" not in msg and "--total >= 7" in msg
@@ -205,8 +206,15 @@ def test_bad_arguments():
 
 # -- CLI -----------------------------------------------------------------------------------------------------------
 #: every tone has two labels (no single-class warnings); dark,2 and medium,2 have no real image
-REAL = {("light", "0"): 3, ("light", "1"): 2, ("light", "2"): 1, ("medium", "0"): 1, ("medium", "1"): 1,
-        ("dark", "0"): 1, ("dark", "1"): 1}  # fmt: skip
+REAL = {
+    ("light", "0"): 3,
+    ("light", "1"): 2,
+    ("light", "2"): 1,
+    ("medium", "0"): 1,
+    ("medium", "1"): 1,
+    ("dark", "0"): 1,
+    ("dark", "1"): 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +259,21 @@ def test_dry_run_prints_only_the_plan(real_dir, tmp_path):
     assert lines[-1].split() == ["total", "10", "6", "16", "1.000"]
     assert res.stderr == "" and not out.exists()
 
-    res = _invoke("augment", real_dir, "--total", "9", "--split", "all", "-o", out, "--dry-run", "--format", "json",
-                  "--target", "proportions:light=0.4,medium=0.3,dark=0.3")  # fmt: skip
+    res = _invoke(
+        "augment",
+        real_dir,
+        "--total",
+        "9",
+        "--split",
+        "all",
+        "-o",
+        out,
+        "--dry-run",
+        "--format",
+        "json",
+        "--target",
+        "proportions:light=0.4,medium=0.3,dark=0.3",
+    )
     doc = json.loads(res.stdout)
     assert doc["total"] == 9 and doc["n_merged"] == 19 and not out.exists()
     # N = 19: exact m = 5.7 - 2, 7.6 - 6, 5.7 - 2 = 3.7, 1.6, 3.7 → floors 3, 1, 3; the remainders .7 beat .6
@@ -260,8 +281,19 @@ def test_dry_run_prints_only_the_plan(real_dir, tmp_path):
 
 
 def test_unreachable_target_is_one_line_exit_1(real_dir, tmp_path):
-    res = _invoke("augment", real_dir, "--total", "1", "--split", "all", "-o", tmp_path / "x", "--dry-run",
-                  "--target", "proportions:light=0.2,medium=0.4,dark=0.4")  # fmt: skip
+    res = _invoke(
+        "augment",
+        real_dir,
+        "--total",
+        "1",
+        "--split",
+        "all",
+        "-o",
+        tmp_path / "x",
+        "--dry-run",
+        "--target",
+        "proportions:light=0.2,medium=0.4,dark=0.4",
+    )
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1 and "tone=light of 0.2 is unreachable" in res.stderr
     assert "--total >= 20" in res.stderr  # light has 6 real images: N >= 30, minus 10 real
@@ -269,14 +301,33 @@ def test_unreachable_target_is_one_line_exit_1(real_dir, tmp_path):
 
 def test_augment_generates_the_planned_counts(real_dir, tmp_path):
     out = tmp_path / "aug"
-    args = ["augment", real_dir, "--total", "6", "--split", "all", "-o", out, "--steps", "2", "--batch-size", "4",
-            "--format", "json"]  # fmt: skip
+    args = [
+        "augment",
+        real_dir,
+        "--total",
+        "6",
+        "--split",
+        "all",
+        "-o",
+        out,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--format",
+        "json",
+    ]
     res = _invoke(*args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     planned = {c["cell"]: c["synthetic"] for c in doc["plan"]["cells"] if c["synthetic"]}
-    assert planned == {"tone=dark,label=0": 1, "tone=dark,label=1": 1, "tone=dark,label=2": 2,
-                       "tone=light,label=2": 1, "tone=medium,label=2": 1}  # fmt: skip
+    assert planned == {
+        "tone=dark,label=0": 1,
+        "tone=dark,label=1": 1,
+        "tone=dark,label=2": 2,
+        "tone=light,label=2": 1,
+        "tone=medium,label=2": 1,
+    }
     with (out / "metadata.csv").open() as fh:
         synth = Counter(f"tone={r['tone']},label={r['label']}" for r in csv.DictReader(fh))
     assert dict(synth) == planned and len(list((out / "images").glob("*.png"))) == 6

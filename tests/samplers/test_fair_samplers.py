@@ -95,8 +95,15 @@ def test_mixing_is_conditional_on_mean_embedding(engine, scheduler_config, make_
 
 def test_bad_tau_is_one_line(engine, scheduler_config, make_plan):
     with pytest.raises(ConfigError, match=r"^`tau` must be a number in \[0, 1000\]"):
-        sample_attribute_switch(engine, make_scheduler("ddim", scheduler_config), _x([0]), make_plan([0]),
-                                switch_plan=make_plan([1]), tau=-1, **KW)  # fmt: skip
+        sample_attribute_switch(
+            engine,
+            make_scheduler("ddim", scheduler_config),
+            _x([0]),
+            make_plan([0]),
+            switch_plan=make_plan([1]),
+            tau=-1,
+            **KW,
+        )
 
 
 def _cell_plan(make_plan, cells):
@@ -116,8 +123,9 @@ def test_perturbed_zero_equals_conditional_and_offsets_act(engine, scheduler_con
     assert torch.equal(out[0], base[0]) and not torch.equal(out[1], base[1])  # only the dark sample moves
     # the dark sample equals conditional at w = 3 from 0.9·x_T
     solo = ConditioningPlan(cond=plan.cond[1:], uncond=plan.uncond, cells=plan.cells[1:])
-    want = sample_conditional(engine, sched, 0.9 * x[1:], solo, num_inference_steps=4,
-                              guidance_scale=torch.tensor([3.0]))  # fmt: skip
+    want = sample_conditional(
+        engine, sched, 0.9 * x[1:], solo, num_inference_steps=4, guidance_scale=torch.tensor([3.0])
+    )
     torch.testing.assert_close(out[1:], want, rtol=0, atol=1e-6)
 
 
@@ -208,8 +216,9 @@ def test_switch_index_is_where_the_sampler_switches(engine, scheduler_config, ma
 
     p0, p1 = make_plan([0]), make_plan([5])
     sched = make_scheduler("ddim", scheduler_config)
-    sample_attribute_switch(Recorder(engine), sched, _x([3]), p0, switch_plan=p1, tau=tau, num_inference_steps=steps,
-                            guidance_scale=2.0)  # fmt: skip
+    sample_attribute_switch(
+        Recorder(engine), sched, _x([3]), p0, switch_plan=p1, tau=tau, num_inference_steps=steps, guidance_scale=2.0
+    )
     on_s1 = [torch.equal(e, p1.cond[0]) for e in seen]
     k = switch_step(tau, sched, steps)
     assert on_s1 == [i >= k for i in range(steps)]

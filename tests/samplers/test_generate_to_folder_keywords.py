@@ -13,8 +13,14 @@ from fairsample.core.config import SampleConfig
 from fairsample.core.errors import ConfigError
 from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 
-KEYWORDS = {"steps": 2, "guidance_scale": 1.5, "scheduler": "ddpm", "batch_size": 3, "sampler": "conditional",
-            "guidance_rescale": 0.0}  # fmt: skip
+KEYWORDS = {
+    "steps": 2,
+    "guidance_scale": 1.5,
+    "scheduler": "ddpm",
+    "batch_size": 3,
+    "sampler": "conditional",
+    "guidance_rescale": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +30,9 @@ def pipe() -> FairSamplePipeline:
 
 def test_keywords_override_the_config(pipe, tmp_path):
     plan = GenerationPlan.per_cell([pipe.bundle.cells()[0]], 2, [5, 6])
-    result = pipe.generate_to_folder(tmp_path / "a", plan, SampleConfig(steps=7, guidance_scale=3.0), progress=False,
-                                     **KEYWORDS)  # fmt: skip
+    result = pipe.generate_to_folder(
+        tmp_path / "a", plan, SampleConfig(steps=7, guidance_scale=3.0), progress=False, **KEYWORDS
+    )
     assert result.n_images == 2
     written = json.loads((tmp_path / "a" / "config.json").read_text())["sample_config"]
     assert {k: written[k] for k in KEYWORDS} == KEYWORDS

@@ -54,8 +54,16 @@ def _x0(engine, phi):
     plan = ConditioningPlan(cond=cond, uncond=uncond, cells=("a", "b"))
     scheduler = make_scheduler("ddpm", {"num_train_timesteps": 1000, "prediction_type": "epsilon"})
     gens = make_generators([0, 1])
-    return sample_conditional(engine, scheduler, initial_latents(gens, (3, 8, 8)), plan, num_inference_steps=5,
-                              guidance_scale=5.0, generator=gens, guidance_rescale=phi)  # fmt: skip
+    return sample_conditional(
+        engine,
+        scheduler,
+        initial_latents(gens, (3, 8, 8)),
+        plan,
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        generator=gens,
+        guidance_rescale=phi,
+    )
 
 
 def test_rescale_on_onnxruntime_matches_torch():
@@ -74,9 +82,15 @@ def test_pipeline_takes_rescale_from_call_and_bundle_and_refuses_other_samplers(
     sampling = {"steps": 3, "guidance_scale": 4.0, "guidance_rescale": 0.7}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        bundle = new_pixel_bundle({"tone": ["dark", "light"]}, ["0", "1"], architecture="test", image_size=8,
-                                  cross_attention_dim=8, prediction_type="v_prediction",
-                                  config={"sampling": sampling})  # fmt: skip
+        bundle = new_pixel_bundle(
+            {"tone": ["dark", "light"]},
+            ["0", "1"],
+            architecture="test",
+            image_size=8,
+            cross_attention_dim=8,
+            prediction_type="v_prediction",
+            config={"sampling": sampling},
+        )
     pipe = FairSamplePipeline(bundle)
     cells = bundle.cells()[:2]
     default = pipe(cells, [0, 1], output_type="pt")

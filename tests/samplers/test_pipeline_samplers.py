@@ -71,8 +71,14 @@ def _tiny_pipe(tones: list[str], labels: list[str]) -> FairSamplePipeline:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        bundle = new_pixel_bundle({"tone": tones}, labels, architecture="test", image_size=8, cross_attention_dim=8,
-                                  config={"sampling": {"steps": 3, "guidance_scale": 2.0}})  # fmt: skip
+        bundle = new_pixel_bundle(
+            {"tone": tones},
+            labels,
+            architecture="test",
+            image_size=8,
+            cross_attention_dim=8,
+            config={"sampling": {"steps": 3, "guidance_scale": 2.0}},
+        )
     return FairSamplePipeline(bundle)
 
 
@@ -91,8 +97,9 @@ def test_switch_without_tau_searches_then_uses_the_cache(tmp_path, monkeypatch, 
         "attribute_switch: tau not given; searching tau* for tone light<->dark: 4 trajectory pairs x 100 DDIM steps "
         "(cached afterwards)"
     )
-    want, cached = find_tau(pipe.bundle, pipe.engine, attribute="tone", source="light", target="dark",
-                            guidance_scale=2.0)  # fmt: skip
+    want, cached = find_tau(
+        pipe.bundle, pipe.engine, attribute="tone", source="light", target="dark", guidance_scale=2.0
+    )
     assert cached  # the pipeline's search is the one implementation, cached under the same key
     k = switch_step(want.tau_star, make_scheduler("ddim", pipe.bundle.scheduler.config), 3)
     seconds = err[-1].split(" in ")[1].split(" s;")[0]
@@ -129,8 +136,15 @@ def test_switch_without_tau_passes_the_pairs_switched(tmp_path, monkeypatch, cap
 
     def fake(bundle, engine, *, attribute, pairs, progress=None, **search):
         calls.append((attribute, list(pairs), search))
-        info = {"tau_star": 640, "step_index": 36, "search_steps": 100, "source": "cached", "seconds": 0.0,
-                "attribute": attribute, "pairs": {f"{a}->{b}": {} for a, b in pairs}}  # fmt: skip
+        info = {
+            "tau_star": 640,
+            "step_index": 36,
+            "search_steps": 100,
+            "source": "cached",
+            "seconds": 0.0,
+            "attribute": attribute,
+            "pairs": {f"{a}->{b}": {} for a, b in pairs},
+        }
         return None, info
 
     monkeypatch.setattr(tau_search, "resolve_tau", fake)
@@ -138,10 +152,17 @@ def test_switch_without_tau_passes_the_pairs_switched(tmp_path, monkeypatch, cap
     pipe = _tiny_pipe(tones, ["0"])
     cells = {t: pipe.bundle.parse_cell(f"tone={t},label=0") for t in tones}
     base = pipe.default_config().replace(sampler="attribute_switch", batch_size=3)
-    for name, plan_cells, to in (("one", [cells["light"]], "dark"), ("all", list(cells.values()), "uniform"),
-                                 ("map", [cells["light"], cells["dark"]], "light:dark")):  # fmt: skip
-        pipe.generate_to_folder(tmp_path / name, GenerationPlan.per_cell(plan_cells, 1), base.replace(
-            sampler_options={"to": to}), progress=False)  # fmt: skip
+    for name, plan_cells, to in (
+        ("one", [cells["light"]], "dark"),
+        ("all", list(cells.values()), "uniform"),
+        ("map", [cells["light"], cells["dark"]], "light:dark"),
+    ):
+        pipe.generate_to_folder(
+            tmp_path / name,
+            GenerationPlan.per_cell(plan_cells, 1),
+            base.replace(sampler_options={"to": to}),
+            progress=False,
+        )
         assert json.loads((tmp_path / name / "config.json").read_text())["sample_config"]["sampler_options"] == {
             "to": to,
             "tau": 640,

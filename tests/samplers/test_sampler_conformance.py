@@ -27,14 +27,16 @@ def _cell(seed: int) -> CellKey:
 
 def _rows(seeds, offset: int) -> torch.Tensor:
     """One seeded conditioning row per sample (depends on the sample only)."""
-    return torch.stack([torch.randn(SEQ_LEN, HIDDEN_DIM, generator=torch.Generator().manual_seed(s + offset))
-                        for s in seeds])  # fmt: skip
+    return torch.stack(
+        [torch.randn(SEQ_LEN, HIDDEN_DIM, generator=torch.Generator().manual_seed(s + offset)) for s in seeds]
+    )
 
 
 def _extra(name: str, seeds) -> dict:
     if name in ("attribute_switch", "mixing"):
-        s1 = ConditioningPlan(cond=_rows(seeds, 1000), uncond=torch.zeros(1, SEQ_LEN, HIDDEN_DIM),
-                              cells=tuple(_cell(s) for s in seeds))  # fmt: skip
+        s1 = ConditioningPlan(
+            cond=_rows(seeds, 1000), uncond=torch.zeros(1, SEQ_LEN, HIDDEN_DIM), cells=tuple(_cell(s) for s in seeds)
+        )
         return {"switch_plan": s1, "tau": 500.0} if name == "attribute_switch" else {"switch_plan": s1}
     if name == "fairdiffusion_perturbed":
         return {"perturbation": Perturbation(guidance={"tone": {"dark": 1.0}}, temperature={"tone": {"light": 0.1}})}
@@ -48,10 +50,21 @@ def _generate(engine, name: str, batch_size: int) -> torch.Tensor:
         seeds = SEEDS[start : start + batch_size]
         gens = make_generators(seeds)
         x = initial_latents(gens, (3, 8, 8))
-        plan = ConditioningPlan(cond=_rows(seeds, 0), uncond=torch.zeros(1, SEQ_LEN, HIDDEN_DIM),
-                                cells=tuple(_cell(s) for s in seeds))  # fmt: skip
-        out.append(SAMPLERS[name](engine, sched, x, plan, num_inference_steps=3, guidance_scale=2.0, generator=gens,
-                                  **_extra(name, seeds)))  # fmt: skip
+        plan = ConditioningPlan(
+            cond=_rows(seeds, 0), uncond=torch.zeros(1, SEQ_LEN, HIDDEN_DIM), cells=tuple(_cell(s) for s in seeds)
+        )
+        out.append(
+            SAMPLERS[name](
+                engine,
+                sched,
+                x,
+                plan,
+                num_inference_steps=3,
+                guidance_scale=2.0,
+                generator=gens,
+                **_extra(name, seeds),
+            )
+        )
     return torch.cat(out)
 
 

@@ -67,9 +67,23 @@ def reference(pipe, plan, cfg, tmp_path_factory) -> dict[str, bytes]:
 def test_two_processes_under_torchrun_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
     logs = tmp_path / "logs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--log-dir", str(logs), "--redirects", "1", "-m", "fairsample.cli", *ARGS,
-           "--output-dir", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "1",
+        "-m",
+        "fairsample.cli",
+        *ARGS,
+        "--output-dir",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # the single-process reference: the same command in this process, while the launch runs

@@ -43,16 +43,24 @@ def test_balanced_faithful_images_score_zero_against_an_imbalanced_reference():
     real = {"light": _tone(rng, 100, *LIGHT), "dark": _tone(rng, 20, *DARK)}  # 83 % / 17 %, like the demo
     faithful = {"light": _tone(rng, 40, *LIGHT), "dark": _tone(rng, 40, *DARK)}  # equal n, each group's own look
     r = kid_gap(real, faithful, features=_MeanColour(), lam=1.0)
-    pooled, _ = kid(np.concatenate(list(real.values())), np.concatenate(list(faithful.values())),
-                    features=_MeanColour(), subset_size=40)  # fmt: skip
+    pooled, _ = kid(
+        np.concatenate(list(real.values())),
+        np.concatenate(list(faithful.values())),
+        features=_MeanColour(),
+        subset_size=40,
+    )
     # the old reward's pooled term is pure composition mismatch; the per-group reward sees none of it
     assert pooled > 0.05
     assert abs(r["kid_mean"]) < 0.05 * pooled and r["kid_range"] < 0.05 * pooled and abs(r["reward"]) < 0.1 * pooled
     assert r["reward"] == pytest.approx(-(r["kid_mean"] + r["kid_range"]))
     # making the minority look like the majority brings the pooled KID down, and the per-group reward down too
     majority_look = {"light": faithful["light"], "dark": _tone(rng, 40, *LIGHT)}
-    pooled_bad, _ = kid(np.concatenate(list(real.values())), np.concatenate(list(majority_look.values())),
-                        features=_MeanColour(), subset_size=40)  # fmt: skip
+    pooled_bad, _ = kid(
+        np.concatenate(list(real.values())),
+        np.concatenate(list(majority_look.values())),
+        features=_MeanColour(),
+        subset_size=40,
+    )
     assert pooled_bad < pooled
     assert kid_gap(real, majority_look, features=_MeanColour())["reward"] < r["reward"] - 0.5 * pooled
 
@@ -119,8 +127,11 @@ def test_a_small_validation_group_borrows_train_images_the_features_never_see(tm
         rows, feature_rows, sizes = _reference_rows(ds, "tone", groups, min_reference=need, seed=0)
     assert [w.category for w in record] == [FairsampleWarning] * len(short)
     assert [str(w.message) for w in record] == [
-        _SMALL_REFERENCE.format(attribute="tone", value=g, n=len(rows[g]), need=need, val=sizes[g]["val"],
-                                train=sizes[g]["train_held_out"]) for g in short]  # fmt: skip
+        _SMALL_REFERENCE.format(
+            attribute="tone", value=g, n=len(rows[g]), need=need, val=sizes[g]["val"], train=sizes[g]["train_held_out"]
+        )
+        for g in short
+    ]
     for g in groups:
         val = np.asarray(split["val"])[tone[split["val"]] == g]
         assert set(val) <= set(rows[g]) and sizes[g]["val"] == len(val)

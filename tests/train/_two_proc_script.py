@@ -36,8 +36,13 @@ def main(demo_dir: str, out_dir: str, config_json: str) -> None:
     out = Path(out_dir)
     res = train(load_folder(demo_dir), out / "bundle", cfg, method=method, progress=False, log=lambda _msg: None)
     rank = int(PartialState().process_index)  # the singleton keeps rank and world after end_training()
-    doc = {"rank": rank, "world": int(PartialState().num_processes), "state": method.state_dict(),
-           "artifacts": method.artifacts(), "final_loss": res.final_loss}  # fmt: skip
+    doc = {
+        "rank": rank,
+        "world": int(PartialState().num_processes),
+        "state": method.state_dict(),
+        "artifacts": method.artifacts(),
+        "final_loss": res.final_loss,
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(doc), encoding="utf-8")
 
 

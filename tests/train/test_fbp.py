@@ -38,11 +38,20 @@ def setup_method(m: FairBayesianPerturbation, *, seed: int = 0, accum: int = 1, 
     cfg = TrainConfig(seed=seed, gradient_accumulation_steps=accum)
     m.setup(
         SetupContext(
-            train_cells=[], cell_set=[], attribute_values={"race": RACE, "sex": SEX}, label_name="label",
-            bundle=None, device="cpu", config=cfg, dataset=None, load_images=None, make_reference=None,
-            rank=rank, world=world,
+            train_cells=[],
+            cell_set=[],
+            attribute_values={"race": RACE, "sex": SEX},
+            label_name="label",
+            bundle=None,
+            device="cpu",
+            config=cfg,
+            dataset=None,
+            load_images=None,
+            make_reference=None,
+            rank=rank,
+            world=world,
         )
-    )  # fmt: skip
+    )
     return m
 
 
@@ -50,11 +59,21 @@ def make_ctx(step: int, cells, losses, seed: int = 123) -> StepContext:
     b = len(cells)
     z = torch.zeros(b, 1, 2, 2)
     return StepContext(
-        step=step, cells=list(cells), latents=z, noise=z, timesteps=torch.zeros(b, dtype=torch.long), noisy=z,
-        cond=torch.zeros(b, 1, 1), dropped=torch.zeros(b, dtype=torch.bool), pred=z, target=z,
-        losses=torch.as_tensor(losses, dtype=torch.float32), denoise=None,
-        generator=torch.Generator().manual_seed(seed), global_cells=list(cells),
-    )  # fmt: skip
+        step=step,
+        cells=list(cells),
+        latents=z,
+        noise=z,
+        timesteps=torch.zeros(b, dtype=torch.long),
+        noisy=z,
+        cond=torch.zeros(b, 1, 1),
+        dropped=torch.zeros(b, dtype=torch.bool),
+        pred=z,
+        target=z,
+        losses=torch.as_tensor(losses, dtype=torch.float32),
+        denoise=None,
+        generator=torch.Generator().manual_seed(seed),
+        global_cells=list(cells),
+    )
 
 
 BATCH = [cell("Asian", "F"), cell("Black", "M"), cell("White", "F"), cell("White", "M"), cell("Asian", "M")]
@@ -319,8 +338,17 @@ def test_presets_and_option_errors():
         FBPConfig(exploitation_rate=1.5)
     cfg = get_method("fairdiffusion-improved").config()
     assert cfg["mode"] == "improved" and cfg["gp"]["outcome_transform"] == "Standardize(m=1)"
-    assert {"window", "exploitation_rate", "ucb_beta", "num_restarts", "raw_samples", "weight_clamp", "weights",
-            "attributes", "seed"} <= set(cfg)  # fmt: skip
+    assert {
+        "window",
+        "exploitation_rate",
+        "ucb_beta",
+        "num_restarts",
+        "raw_samples",
+        "weight_clamp",
+        "weights",
+        "attributes",
+        "seed",
+    } <= set(cfg)
 
 
 # -- the real loop -------------------------------------------------------------------------------------------------

@@ -55,8 +55,14 @@ def easy(tmp_path_factory):
 def _tiny_bundle(ds, path: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        b = new_pixel_bundle(ds.attribute_values(), ds.label_values(), architecture="test", image_size=8,
-                             cross_attention_dim=8, prediction_type="v_prediction")  # fmt: skip
+        b = new_pixel_bundle(
+            ds.attribute_values(),
+            ds.label_values(),
+            architecture="test",
+            image_size=8,
+            cross_attention_dim=8,
+            prediction_type="v_prediction",
+        )
     b.config["cells"] = [c.to_text() for c in ds.cells()]
     b.save(path)
     return path
@@ -71,8 +77,9 @@ class _FakePipeline:
     def default_config(self) -> SampleConfig:
         return SampleConfig().replace(**self.bundle.sampling_defaults())
 
-    def __call__(self, cells, seeds, *, guidance_scale, guidance_rescale, steps, scheduler, batch_size, sampler,
-                 output_type):  # fmt: skip
+    def __call__(
+        self, cells, seeds, *, guidance_scale, guidance_rescale, steps, scheduler, batch_size, sampler, output_type
+    ):
         self.calls.append((guidance_scale, guidance_rescale, steps))
         out = []
         for cell, seed in zip(cells, seeds, strict=True):
@@ -91,8 +98,9 @@ def test_guard_flags_destroyed_conditioning_as_collapsed_and_records_it(easy, tm
     broken.conditioner.clear_cache()
     broken.save(tmp_path / "broken")
     with pytest.warns(FairsampleWarning, match=r"conditioning guard: .*broken is collapsed at w=1, 3 ddim steps"):
-        report = conditioning_guard(tmp_path / "broken", easy, start=start, guidance=(1.0, 2.0), rescale=(), steps=3,
-                                    images_per_cell=4)  # fmt: skip
+        report = conditioning_guard(
+            tmp_path / "broken", easy, start=start, guidance=(1.0, 2.0), rescale=(), steps=3, images_per_cell=4
+        )
     assert report.flag == "collapsed" and any("tone" in r for r in report.reasons)
     assert report.reference["kind"] == "start" and report.judges["ceiling"]["overall"] == {"label": 1.0, "tone": 1.0}
     doc = json.loads((tmp_path / "broken" / "fairsample_config.json").read_text())
@@ -110,8 +118,9 @@ def test_healthy_model_is_ok_and_its_selected_guidance_is_the_default(easy, tmp_
         return fakes[-1]
 
     monkeypatch.setattr(guard_mod, "sampling_pipeline", fake_pipeline)
-    report = conditioning_guard(path, easy, start=None, guidance=(3.0, 1.0, 1.5, 2.0), rescale=(0.7,), steps=4,
-                                images_per_cell=3)  # fmt: skip
+    report = conditioning_guard(
+        path, easy, start=None, guidance=(3.0, 1.0, 1.5, 2.0), rescale=(0.7,), steps=4, images_per_cell=3
+    )
     assert report.flag == "ok" and report.reasons == [] and report.reference["kind"] == "ceiling"
     # v-prediction: rescale φ = 0.7 is tried at the largest w, after the plain settings (cheapest first)
     assert fakes[0].calls == [(1.0, 0.0, 4), (1.5, 0.0, 4), (2.0, 0.0, 4), (3.0, 0.0, 4), (3.0, 0.7, 4)]
@@ -130,9 +139,21 @@ def test_healthy_model_is_ok_and_its_selected_guidance_is_the_default(easy, tmp_
 
 
 def test_train_runs_the_guard_and_a_fine_tune_is_compared_with_its_start(easy, tmp_path):
-    cfg = TrainConfig(architecture="test", image_size=8, cross_attention_dim=8, batch_size=8, max_steps=2,
-                      lr_warmup_steps=1, checkpoint_every=0, device="cpu", guard=True, guard_steps=2,
-                      guard_images_per_cell=2, guard_guidance=(1.0, 2.0), guard_rescale=())  # fmt: skip
+    cfg = TrainConfig(
+        architecture="test",
+        image_size=8,
+        cross_attention_dim=8,
+        batch_size=8,
+        max_steps=2,
+        lr_warmup_steps=1,
+        checkpoint_every=0,
+        device="cpu",
+        guard=True,
+        guard_steps=2,
+        guard_images_per_cell=2,
+        guard_guidance=(1.0, 2.0),
+        guard_rescale=(),
+    )
     lines = []
     with pytest.warns(FairsampleWarning, match="conditioning guard: .* is (collapsed|degraded)"):  # 2 steps: noise
         train(easy, tmp_path / "a", cfg, progress=False, log=lines.append)
@@ -159,8 +180,10 @@ def test_guard_default_follows_the_environment(monkeypatch):
 
 def test_flag_thresholds():
     def scores(label, tone_dark, tone_light=1.0):
-        groups = {"tone=dark": {"label": label, "tone": tone_dark, "n": 40},
-                  "tone=light": {"label": label, "tone": tone_light, "n": 40}}  # fmt: skip
+        groups = {
+            "tone=dark": {"label": label, "tone": tone_dark, "n": 40},
+            "tone=light": {"label": label, "tone": tone_light, "n": 40},
+        }
         overall = {"label": label, "tone": (tone_dark + tone_light) / 2}
         return guard_mod.ConditioningScores(SamplingSetting(1.5), 8, [], {}, groups, overall, {}, {}, "label")
 

@@ -19,10 +19,12 @@ from tests.tiny import build_tiny_unet
 @pytest.fixture
 def latent_bundle(tmp_path, tiny_clip, tiny_vae, demo_ds) -> Path:  # noqa: F811
     enc, tok = tiny_clip
-    cond = ClipTextConditioner(enc, tok, template="{tone} skin {label}", attributes=demo_ds.attribute_values(),
-                               labels=demo_ds.label_values())  # fmt: skip
-    bundle = new_latent_bundle(build_tiny_unet(8, in_channels=4, cross_attention_dim=32), tiny_vae, cond,
-                               prediction_type="epsilon")  # fmt: skip
+    cond = ClipTextConditioner(
+        enc, tok, template="{tone} skin {label}", attributes=demo_ds.attribute_values(), labels=demo_ds.label_values()
+    )
+    bundle = new_latent_bundle(
+        build_tiny_unet(8, in_channels=4, cross_attention_dim=32), tiny_vae, cond, prediction_type="epsilon"
+    )
     bundle.save(tmp_path / "sd")
     return tmp_path / "sd"
 
@@ -47,9 +49,18 @@ def _prefs(root: Path, demo_ds) -> Path:
 def test_method_trains_latent_bundle(latent_bundle, demo_ds, tmp_path, method, options):
     if method == "dpo":
         options = {**options, "preferences": str(_prefs(tmp_path, demo_ds))}
-    cfg = TrainConfig(init_from=str(latent_bundle), method=method, method_options=options, batch_size=4,
-                      max_steps=2, checkpoint_every=0, device="cpu", use_ema=False, lr_warmup_steps=0,
-                      learning_rate=1e-4)  # fmt: skip
+    cfg = TrainConfig(
+        init_from=str(latent_bundle),
+        method=method,
+        method_options=options,
+        batch_size=4,
+        max_steps=2,
+        checkpoint_every=0,
+        device="cpu",
+        use_ema=False,
+        lr_warmup_steps=0,
+        learning_rate=1e-4,
+    )
     res = train(demo_ds, tmp_path / "out", cfg, progress=False)
     out = ModelBundle.load(res.bundle_path)
     assert out.vae is not None and isinstance(out.conditioner, ClipTextConditioner)

@@ -23,8 +23,18 @@ from fairsample.train.methods import SetupContext, StepContext
 from fairsample.train.preference import PreferenceTuning, diffusion_dpo_loss, fairgen_ref_free_loss
 from fairsample.train.presets import get_method
 
-_TINY = dict(architecture="test", image_size=8, cross_attention_dim=8, batch_size=8, max_steps=3, checkpoint_every=0,
-             device="cpu", use_ema=False, lr_warmup_steps=0, learning_rate=1e-3)  # fmt: skip
+_TINY = dict(
+    architecture="test",
+    image_size=8,
+    cross_attention_dim=8,
+    batch_size=8,
+    max_steps=3,
+    checkpoint_every=0,
+    device="cpu",
+    use_ema=False,
+    lr_warmup_steps=0,
+    learning_rate=1e-3,
+)
 LOG2 = torch.tensor(math.log(2.0), dtype=torch.float32).item()  # log 2 as the float32 the loss computes
 TONES = ["dark", "light", "medium"]
 LABELS = ["0", "1", "2", "3", "4"]
@@ -62,8 +72,11 @@ def pref_dir(tmp_path_factory, demo_ds) -> Path:
     cell = demo_ds.cell_of(0)
     for name in ("same_w.png", "same_l.png"):
         shutil.copy(src, root / "img" / name)
-    _write_csv(root / "same.csv", "file_w,file_l,tone,label",
-               [f"img/same_w.png,img/same_l.png,{cell.value('tone')},{cell.label}"])  # fmt: skip
+    _write_csv(
+        root / "same.csv",
+        "file_w,file_l,tone,label",
+        [f"img/same_w.png,img/same_l.png,{cell.value('tone')},{cell.label}"],
+    )
     return root
 
 
@@ -85,25 +98,44 @@ def _net(seed: int = 0) -> nn.Module:
 
 
 def _setup(method: PreferenceTuning, csv: Path, reference=None, prediction: str = "epsilon") -> ModelBundle:
-    bundle = new_pixel_bundle({"tone": TONES}, LABELS, architecture="test", image_size=8, cross_attention_dim=8,
-                              prediction_type=prediction)  # fmt: skip
+    bundle = new_pixel_bundle(
+        {"tone": TONES}, LABELS, architecture="test", image_size=8, cross_attention_dim=8, prediction_type=prediction
+    )
     method.setup(
         SetupContext(
-            train_cells=[], cell_set=[], attribute_values={"tone": TONES}, label_name="label", bundle=bundle,
-            device=torch.device("cpu"), config=SimpleNamespace(batch_size=4, init_from="m"),
-            dataset=SimpleNamespace(root=csv.parent), load_images=lambda paths: _load_paths(Path("/"), paths, 8),
+            train_cells=[],
+            cell_set=[],
+            attribute_values={"tone": TONES},
+            label_name="label",
+            bundle=bundle,
+            device=torch.device("cpu"),
+            config=SimpleNamespace(batch_size=4, init_from="m"),
+            dataset=SimpleNamespace(root=csv.parent),
+            load_images=lambda paths: _load_paths(Path("/"), paths, 8),
             make_reference=lambda: reference,
         )
-    )  # fmt: skip
+    )
     return bundle
 
 
 def _step(denoise, seed: int = 0) -> StepContext:
     z = torch.zeros(2, 3, 8, 8)
     g = torch.Generator().manual_seed(seed)
-    return StepContext(step=0, cells=[], latents=z, noise=z, timesteps=torch.zeros(2, dtype=torch.long), noisy=z,
-                       cond=torch.zeros(2, 2, 8), dropped=torch.zeros(2, dtype=torch.bool), pred=z, target=z,
-                       losses=torch.zeros(2), denoise=denoise, generator=g)  # fmt: skip
+    return StepContext(
+        step=0,
+        cells=[],
+        latents=z,
+        noise=z,
+        timesteps=torch.zeros(2, dtype=torch.long),
+        noisy=z,
+        cond=torch.zeros(2, 2, 8),
+        dropped=torch.zeros(2, dtype=torch.bool),
+        pred=z,
+        target=z,
+        losses=torch.zeros(2),
+        denoise=denoise,
+        generator=g,
+    )
 
 
 def _pair_images(method: PreferenceTuning) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +208,12 @@ def test_equal_models_give_log2_and_reference_gets_the_same_inputs(pref_dir):
 def test_fairgen_ref_free_noise_independent_unless_shared(pref_dir, share):
     net = _net()
     model = Recorder(lambda x, t, c: net(x))
-    m = PreferenceTuning(preferences=str(pref_dir / "preferences.csv"), pref_loss="fairgen_ref_free",
-                         share_noise=share, pairs_per_step=6)  # fmt: skip
+    m = PreferenceTuning(
+        preferences=str(pref_dir / "preferences.csv"),
+        pref_loss="fairgen_ref_free",
+        share_noise=share,
+        pairs_per_step=6,
+    )
     bundle = _setup(m, pref_dir / "preferences.csv")
     assert m.extra_loss(_step(model)) is not None
     noisy, t, _ = model.calls[0]
@@ -193,8 +229,9 @@ def test_loss_matches_hand_computation(pref_dir, prediction, pref_loss):
     """Zero predictions, x_w = x_l = x known: L = mean(target²) with target ε or v = √ᾱ ε − √(1−ᾱ) x."""
     model = Recorder(lambda x, t, c: torch.zeros_like(x))
     ref = Recorder(lambda x, t, c: torch.full_like(x, 0.1))
-    m = PreferenceTuning(preferences=str(pref_dir / "same.csv"), pref_loss=pref_loss, weight=2.0, sft_weight=0.5,
-                         pairs_per_step=3)  # fmt: skip
+    m = PreferenceTuning(
+        preferences=str(pref_dir / "same.csv"), pref_loss=pref_loss, weight=2.0, sft_weight=0.5, pairs_per_step=3
+    )
     bundle = _setup(m, pref_dir / "same.csv", reference=ref, prediction=prediction)
     loss = m.extra_loss(_step(model, seed=3))
     noisy, t, _ = model.calls[0]
@@ -254,8 +291,9 @@ def test_presets_default_to_the_published_loss_and_label_every_combination():
 
 # -- pair-file errors -------------------------------------------------------------------------------------------------
 def test_reader_errors_are_one_line(tmp_path, pref_dir):
-    read = lambda p, **kw: P.read_preferences(p, groups=["tone"], attribute_values={"tone": TONES},  # noqa: E731
-                                               label_values=LABELS, **kw)  # fmt: skip
+    def read(p, **kw):
+        return P.read_preferences(p, groups=["tone"], attribute_values={"tone": TONES}, label_values=LABELS, **kw)
+
     cases = [
         (_write_csv(tmp_path / "empty.csv", "file_w,file_l,tone,label", []), P._EMPTY),
         (_write_csv(tmp_path / "nol.csv", "file_w,tone,label", ["a.png,dark,0"]), P._MISSING_IMAGE_COLUMN),
@@ -338,8 +376,12 @@ def test_dpo_fine_tunes_a_bundle(demo_ds, pref_dir, tiny_bundle, tmp_path):
     parent = ModelBundle.load(tiny_bundle)  # a named parent, like the embedded model
     parent.config.update(name="parent-32", description="the parent", train_command="fairsample train ...")
     parent.save(tmp_path / "parent")
-    cfg = TrainConfig(**_TINY, method="dpo", init_from=str(tmp_path / "parent"),
-                      method_options={"preferences": str(pref_dir / "preferences.csv")})  # fmt: skip
+    cfg = TrainConfig(
+        **_TINY,
+        method="dpo",
+        init_from=str(tmp_path / "parent"),
+        method_options={"preferences": str(pref_dir / "preferences.csv")},
+    )
     res = train(demo_ds, tmp_path / "dpo", cfg, progress=False)
     child = ModelBundle.load(tmp_path / "dpo")
     assert child.bundle_id == str(tmp_path / "dpo")  # not the parent's name
@@ -367,8 +409,9 @@ def test_fairgen_preset_trains(demo_ds, pref_dir, tmp_path):
 def test_pref_scale_auto_balances_the_preference_gradient(demo_ds, pref_dir, tiny_bundle, tmp_path):
     """β = 5000 Diffusion-DPO dwarfs the diffusion loss; pref_scale='auto' makes ‖∇dpo‖ = target·‖∇diffusion‖."""
     opts = {"preferences": str(pref_dir / "preferences.csv"), "pref_scale": "auto", "pref_scale_target": 0.5}
-    cfg = TrainConfig(**{**_TINY, "max_steps": 2}, method="dpo", init_from=str(tiny_bundle), method_options=opts,
-                      grad_norm_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        **{**_TINY, "max_steps": 2}, method="dpo", init_from=str(tiny_bundle), method_options=opts, grad_norm_every=1
+    )
     res = train(demo_ds, tmp_path / "s", cfg, progress=False)
     logs = [json.loads(x) for x in res.log_path.read_text().splitlines()]
     first = logs[0]["grad_norm_terms"]
@@ -393,8 +436,12 @@ def test_fairgen_without_preferences_builds_proxy_pairs_on_the_train_split(demo_
 
     lines: list[str] = []
     opts = {"prefs_build": _BUILD, "pairs_per_step": 2}
-    cfg = TrainConfig(**{**_TINY, "max_steps": 2, "checkpoint_every": 1}, method="fairgen",
-                      init_from=str(tiny_bundle), method_options=opts)  # fmt: skip
+    cfg = TrainConfig(
+        **{**_TINY, "max_steps": 2, "checkpoint_every": 1},
+        method="fairgen",
+        init_from=str(tiny_bundle),
+        method_options=opts,
+    )
     train(demo_ds, tmp_path / "fg", cfg, progress=False, log=lines.append)
     said = [x for x in lines if "proxy preference pairs" in x]
     assert len(said) == 1 and said[0].startswith("fairgen: built ") and "\n" not in said[0]

@@ -44,8 +44,19 @@ def _setup_ctx(train_cells, cell_set=None, *, bundle=None, label="label") -> Set
     )
 
 
-def _step_ctx(cells, *, step=0, losses=None, pred=None, noisy=None, timesteps=None, dropped=None, denoise=None,
-              generator=None, latents=None) -> StepContext:  # fmt: skip
+def _step_ctx(
+    cells,
+    *,
+    step=0,
+    losses=None,
+    pred=None,
+    noisy=None,
+    timesteps=None,
+    dropped=None,
+    denoise=None,
+    generator=None,
+    latents=None,
+) -> StepContext:
     b = len(cells)
     z = torch.zeros(b, 1, 1, 2)
     return StepContext(
@@ -409,8 +420,15 @@ def test_composite_forwards_every_hook():
     m.load_state_dict({"p": {"v": 1}})
     assert p.state == {"v": 1} and q.state == {}
     assert set(m.artifacts()) == {"p.json", "q.json", "r.json"}
-    assert m.config() == {"name": "combo", "method_status": "reference", "components": ["p", "q", "r"],
-                          "status_reasons": [], "p_opt": 1, "q_opt": 1, "r_opt": 1}  # fmt: skip
+    assert m.config() == {
+        "name": "combo",
+        "method_status": "reference",
+        "components": ["p", "q", "r"],
+        "status_reasons": [],
+        "p_opt": 1,
+        "q_opt": 1,
+        "r_opt": 1,
+    }
     assert Composite([_Part("p", None, None, None)]).sample_weights([A]) is None
     with pytest.raises(ValueError, match="distinct names"):
         Composite([_Part("p", 1, 1, 1), _Part("p", 1, 1, 1)])

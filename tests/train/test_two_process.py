@@ -47,8 +47,18 @@ pytestmark = pytest.mark.skipif(
 
 def launch(demo_dir: Path, out: Path, cfg: TrainConfig) -> subprocess.Popen:
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-           str(demo_dir), str(out), json.dumps(cfg.to_dict())]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPT),
+        str(demo_dir),
+        str(out),
+        json.dumps(cfg.to_dict()),
+    ]
     out.mkdir(parents=True)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

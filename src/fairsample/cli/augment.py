@@ -141,16 +141,33 @@ def augment_cmd(
         _emit(fmt, plan_doc, lambda: f"{header}\n{plan.format_table()}")
         return
 
-    cfg = sample_config(bundle, None, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
-                        steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, backend=backend,
-                        device=device)  # fmt: skip
+    cfg = sample_config(
+        bundle,
+        None,
+        sampler=sampler,
+        sampler_option=sampler_option,
+        scheduler=scheduler,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+        backend=backend,
+        device=device,
+    )
     main = _is_main_process()
     if fmt is Format.human and main:
         print(f"{header}\n{plan.format_table()}", file=sys.stderr)
         print(f"generating {plan.total} images into {output_dir}", file=sys.stderr)
     pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device)
-    result = augment(pipe, plan, output_dir, cfg, seeds=seed_list, overwrite=overwrite,
-                     progress=fmt is Format.human, provenance={"data": str(data), "split": split.value})  # fmt: skip
+    result = augment(
+        pipe,
+        plan,
+        output_dir,
+        cfg,
+        seeds=seed_list,
+        overwrite=overwrite,
+        progress=fmt is Format.human,
+        provenance={"data": str(data), "split": split.value},
+    )
     if not main:
         return  # one result document per launch, from the main process
     doc: dict[str, Any] = {

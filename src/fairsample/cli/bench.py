@@ -41,8 +41,17 @@ def bench_cmd(
 
     bundle = open_model_option(model, need_cells=False)
     progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    doc = run_bench(bundle, backends=backend, batches=parse_int_list(batches), steps=steps, repeats=repeats,
-                    threads=threads, cache_dir=cache_dir, progress=progress, matmul_size=matmul_size)  # fmt: skip
+    doc = run_bench(
+        bundle,
+        backends=backend,
+        batches=parse_int_list(batches),
+        steps=steps,
+        repeats=repeats,
+        threads=threads,
+        cache_dir=cache_dir,
+        progress=progress,
+        matmul_size=matmul_size,
+    )
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(doc, indent=2) + "\n")

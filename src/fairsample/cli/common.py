@@ -174,8 +174,9 @@ def _emit(fmt: Format, doc: Any, human: Callable[[], str]) -> None:
         print(human())
 
 
-def sample_config(bundle: Any, config: Path | None, *, sampler_option: list[str] | None, scheduler: Any,
-                  **flags: Any) -> Any:  # fmt: skip
+def sample_config(
+    bundle: Any, config: Path | None, *, sampler_option: list[str] | None, scheduler: Any, **flags: Any
+) -> Any:
     """The generate-style :class:`~fairsample.core.config.SampleConfig`: bundle defaults < ``[generate]`` file <
     flags."""
     from fairsample.core.config import SampleConfig, resolve
@@ -257,10 +258,12 @@ def open_model_option(
 
     vocab: dict[str, Any] = {}
     if dataset is not None:
-        vocab = {"attributes": dataset.attribute_values(), "labels": dataset.label_values(),
-                 "label_name": dataset.spec.label}  # fmt: skip
-    return open_model(model, flag=flag, cells=cells, template=template, device=device, need_cells=need_cells,
-                      **vocab)  # fmt: skip
+        vocab = {
+            "attributes": dataset.attribute_values(),
+            "labels": dataset.label_values(),
+            "label_name": dataset.spec.label,
+        }
+    return open_model(model, flag=flag, cells=cells, template=template, device=device, need_cells=need_cells, **vocab)
 
 
 @app.callback()

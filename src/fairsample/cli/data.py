@@ -47,8 +47,10 @@ def data_check(
 
     ds = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown).load(root)
     decoded = check_decodable(ds, quick=quick, progress=fmt is Format.human)
-    header = (f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}, "
-              f"all {decoded.n_checked} readable ({decoded.mode} decode check)")  # fmt: skip
+    header = (
+        f"{root}: {len(ds)} images, label={ds.spec.label!r}, groups={list(ds.spec.groups)}, "
+        f"all {decoded.n_checked} readable ({decoded.mode} decode check)"
+    )
     _emit(fmt, {**check_report(ds), "decode": decoded.to_dict()}, lambda: f"{header}\n{format_count_table(ds)}")
 
 
@@ -72,8 +74,21 @@ def data_demo(
 
     info_ = make_demo_dataset(out, seed=seed, source=source.value, overwrite=overwrite)
     n_holdout = sum(sum(v.values()) for v in (info_.holdout_counts or {}).values())
-    doc = {"root": str(info_.root), "source": info_.source, "n_images": info_.n_images, "counts": info_.counts,
-           "counterfactual": str(info_.counterfactual), "n_counterfactual": info_.n_counterfactual,
-           "holdout": str(info_.holdout), "holdout_counts": info_.holdout_counts}  # fmt: skip
-    _emit(fmt, doc, lambda: f"wrote {info_.n_images} images ({info_.source}) to {info_.root}, "
-          f"{info_.n_counterfactual} to {info_.counterfactual} and {n_holdout} to {info_.holdout}")  # fmt: skip
+    doc = {
+        "root": str(info_.root),
+        "source": info_.source,
+        "n_images": info_.n_images,
+        "counts": info_.counts,
+        "counterfactual": str(info_.counterfactual),
+        "n_counterfactual": info_.n_counterfactual,
+        "holdout": str(info_.holdout),
+        "holdout_counts": info_.holdout_counts,
+    }
+    _emit(
+        fmt,
+        doc,
+        lambda: (
+            f"wrote {info_.n_images} images ({info_.source}) to {info_.root}, "
+            f"{info_.n_counterfactual} to {info_.counterfactual} and {n_holdout} to {info_.holdout}"
+        ),
+    )

@@ -55,8 +55,10 @@ def cache_verify(cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.human) -
     _emit(fmt, rows, lambda: _cache_rows(rows, ("key", "valid", "reason")))
     bad = [r for r in rows if not r["valid"]]
     if bad:
-        raise _fail(f"{len(bad)} of {len(rows)} cache entries are invalid (first: {bad[0]['key']}: "
-                    f"{bad[0]['reason']}); run `fairsample cache prune` to remove them")  # fmt: skip
+        raise _fail(
+            f"{len(bad)} of {len(rows)} cache entries are invalid (first: {bad[0]['key']}: "
+            f"{bad[0]['reason']}); run `fairsample cache prune` to remove them"
+        )
 
 
 @cache_app.command("prune")
@@ -120,10 +122,18 @@ def export_onnx_cmd(
     files = copy_engine_files(onnx_path, output_dir, overwrite=overwrite) if output_dir is not None else None
     if files is not None:
         onnx_path = files[0]
-    doc = {"model": bundle.bundle_id, "dtype": dtype.value, "onnx": str(onnx_path),
-           "files": [str(f) for f in files] if files else None, "manifest": man}  # fmt: skip
-    _emit(fmt, doc, lambda: f"ONNX for {bundle.bundle_id} ({dtype.value}, validated): {onnx_path} "
-          f"(cache key {man.get('key')})")  # fmt: skip
+    doc = {
+        "model": bundle.bundle_id,
+        "dtype": dtype.value,
+        "onnx": str(onnx_path),
+        "files": [str(f) for f in files] if files else None,
+        "manifest": man,
+    }
+    _emit(
+        fmt,
+        doc,
+        lambda: f"ONNX for {bundle.bundle_id} ({dtype.value}, validated): {onnx_path} (cache key {man.get('key')})",
+    )
 
 
 @export_app.command("tensorrt")
@@ -152,8 +162,17 @@ def export_tensorrt_cmd(
     bundle = open_model_option(model, need_cells=False)
     torch_dtype = torch.float16 if dtype is Dtype.float16 else torch.float32
     progress = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr))
-    engine = load_engine(bundle, backend="tensorrt", device=device, dtype=torch_dtype, cache_dir=cache_dir,
-                         max_batch=max_batch, refit=refit, strict=True, progress=progress)  # fmt: skip
+    engine = load_engine(
+        bundle,
+        backend="tensorrt",
+        device=device,
+        dtype=torch_dtype,
+        cache_dir=cache_dir,
+        max_batch=max_batch,
+        refit=refit,
+        strict=True,
+        progress=progress,
+    )
     man = dict(engine.manifest)
     engine.close()
     from fairsample.export.cache import ArtifactCache

@@ -90,9 +90,19 @@ def generate(
     from fairsample.generation.pipeline import FairSamplePipeline, GenerationPlan
 
     bundle = open_model_option(model, device=device or "cpu", cells=cells, template=template)
-    cfg = sample_config(bundle, config, sampler=sampler, sampler_option=sampler_option, scheduler=scheduler,
-                        steps=steps, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-                        batch_size=batch_size, backend=backend, device=device)  # fmt: skip
+    cfg = sample_config(
+        bundle,
+        config,
+        sampler=sampler,
+        sampler_option=sampler_option,
+        scheduler=scheduler,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
+        batch_size=batch_size,
+        backend=backend,
+        device=device,
+    )
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else bundle.cells()
     if balanced is not None:
         plan = GenerationPlan.balanced(cell_list, balanced, seed_list)

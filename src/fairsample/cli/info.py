@@ -38,7 +38,7 @@ def info(fmt: FormatOpt = Format.human) -> None:
             "torch": found["torch"],
             "diffusers": found["diffusers"],
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "embedded_model": str(embedded),
         "embedded_model_present": (embedded / "fairsample_config.json").is_file(),
         "extras": {

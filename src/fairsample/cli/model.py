@@ -75,17 +75,29 @@ def model_import(
         vocab = {"attributes": ds.attribute_values(), "labels": ds.label_values(), "label_name": ds.spec.label}
     bundle = open_model(source, flag="SOURCE", cells=cells, template=template, **vocab)  # type: ignore[arg-type]
     if bundle.config.get("source", {}).get("kind") not in ("sd_pipeline", "single_file"):
-        raise typer.BadParameter(f"{source} is already a fairsample bundle; use it as --model directly",
-                                 param_hint="SOURCE")  # fmt: skip
+        raise typer.BadParameter(
+            f"{source} is already a fairsample bundle; use it as --model directly", param_hint="SOURCE"
+        )
     prompts = cell_prompts(bundle, bundle.cells())
-    doc = {"source": bundle.config["source"], "template": bundle.config["template"], "prompts": prompts,
-           "prediction_type": bundle.prediction_type, "image_shape": list(bundle.image_shape)}  # fmt: skip
+    doc = {
+        "source": bundle.config["source"],
+        "template": bundle.config["template"],
+        "prompts": prompts,
+        "prediction_type": bundle.prediction_type,
+        "image_shape": list(bundle.image_shape),
+    }
     if dry_run:
         _emit(fmt, doc, lambda: "\n".join(f"{k}: {v}" for k, v in prompts.items()))
         return
     bundle.config.pop("path", None)
     bundle.save(output_dir)
     doc["bundle"] = str(output_dir)
-    _emit(fmt, doc, lambda: f"wrote bundle {output_dir} from {source} ({len(prompts)} cells, "
-          f"{bundle.prediction_type}, images {bundle.image_shape[1]}x{bundle.image_shape[2]}); "
-          f"template {bundle.config['template']!r}")  # fmt: skip
+    _emit(
+        fmt,
+        doc,
+        lambda: (
+            f"wrote bundle {output_dir} from {source} ({len(prompts)} cells, "
+            f"{bundle.prediction_type}, images {bundle.image_shape[1]}x{bundle.image_shape[2]}); "
+            f"template {bundle.config['template']!r}"
+        ),
+    )

@@ -95,11 +95,24 @@ def prefs_build(
     cell_list = [bundle.parse_cell(c) for c in cells] if cells else None
     say = None if fmt is not Format.human else (lambda line: print(line, file=sys.stderr, flush=True))
     result = build_preferences(
-        bundle, ds, output_dir, per_cell=per_cell, candidates=candidates, steps=steps, cells=cell_list,
-        scorer=scorer.value, classifier_epochs=classifier_epochs, guidance_scale=guidance_scale,  # type: ignore[arg-type]
-        batch_size=batch_size, seed=seed, backend=backend, device=device, overwrite=overwrite,
-        progress=fmt is Format.human, log=say,
-    )  # fmt: skip
+        bundle,
+        ds,
+        output_dir,
+        per_cell=per_cell,
+        candidates=candidates,
+        steps=steps,
+        cells=cell_list,
+        scorer=scorer.value,
+        classifier_epochs=classifier_epochs,
+        guidance_scale=guidance_scale,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        seed=seed,
+        backend=backend,
+        device=device,
+        overwrite=overwrite,
+        progress=fmt is Format.human,
+        log=say,
+    )
     doc = {
         "preferences": str(result.preferences),
         "summary": str(result.summary),

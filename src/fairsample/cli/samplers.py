@@ -82,26 +82,50 @@ def tau_cmd(
     if fmt is Format.human:
         print(f"τ search on {bundle.bundle_id} ({backend}): {attribute} {source} → {target}", file=sys.stderr)
     say = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    result, info = resolve_tau(bundle, engine, attribute=attribute, pairs=[(source, target)], progress=say,
-                               n_per_label=n_per_label, search_steps=search_steps, allow_coarse=allow_coarse,
-                               guidance_scale=guidance_scale, grid=grid, norm=norm, weighting=weighting, seed=seed,
-                               use_cache=not no_cache,
-                               cache_dir=cache_dir.parent / "tau" if cache_dir else None)  # fmt: skip
+    result, info = resolve_tau(
+        bundle,
+        engine,
+        attribute=attribute,
+        pairs=[(source, target)],
+        progress=say,
+        n_per_label=n_per_label,
+        search_steps=search_steps,
+        allow_coarse=allow_coarse,
+        guidance_scale=guidance_scale,
+        grid=grid,
+        norm=norm,
+        weighting=weighting,
+        seed=seed,
+        use_cache=not no_cache,
+        cache_dir=cache_dir.parent / "tau" if cache_dir else None,
+    )
     defaults = bundle.sampling_defaults()
     scheduler, n = str(defaults.get("scheduler", "ddim")), int(steps or defaults.get("steps", 50))
     k = switch_step(result.tau_star, make_scheduler(scheduler, bundle.scheduler.config), n)
     cached = info["source"] == "cached"
-    doc = {"tau_star": result.tau_star, "step_index": result.step_index, "search_steps": result.search_steps,
-           "cached": cached, "model": bundle.bundle_id,
-           "sampling": {"scheduler": scheduler, "steps": n, "switch_step": k}, **result.to_dict()}  # fmt: skip
+    doc = {
+        "tau_star": result.tau_star,
+        "step_index": result.step_index,
+        "search_steps": result.search_steps,
+        "cached": cached,
+        "model": bundle.bundle_id,
+        "sampling": {"scheduler": scheduler, "steps": n, "switch_step": k},
+        **result.to_dict(),
+    }
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "tau.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         doc["plot"] = str(plot_tau(result, output_dir / "tau.png"))
     curve = ", ".join(f"{t}:{j:.3g}" for t, j in zip(result.taus, result.objective, strict=True))
-    _emit(fmt, doc, lambda: (f"tau* = {result.tau_star}: step {result.step_index} of {result.search_steps} search "
-                             f"steps ({'cached' if cached else 'computed'}); {scheduler} {n} sampling steps switch "
-                             f"at step {k}; J(tau) = {curve}"))  # fmt: skip
+    _emit(
+        fmt,
+        doc,
+        lambda: (
+            f"tau* = {result.tau_star}: step {result.step_index} of {result.search_steps} search "
+            f"steps ({'cached' if cached else 'computed'}); {scheduler} {n} sampling steps switch "
+            f"at step {k}; J(tau) = {curve}"
+        ),
+    )
 
 
 @app.command("tune-perturbation")
@@ -149,10 +173,26 @@ def tune_perturbation_cmd(
     bundle = open_model_option(model, dataset=real)
     engine = load_engine(bundle, backend)
     say = None if fmt is Format.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = tune_perturbation(bundle, engine, real, attribute=attribute, n_eval=n_eval,
-                               iterations=iterations, steps=steps, guidance_scale=guidance_scale, lam=lam,
-                               held_out_sets=held_out_sets, seed=seed, progress=say)  # fmt: skip
+    result = tune_perturbation(
+        bundle,
+        engine,
+        real,
+        attribute=attribute,
+        n_eval=n_eval,
+        iterations=iterations,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        lam=lam,
+        held_out_sets=held_out_sets,
+        seed=seed,
+        progress=say,
+    )
     path = result.perturbation.save(target)
-    doc = {"output": str(path), "kept": result.kept, "reason": result.reason, "held_out": result.held_out,
-           "perturbation": result.perturbation.to_dict() | {"meta": {"kept": result.kept}}}  # fmt: skip
+    doc = {
+        "output": str(path),
+        "kept": result.kept,
+        "reason": result.reason,
+        "held_out": result.held_out,
+        "perturbation": result.perturbation.to_dict() | {"meta": {"kept": result.kept}},
+    }
     _emit(fmt, doc, lambda: f"wrote {path}: {result.reason}")

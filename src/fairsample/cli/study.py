@@ -64,8 +64,10 @@ def _human(doc: dict[str, Any]) -> str:
     lines = [
         f"{res['attribute']}: minority {res['minority']!r}, view {view!r} (means over generator and classifier seeds)"
     ]
-    lines += ["  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
-              for r in rows]  # fmt: skip
+    lines += [
+        "  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
+        for r in rows
+    ]
     lines.append(f"{len(doc['ran'])} cells computed, {len(doc['skipped'])} already complete, {doc['seconds']:.0f} s")
     lines.append(f"wrote {doc['markdown']}")
     lines.append(f"      {doc['results_json']}")
@@ -167,9 +169,14 @@ def study_cmd(
     from fairsample.workflows.study import plan_study, run_study
 
     if dry_run:
-        plan = plan_study(profile=profile.value, methods=methods, samplers=samplers, seeds=seeds,
-                          attribute=attribute or "(first group column)",
-                          base=None if base is None else str(base))  # fmt: skip
+        plan = plan_study(
+            profile=profile.value,
+            methods=methods,
+            samplers=samplers,
+            seeds=seeds,
+            attribute=attribute or "(first group column)",
+            base=None if base is None else str(base),
+        )
         _print_json(plan.to_dict() | {"profile_settings": plan.profile.to_dict()})
         return
     t0 = time.perf_counter()
@@ -207,7 +214,12 @@ def study_cmd(
         "results": result.results,
     }
     if fmt is Format.json:
-        print(json.dumps({k: v for k, v in doc.items() if k != "results"} | {"rows": result.results["rows"]},
-                         indent=2, default=str))  # fmt: skip
+        print(
+            json.dumps(
+                {k: v for k, v in doc.items() if k != "results"} | {"rows": result.results["rows"]},
+                indent=2,
+                default=str,
+            )
+        )
         return
     _emit(fmt, doc, lambda: _human(doc))

@@ -143,8 +143,10 @@ def train(
         if source is not None:
             doc["base_model"] = {**source.describe(), "defaults_from_base": finetune_defaults(source)}
         if ds is not None and cfg.template:
-            doc["prompts"] = {c.to_text(ds.spec.label): cfg.template.format(**c.as_dict(ds.spec.label))
-                              for c in sorted(set(ds.cell_ids()))}  # fmt: skip
+            doc["prompts"] = {
+                c.to_text(ds.spec.label): cfg.template.format(**c.as_dict(ds.spec.label))
+                for c in sorted(set(ds.cell_ids()))
+            }
         _print_json(doc)
         return
     ds = ds if ds is not None else dataset.load(data)

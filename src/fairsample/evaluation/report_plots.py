@@ -361,8 +361,15 @@ def plot_gap_closure(doc: Mapping[str, Any], view: str, path: str | Path) -> Pat
                 ax_gap.text(0, yy, "n/a", va="center", fontsize=8, color="#555555")
                 continue
             ax_gap.barh(yy, m, 0.7, xerr=sd, capsize=3, error_kw={"elinewidth": 1, "ecolor": "#333333"}, **style)
-            ax_gap.annotate(f"{m:.3f}", (max(m, 0) + sd, yy), xytext=(3, 0), textcoords="offset points",
-                            va="center", fontsize=7, color="#333333")  # fmt: skip
+            ax_gap.annotate(
+                f"{m:.3f}",
+                (max(m, 0) + sd, yy),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color="#333333",
+            )
         ax_gap.set_yticks(y, [r["label"] for r in rows], fontsize=8)
         ax_gap.axvline(0, color="#999999", linewidth=0.8)
         minority = ds["minority"][a]["value"]
@@ -382,8 +389,15 @@ def plot_gap_closure(doc: Mapping[str, Any], view: str, path: str | Path) -> Pat
                 continue
             err = None if not ci else [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
             ax_cl.errorbar(value, yy, xerr=err, fmt="o", color=color, capsize=4, markersize=6)
-            ax_cl.annotate(f"{value:.2f}", (value, yy), xytext=(0, 6), textcoords="offset points", ha="center",
-                           fontsize=7, color="#333333")  # fmt: skip
+            ax_cl.annotate(
+                f"{value:.2f}",
+                (value, yy),
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                color="#333333",
+            )
         ax_cl.axvline(0, color=_BASE_COLOR, linewidth=1, linestyle="--")
         ax_cl.axvline(1, color=_ORACLE_COLOR, linewidth=1, linestyle="--")
         ax_cl.set_yticks(ys, [r["label"] for r in synthetic], fontsize=8)

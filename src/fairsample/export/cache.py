@@ -287,8 +287,16 @@ class ArtifactCache:
             except (OSError, ValueError):
                 kind, last_used = None, d.stat().st_mtime
             size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
-            rows.append({"key": key, "kind": kind, "bytes": size, "last_used": last_used, "valid": reason is None,
-                         "reason": reason})  # fmt: skip
+            rows.append(
+                {
+                    "key": key,
+                    "kind": kind,
+                    "bytes": size,
+                    "last_used": last_used,
+                    "valid": reason is None,
+                    "reason": reason,
+                }
+            )
         return rows
 
     def verify(self) -> list[dict[str, Any]]:

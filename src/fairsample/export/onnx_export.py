@@ -229,8 +229,11 @@ def export_onnx(
     shape = example_shape(unet)
     n, h, w = shape
     g = torch.Generator().manual_seed(0)
-    args = (torch.randn(n, channels[0], h, w, generator=g), torch.tensor([3.0, 501.5]), torch.randn(n, seq_len,
-            hidden_dim, generator=g))  # fmt: skip
+    args = (
+        torch.randn(n, channels[0], h, w, generator=g),
+        torch.tensor([3.0, 501.5]),
+        torch.randn(n, seq_len, hidden_dim, generator=g),
+    )
     # 2. export along the fallback chain, 3. audit each result
     attempts: list[dict[str, str]] = []
     for exporter in exporters:
@@ -238,8 +241,15 @@ def export_onnx(
             raw = Path(tmp) / MODEL_FILE
             start = time.perf_counter()
             try:
-                _run_exporter(exporter, wrapper, args, raw, max_batch=max_batch, max_size=max_size,
-                              multiple=spatial_multiple(unet))  # fmt: skip
+                _run_exporter(
+                    exporter,
+                    wrapper,
+                    args,
+                    raw,
+                    max_batch=max_batch,
+                    max_size=max_size,
+                    multiple=spatial_multiple(unet),
+                )
                 seconds = time.perf_counter() - start
                 model = onnx.load(str(raw))
                 audit_graph(model, channels=channels, seq_len=seq_len, hidden_dim=hidden_dim)
@@ -276,8 +286,15 @@ def export_onnx(
         return artifact
     from fairsample.export.validate import require_passed
 
-    report = onnx_parity_report(artifact.path, wrapper, validation_shapes or parity_shapes(unet), precision="fp32",
-                                channels=channels[0], seq_len=seq_len, hidden_dim=hidden_dim)  # fmt: skip
+    report = onnx_parity_report(
+        artifact.path,
+        wrapper,
+        validation_shapes or parity_shapes(unet),
+        precision="fp32",
+        channels=channels[0],
+        seq_len=seq_len,
+        hidden_dim=hidden_dim,
+    )
     artifact = OnnxArtifact(**{**artifact.__dict__, "report": report})
     require_passed(report, name=str(artifact.path))
     return artifact
@@ -306,8 +323,16 @@ def onnx_parity_report(
     def candidate(x: Tensor, t: Tensor, e: Tensor) -> Any:
         return session.run(None, {"sample": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()})[0]
 
-    return parity_report(candidate, reference, shapes, precision=precision, channels=channels, seq_len=seq_len,
-                         hidden_dim=hidden_dim, name=path.name)  # fmt: skip
+    return parity_report(
+        candidate,
+        reference,
+        shapes,
+        precision=precision,
+        channels=channels,
+        seq_len=seq_len,
+        hidden_dim=hidden_dim,
+        name=path.name,
+    )
 
 
 def audit_graph(model: onnx.ModelProto, *, channels: tuple[int, int], seq_len: int, hidden_dim: int) -> None:

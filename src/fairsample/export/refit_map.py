@@ -78,9 +78,16 @@ def build_refit_map(onnx_path: str | os.PathLike[str], state_dict: Mapping[str, 
         array = numpy_helper.to_array(init)
         if not np.issubdtype(array.dtype, np.floating):
             continue
-        source = next((init.name[len(p) :] for p in _PREFIXES if init.name.startswith(p)
-                       and init.name[len(p) :] in params
-                       and params[init.name[len(p) :]].size == array.size), None)  # fmt: skip
+        source = next(
+            (
+                init.name[len(p) :]
+                for p in _PREFIXES
+                if init.name.startswith(p)
+                and init.name[len(p) :] in params
+                and params[init.name[len(p) :]].size == array.size
+            ),
+            None,
+        )
         if source is not None:
             name_map[init.name] = source
             used.add(source)

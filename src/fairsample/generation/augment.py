@@ -226,7 +226,7 @@ class AugmentPlan:
                 "merged": c,
                 "share": c / n if n else 0.0,
                 "target": targets.get(v),
-            }  # fmt: skip
+            }
             for v, (a, b, c) in sorted(acc.items(), key=lambda kv: natural_key(kv[0]))
         ]
 
@@ -254,7 +254,7 @@ class AugmentPlan:
                     "synthetic": r.synthetic,
                     "merged": r.merged,
                     "share": round(r.share, 6),
-                }  # fmt: skip
+                }
                 for r in self.rows
             ],
             "by_value": [dict(d, share=round(d["share"], 6)) for d in self.by_value()],
@@ -263,13 +263,16 @@ class AugmentPlan:
     def format_table(self) -> str:
         """The plan as aligned text: one line per cell, a rule, then one line per attribute value and the total."""
         head = ["cell", "real", "synthetic", "merged", "share"]
-        body = [[r.cell.to_text(self.label_col), str(r.real), str(r.synthetic), str(r.merged), f"{r.share:.3f}"]
-                for r in self.rows]  # fmt: skip
+        body = [
+            [r.cell.to_text(self.label_col), str(r.real), str(r.synthetic), str(r.merged), f"{r.share:.3f}"]
+            for r in self.rows
+        ]
         summary = []
         for d in self.by_value():
             share = f"{d['share']:.3f}" + (f" (target {d['target']:.3f})" if d["target"] is not None else "")
-            summary.append([f"{self.attribute}={d['value']}", str(d["real"]), str(d["synthetic"]), str(d["merged"]),
-                            share])  # fmt: skip
+            summary.append(
+                [f"{self.attribute}={d['value']}", str(d["real"]), str(d["synthetic"]), str(d["merged"]), share]
+            )
         summary.append(["total", str(self.n_real), str(self.total), str(self.n_merged), "1.000"])
         rows = [head, *body, *summary]
         widths = [max(len(r[k]) for r in rows) for k in range(4)]
@@ -298,9 +301,11 @@ def _real_counts(
         group_names = tuple(real.spec.groups)
         label_col = real.spec.label
         values = real.attribute_values()
-        grid = [CellKey(tuple(zip(group_names, combo, strict=True)), label)
-                for combo in itertools.product(*(values[g] for g in group_names))
-                for label in real.label_values()]  # fmt: skip
+        grid = [
+            CellKey(tuple(zip(group_names, combo, strict=True)), label)
+            for combo in itertools.product(*(values[g] for g in group_names))
+            for label in real.label_values()
+        ]
         grid.sort(key=_cell_order)
     if cells is None:
         chosen = grid
@@ -376,8 +381,7 @@ def augmentation_plan(
         AugmentRow(cell=c, real=r, synthetic=m, merged=r + m, share=(r + m) / n)
         for c, r, m in zip(chosen, counts, synth, strict=True)
     )
-    return AugmentPlan(rows=rows, target=shares, total=total, attribute=attribute, within=within,
-                       label_col=label_col)  # fmt: skip
+    return AugmentPlan(rows=rows, target=shares, total=total, attribute=attribute, within=within, label_col=label_col)
 
 
 def _proportional(
@@ -419,7 +423,7 @@ def _proportional(
                 merged=merged,
                 have=real_v[worst] / merged,
                 need=need_n - sum(counts),
-            )  # fmt: skip
+            )
         )
     per_value = _largest_remainder([p[v] * merged - real_v[v] for v in values], total)
 
@@ -451,8 +455,11 @@ def generation_plan(plan: AugmentPlan, bundle: Any, seeds: Sequence[int] | None 
     known = {c.to_text() for c in bundle.cells()}
     for row in plan.rows:
         if row.synthetic > 0 and row.cell.to_text() not in known:
-            raise ConfigError(_CELL_NOT_IN_MODEL.format(cell=row.cell.to_text(), m=row.synthetic,
-                                                        model=bundle.bundle_id, known=sorted(known)))  # fmt: skip
+            raise ConfigError(
+                _CELL_NOT_IN_MODEL.format(
+                    cell=row.cell.to_text(), m=row.synthetic, model=bundle.bundle_id, known=sorted(known)
+                )
+            )
     return plan.to_generation_plan(seeds)
 
 

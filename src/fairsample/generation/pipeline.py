@@ -336,8 +336,9 @@ class FairSamplePipeline:
         """The sampler-specific arguments built from ``cfg.sampler_options`` (checked by :meth:`_check`)."""
         opts = self._sampler_options(cfg)
         if cfg.sampler in ("attribute_switch", "mixing"):
-            s1 = switched_cells(cells, opts["attribute"], self.bundle.attribute_values[opts["attribute"]],
-                                opts.get("to"), seeds)  # fmt: skip
+            s1 = switched_cells(
+                cells, opts["attribute"], self.bundle.attribute_values[opts["attribute"]], opts.get("to"), seeds
+            )
             cond1 = self.bundle.conditioner.cached(s1).to(self.device)
             out: dict[str, Any] = {"switch_plan": ConditioningPlan(cond=cond1, uncond=uncond, cells=tuple(s1))}
             if cfg.sampler == "attribute_switch":
@@ -386,8 +387,14 @@ class FairSamplePipeline:
         attr, values = opts["attribute"], self.bundle.attribute_values[opts["attribute"]]
         sources = sorted({c.value(attr) for c in cells}, key=values.index)
         say = _stderr_line("attribute_switch: tau not given; ")
-        _, info = resolve_tau(self.bundle, self.engine, attribute=attr, pairs=switch_pairs(sources, attr, values,
-                              opts["to"]), guidance_scale=float(cfg.guidance_scale), progress=say)  # fmt: skip
+        _, info = resolve_tau(
+            self.bundle,
+            self.engine,
+            attribute=attr,
+            pairs=switch_pairs(sources, attr, values, opts["to"]),
+            guidance_scale=float(cfg.guidance_scale),
+            progress=say,
+        )
         k = switch_step(info["tau_star"], make_scheduler(cfg.scheduler, self.bundle.scheduler.config), cfg.steps)
         say(f"{describe_tau(info)}; sampling switches at step {k} of {cfg.steps}")
         resolved = cfg.replace(sampler_options={**dict(cfg.sampler_options or {}), "tau": info["tau_star"]})
@@ -411,9 +418,15 @@ class FairSamplePipeline:
 
             tau = self._sampler_options(cfg)["tau"]
             resolved = self._tau_cache[1] if self._tau_cache is not None and self._tau_cache[0] is cfg else None
-            man["tau"] = {"tau": tau, "origin": "given" if resolved is None else resolved["source"],
-                          "switch_step": switch_step(tau, make_scheduler(cfg.scheduler, self.bundle.scheduler.config),
-                                                     cfg.steps), "steps": cfg.steps, "search": resolved}  # fmt: skip
+            man["tau"] = {
+                "tau": tau,
+                "origin": "given" if resolved is None else resolved["source"],
+                "switch_step": switch_step(
+                    tau, make_scheduler(cfg.scheduler, self.bundle.scheduler.config), cfg.steps
+                ),
+                "steps": cfg.steps,
+                "search": resolved,
+            }
         return man
 
     def __call__(
@@ -519,8 +532,14 @@ class FairSamplePipeline:
         """
         t0 = time.time()
         cfg = config or self.default_config()
-        overrides = {"steps": steps, "guidance_scale": guidance_scale, "scheduler": scheduler,
-                     "batch_size": batch_size, "sampler": sampler, "guidance_rescale": guidance_rescale}  # fmt: skip
+        overrides = {
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "scheduler": scheduler,
+            "batch_size": batch_size,
+            "sampler": sampler,
+            "guidance_rescale": guidance_rescale,
+        }
         if any(v is not None for v in overrides.values()):  # else keep the object: its resolved options are cached
             cfg = cfg.replace(**overrides)
         self._check(cfg)
@@ -635,8 +654,13 @@ class FairSamplePipeline:
             opts = self._sampler_options(cfg)
             attr = opts["attribute"]
             header.append(f"{attr}_switched_to")
-            s1 = switched_cells([it.cell for it in plan.items], attr, self.bundle.attribute_values[attr],
-                                opts.get("to"), [it.seed for it in plan.items])  # fmt: skip
+            s1 = switched_cells(
+                [it.cell for it in plan.items],
+                attr,
+                self.bundle.attribute_values[attr],
+                opts.get("to"),
+                [it.seed for it in plan.items],
+            )
             switched = [c.value(attr) for c in s1]
         lines = [",".join(header)]
         for k, (f, it) in enumerate(zip(files, plan.items, strict=False)):

@@ -72,13 +72,16 @@ def _load_sd_components(root: Path, flag: str, dtype: torch.dtype) -> dict[str, 
         raise ImportError("Stable Diffusion folders need transformers: pip install 'fairsample[sd]'") from None
     out: dict[str, Any] = {}
     loaders = {
-        "unet": lambda: UNet2DConditionModel.from_pretrained(root, subfolder="unet", use_safetensors=True,
-                                                             torch_dtype=dtype, local_files_only=True),
-        "vae": lambda: AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True, torch_dtype=dtype,
-                                                     local_files_only=True),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True,
-                                                              local_files_only=True, torch_dtype=dtype),
-    }  # fmt: skip
+        "unet": lambda: UNet2DConditionModel.from_pretrained(
+            root, subfolder="unet", use_safetensors=True, torch_dtype=dtype, local_files_only=True
+        ),
+        "vae": lambda: AutoencoderKL.from_pretrained(
+            root, subfolder="vae", use_safetensors=True, torch_dtype=dtype, local_files_only=True
+        ),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(
+            root / "text_encoder", use_safetensors=True, local_files_only=True, torch_dtype=dtype
+        ),
+    }
     for part, load in loaders.items():
         try:
             out[part] = load()
@@ -105,9 +108,14 @@ def _load_single_file(path: Path, flag: str, dtype: torch.dtype) -> dict[str, An
         raise ConfigError(_SINGLE_FILE.format(flag=flag, path=path, why=why)) from None
     sched_cfg = dict(pipe.scheduler.config)
     sched_cfg.setdefault("clip_sample", False)
-    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-            "scheduler": DDPMScheduler.from_config(sched_cfg),
-            "scheduler_class": str(sched_cfg.get("_class_name", "?"))}  # fmt: skip
+    return {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": pipe.tokenizer,
+        "scheduler": DDPMScheduler.from_config(sched_cfg),
+        "scheduler_class": str(sched_cfg.get("_class_name", "?")),
+    }
 
 
 def import_sd(
@@ -152,12 +160,24 @@ def import_sd(
         _load_single_file(root, flag, dtype) if src.kind == "single_file" else _load_sd_components(root, flag, dtype)
     )
     template = template or default_template(list(attributes), label_name)
-    cond = ClipTextConditioner(parts["text_encoder"], parts["tokenizer"], template=template, attributes=attributes,
-                               labels=labels, label_name=label_name, value_text=value_text)  # fmt: skip
+    cond = ClipTextConditioner(
+        parts["text_encoder"],
+        parts["tokenizer"],
+        template=template,
+        attributes=attributes,
+        labels=labels,
+        label_name=label_name,
+        value_text=value_text,
+    )
     record = src.describe()
     record.update(scheduler_class=parts["scheduler_class"], prediction_type=parts["scheduler"].config.prediction_type)
-    return new_latent_bundle(parts["unet"], parts["vae"], cond, scheduler=parts["scheduler"],
-                             config={"source": record, "template": template, "architecture": "sd"})  # fmt: skip
+    return new_latent_bundle(
+        parts["unet"],
+        parts["vae"],
+        cond,
+        scheduler=parts["scheduler"],
+        config={"source": record, "template": template, "architecture": "sd"},
+    )
 
 
 def open_model(
@@ -201,8 +221,16 @@ def open_model(
             raise ConfigError(_NO_CELLS.format(flag=flag, path=path))
         else:
             attributes, labels = {}, []
-    bundle = import_sd(path, attributes=attributes, labels=labels, label_name=label_name, template=template,
-                       flag=flag, dtype=dtype, source=src)  # fmt: skip
+    bundle = import_sd(
+        path,
+        attributes=attributes,
+        labels=labels,
+        label_name=label_name,
+        template=template,
+        flag=flag,
+        dtype=dtype,
+        source=src,
+    )
     bundle.config["path"] = str(path)
     return bundle.to(device).eval()
 

@@ -76,8 +76,12 @@ class ModelSource:
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe record of the source (stored in bundles made from it)."""
-        return {"path": str(Path(self.path).absolute()), "kind": self.kind, "prediction_type": self.prediction_type,
-                "image_size": self.image_size}  # fmt: skip
+        return {
+            "path": str(Path(self.path).absolute()),
+            "kind": self.kind,
+            "prediction_type": self.prediction_type,
+            "image_size": self.image_size,
+        }
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -126,8 +130,14 @@ def inspect_model(path: str | os.PathLike[str], flag: str = "--model") -> ModelS
         cfg = _json(root / BUNDLE_CONFIG)
         sched = root / "scheduler" / "scheduler_config.json"
         pred = _json(sched).get("prediction_type") if sched.is_file() else cfg.get("prediction_type")
-        return ModelSource(root, "bundle", (root / "vae").is_dir(), str(pred or "epsilon"), _image_size(root),
-                           str(cfg.get("architecture") or "bundle"))  # fmt: skip
+        return ModelSource(
+            root,
+            "bundle",
+            (root / "vae").is_dir(),
+            str(pred or "epsilon"),
+            _image_size(root),
+            str(cfg.get("architecture") or "bundle"),
+        )
     if (root / MODEL_INDEX).is_file():
         index = _json(root / MODEL_INDEX)
         cls = str(index.get("_class_name", "?"))

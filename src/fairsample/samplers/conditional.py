@@ -105,9 +105,18 @@ def sample_conditional(
         >>> x_0.shape, x_0.dtype
         (torch.Size([2, 3, 8, 8]), torch.float32)
     """
-    return run_guided_loop(engine, scheduler, latents, plan, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, generator=generator, callback=callback,
-                           progress=progress, guidance_rescale=guidance_rescale)  # fmt: skip
+    return run_guided_loop(
+        engine,
+        scheduler,
+        latents,
+        plan,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        guidance_rescale=guidance_rescale,
+    )
 
 
 def run_guided_loop(

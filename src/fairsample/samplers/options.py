@@ -89,15 +89,19 @@ def resolve_sampler_options(bundle: Any, cfg: Any) -> dict[str, Any]:
         if path is None and where and (Path(where) / FILE_NAME).is_file():
             path = Path(where) / FILE_NAME
         if path is None:
-            warnings.warn(_NO_PERTURBATION.format(bundle=bundle.config.get("name") or where), FairsampleWarning,
-                          stacklevel=3)  # fmt: skip
+            warnings.warn(
+                _NO_PERTURBATION.format(bundle=bundle.config.get("name") or where), FairsampleWarning, stacklevel=3
+            )
             perturbation = Perturbation()
         else:
             perturbation = Perturbation.load(path)
         perturbation.check(bundle.attribute_values)
         method = (bundle.config.get("method") or {}).get("name", "vanilla")
         if not str(method).startswith("fairdiffusion"):
-            warnings.warn(_NOT_FBP.format(bundle=bundle.config.get("name") or where, method=method),
-                          FairsampleWarning, stacklevel=3)  # fmt: skip
+            warnings.warn(
+                _NOT_FBP.format(bundle=bundle.config.get("name") or where, method=method),
+                FairsampleWarning,
+                stacklevel=3,
+            )
         out["perturbation"] = perturbation
     return out

@@ -110,8 +110,12 @@ class Perturbation:
             p = p / FILE_NAME
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
-            return cls(guidance=doc.get("guidance", {}), temperature=doc.get("temperature", {}),
-                       guidance_min=float(doc.get("guidance_min", 1.0)), meta=doc.get("meta", {}))  # fmt: skip
+            return cls(
+                guidance=doc.get("guidance", {}),
+                temperature=doc.get("temperature", {}),
+                guidance_min=float(doc.get("guidance_min", 1.0)),
+                meta=doc.get("meta", {}),
+            )
         except (OSError, ValueError, AttributeError, TypeError) as err:
             raise DataError(_BAD_FILE.format(path=p, why=f"{type(err).__name__}: {err}")) from err
 
@@ -164,5 +168,14 @@ def sample_fairdiffusion_perturbed(
     else:
         w, kappa = perturbation.per_sample(list(plan.cells), base_guidance=float(guidance_scale))
         x_t = latents * kappa.to(latents.device)[:, None, None, None]
-    return run_guided_loop(engine, scheduler, x_t, plan, num_inference_steps=num_inference_steps,
-                           guidance_scale=w, generator=generator, callback=callback, progress=progress)  # fmt: skip
+    return run_guided_loop(
+        engine,
+        scheduler,
+        x_t,
+        plan,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=w,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+    )

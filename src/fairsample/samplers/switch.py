@@ -273,9 +273,18 @@ def sample_attribute_switch(
     """
     tau = check_tau(tau, int(scheduler.config.num_train_timesteps))
     merged = ConditioningPlan(cond=switch_plan.cond, uncond=plan.uncond, cells=switch_plan.cells)
-    return run_guided_loop(engine, scheduler, latents, plan, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, generator=generator, callback=callback, progress=progress,
-                           switch=(merged, tau))  # fmt: skip
+    return run_guided_loop(
+        engine,
+        scheduler,
+        latents,
+        plan,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        switch=(merged, tau),
+    )
 
 
 @torch.no_grad()
@@ -302,12 +311,21 @@ def sample_mixing(
         >>> mixed_plan(p0, p1).cond[0, 0, 0].item()
         0.5
     """
-    return run_guided_loop(engine, scheduler, latents, mixed_plan(plan, switch_plan),
-                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           generator=generator, callback=callback, progress=progress)  # fmt: skip
+    return run_guided_loop(
+        engine,
+        scheduler,
+        latents,
+        mixed_plan(plan, switch_plan),
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+    )
 
 
 def mixed_plan(plan: ConditioningPlan, switch_plan: ConditioningPlan) -> ConditioningPlan:
     """The plan conditioned on the mean of the s0 and s1 embeddings (∅ rows from ``plan``)."""
-    return ConditioningPlan(cond=0.5 * (plan.cond + switch_plan.cond.to(plan.cond.device)), uncond=plan.uncond,
-                            cells=plan.cells)  # fmt: skip
+    return ConditioningPlan(
+        cond=0.5 * (plan.cond + switch_plan.cond.to(plan.cond.device)), uncond=plan.uncond, cells=plan.cells
+    )

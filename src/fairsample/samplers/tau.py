@@ -214,8 +214,11 @@ def search_tau(
     prediction_type = engine.spec.prediction_type
     dev = engine.device
     ddim = search_schedule(scheduler, search_steps, prediction_type, dev)
-    both = ConditioningPlan(cond=torch.cat([plan_s0.cond, plan_s1.cond.to(plan_s0.cond.device)]).to(dev),
-                            uncond=plan_s0.uncond.to(dev), cells=(*plan_s0.cells, *plan_s1.cells))  # fmt: skip
+    both = ConditioningPlan(
+        cond=torch.cat([plan_s0.cond, plan_s1.cond.to(plan_s0.cond.device)]).to(dev),
+        uncond=plan_s0.uncond.to(dev),
+        cells=(*plan_s0.cells, *plan_s1.cells),
+    )
     x = torch.cat([latents, latents]).to(device=dev, dtype=torch.float32)
     betas, acp = ddim.betas, ddim.alphas_cumprod
     timesteps = [int(t) for t in ddim.timesteps]
@@ -242,11 +245,26 @@ def search_tau(
         objective.append(float(value))
     best = min(range(len(taus)), key=lambda k: (objective[k], taus[k]))
     official = weighting == "official" and norm == "official" and search_steps == num_t and grid == 10
-    settings = {"scheduler": "ddim", "search_steps": search_steps, "guidance_scale": float(guidance_scale),
-                "grid": grid, "norm": norm, "weighting": weighting, "batch_size": b,
-                "prediction_type": prediction_type, "num_train_timesteps": num_t,
-                "coarse": search_steps < min(MIN_SEARCH_STEPS, num_t),
-                "method_status": "reference" if official else "project-extension"}  # fmt: skip
+    settings = {
+        "scheduler": "ddim",
+        "search_steps": search_steps,
+        "guidance_scale": float(guidance_scale),
+        "grid": grid,
+        "norm": norm,
+        "weighting": weighting,
+        "batch_size": b,
+        "prediction_type": prediction_type,
+        "num_train_timesteps": num_t,
+        "coarse": search_steps < min(MIN_SEARCH_STEPS, num_t),
+        "method_status": "reference" if official else "project-extension",
+    }
     tau_star = taus[best]
-    return TauResult(tau_star=tau_star, step_index=switch_index(tau_star, timesteps), search_steps=search_steps,
-                     taus=taus, objective=objective, timesteps=timesteps, settings=settings)  # fmt: skip
+    return TauResult(
+        tau_star=tau_star,
+        step_index=switch_index(tau_star, timesteps),
+        search_steps=search_steps,
+        taus=taus,
+        objective=objective,
+        timesteps=timesteps,
+        settings=settings,
+    )

@@ -126,31 +126,61 @@ def find_tau(
     seeds = list(range(seed, seed + len(s0)))
     manifest = dict(getattr(engine, "manifest", {}) or {})
     parts = {
-        "kind": "tau", "version": 2, "engine": engine.backend, "engine_key": manifest.get("key"),
-        "weights": weights_sha256(bundle.unet.state_dict()), "attribute": attribute, "pair": [a, b],
-        "cells": [c.to_text(bundle.label_name) for c in s0], "seeds": seeds,
-        "scheduler": json.loads(canonical_json(dict(bundle.scheduler.config))), "search_steps": search_steps,
-        "guidance": guidance, "grid": grid, "norm": norm, "weighting": weighting,
-    }  # fmt: skip
+        "kind": "tau",
+        "version": 2,
+        "engine": engine.backend,
+        "engine_key": manifest.get("key"),
+        "weights": weights_sha256(bundle.unet.state_dict()),
+        "attribute": attribute,
+        "pair": [a, b],
+        "cells": [c.to_text(bundle.label_name) for c in s0],
+        "seeds": seeds,
+        "scheduler": json.loads(canonical_json(dict(bundle.scheduler.config))),
+        "search_steps": search_steps,
+        "guidance": guidance,
+        "grid": grid,
+        "norm": norm,
+        "weighting": weighting,
+    }
     root = Path(cache_dir) if cache_dir is not None else tau_cache_dir()
     path = root / f"{cache_key(parts)}.json"
-    asked = {"attribute": attribute, "source": source, "target": target, "searched_as": f"{a}->{b}",
-             "labels": labels, "n_per_label": n_per_label, "seed": seed}  # fmt: skip
+    asked = {
+        "attribute": attribute,
+        "source": source,
+        "target": target,
+        "searched_as": f"{a}->{b}",
+        "labels": labels,
+        "n_per_label": n_per_label,
+        "seed": seed,
+    }
     if use_cache and path.is_file():
         doc = json.loads(path.read_text(encoding="utf-8"))
         result = TauResult(**doc["result"])
         return dataclasses.replace(result, settings={**result.settings, **asked}), True
     if progress is not None:
-        progress(f"searching tau* for {attribute} {a}<->{b}: {len(s0)} trajectory pairs x {search_steps} DDIM steps "
-                 f"(cached afterwards)")  # fmt: skip
+        progress(
+            f"searching tau* for {attribute} {a}<->{b}: {len(s0)} trajectory pairs x {search_steps} DDIM steps "
+            f"(cached afterwards)"
+        )
     latents = initial_latents(make_generators(seeds), bundle.latent_shape).to(engine.device)
     uncond = bundle.conditioner.cached([None]).to(engine.device)
     p0 = ConditioningPlan(cond=bundle.conditioner.cached(s0).to(engine.device), uncond=uncond, cells=tuple(s0))
     p1 = ConditioningPlan(cond=bundle.conditioner.cached(s1).to(engine.device), uncond=uncond, cells=tuple(s1))
     sched = make_scheduler("ddim", bundle.scheduler.config)
     with torch.no_grad():
-        result = search_tau(engine, sched, latents, p0, p1, search_steps=search_steps, guidance_scale=guidance,
-                            grid=grid, norm=norm, weighting=weighting, allow_coarse=allow_coarse)  # type: ignore[arg-type]  # fmt: skip
+        result = search_tau(
+            engine,
+            sched,
+            latents,
+            p0,
+            p1,
+            search_steps=search_steps,
+            guidance_scale=guidance,
+            grid=grid,
+            norm=norm,
+            weighting=weighting,
+            allow_coarse=allow_coarse,
+        )  # type: ignore[arg-type]
     result.settings.update(asked)
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"key_parts": parts, "result": result.to_dict()}, indent=2) + "\n")
@@ -205,25 +235,37 @@ def resolve_tau(
     for s0, s1 in ordered:
         key = frozenset((s0, s1))
         if key not in found:
-            found[key] = find_tau(bundle, engine, attribute=attribute, source=s0, target=s1, progress=progress,
-                                  **search)  # fmt: skip
+            found[key] = find_tau(
+                bundle, engine, attribute=attribute, source=s0, target=s1, progress=progress, **search
+            )
         res, cached = found[key]
         per_pair[f"{s0}->{s1}"] = {"tau_star": res.tau_star, "step_index": res.step_index, "cached": cached}
         curves.append(res)
     first = curves[0]
     if len(found) == 1:
-        pooled = dataclasses.replace(first, settings={**first.settings, "source": ordered[0][0],
-                                                      "target": ordered[0][1]})  # fmt: skip
+        pooled = dataclasses.replace(
+            first, settings={**first.settings, "source": ordered[0][0], "target": ordered[0][1]}
+        )
     else:
         objective = [float(sum(c.objective[i] for c in curves) / len(curves)) for i in range(len(first.taus))]
         best = min(range(len(first.taus)), key=lambda k: (objective[k], first.taus[k]))
         tau_star = first.taus[best]
         settings = {k: v for k, v in first.settings.items() if k not in ("source", "target", "searched_as")}
-        settings |= {"source": "all", "target": "all (mean J over ordered pairs)", "pairs": list(per_pair),
-                     "method_status": "project-extension"}  # fmt: skip
-        pooled = TauResult(tau_star=tau_star, step_index=switch_index(tau_star, first.timesteps),
-                           search_steps=first.search_steps, taus=list(first.taus), objective=objective,
-                           timesteps=list(first.timesteps), settings=settings)  # fmt: skip
+        settings |= {
+            "source": "all",
+            "target": "all (mean J over ordered pairs)",
+            "pairs": list(per_pair),
+            "method_status": "project-extension",
+        }
+        pooled = TauResult(
+            tau_star=tau_star,
+            step_index=switch_index(tau_star, first.timesteps),
+            search_steps=first.search_steps,
+            taus=list(first.taus),
+            objective=objective,
+            timesteps=list(first.timesteps),
+            settings=settings,
+        )
     info = {
         "tau_star": pooled.tau_star,
         "step_index": pooled.step_index,
@@ -264,12 +306,20 @@ def plot_tau(result: TauResult, path: str | os.PathLike[str]) -> Path:
     s = result.settings
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(result.taus, result.objective, marker="o", markersize=2, lw=1.2)
-    ax.axvline(result.tau_star, color="C3", ls="--", lw=1.2,
-               label=f"τ* = {result.tau_star} (step {result.step_index} of {result.search_steps})")  # fmt: skip
+    ax.axvline(
+        result.tau_star,
+        color="C3",
+        ls="--",
+        lw=1.2,
+        label=f"τ* = {result.tau_star} (step {result.step_index} of {result.search_steps})",
+    )
     ax.set_xlabel("τ (training timesteps; switch when t < τ)")
     ax.set_ylabel("J(τ) = ‖After − Before‖")
-    ax.set_title(f"τ search: {s.get('attribute')} {s.get('source')} → {s.get('target')} "
-                 f"(DDIM {result.search_steps} search steps, w = {s['guidance_scale']:g})", fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"τ search: {s.get('attribute')} {s.get('source')} → {s.get('target')} "
+        f"(DDIM {result.search_steps} search steps, w = {s['guidance_scale']:g})",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

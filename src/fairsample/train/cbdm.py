@@ -87,9 +87,15 @@ def diversity_weight(
 
 
 def class_diversity_loss(
-    pred: Tensor, h_prime: Tensor, timesteps: Tensor, *, num_train_timesteps: int, tau: float = 1.0,
-    gamma: float = 0.25, t_max: int | None = None,
-) -> Tensor:  # fmt: skip
+    pred: Tensor,
+    h_prime: Tensor,
+    timesteps: Tensor,
+    *,
+    num_train_timesteps: int,
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    t_max: int | None = None,
+) -> Tensor:
     """CBDM's regulariser mean[λ_t(pred − sg(h′))²] + γ·mean[λ_t(sg(pred) − h′)²], λ_t = τ·t/T (Qin et al.).
 
     Args:
@@ -181,8 +187,11 @@ class ClassDiversity(TrainMethod):
             what = "the same label and another attribute value"
         lonely = [c for c in self._cells if not self._partners[c]]
         if self.y_prime in _PROJECT_POLICIES and lonely:
-            warnings.warn(_NO_PARTNER.format(policy=self.y_prime, n=len(lonely), what=what, first=lonely[0]),
-                          FairsampleWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                _NO_PARTNER.format(policy=self.y_prime, n=len(lonely), what=what, first=lonely[0]),
+                FairsampleWarning,
+                stacklevel=2,
+            )
         sched_cfg = getattr(getattr(ctx.bundle, "scheduler", None), "config", None)
         num_t = sched_cfg.get("num_train_timesteps") if isinstance(sched_cfg, dict) else None
         self.num_train_timesteps = int(num_t) if num_t else 1000
@@ -191,8 +200,10 @@ class ClassDiversity(TrainMethod):
         mp = getattr(ctx.config, "mixed_precision", "no")
         if mp in ("bf16", "fp16"):
             dev = str(ctx.device) if ctx.device is not None else "cpu"
-            self._autocast = ("cuda" if dev.startswith("cuda") else "cpu",
-                              torch.bfloat16 if mp == "bf16" else torch.float16)  # fmt: skip
+            self._autocast = (
+                "cuda" if dev.startswith("cuda") else "cpu",
+                torch.bfloat16 if mp == "bf16" else torch.float16,
+            )
 
     def draw_y_prime(self, cells: Sequence[CellKey], generator: torch.Generator) -> list[CellKey | None]:
         """One y′ per sample under the ``y_prime`` policy (``None`` where the cell has no partner cell).
@@ -245,9 +256,14 @@ class ClassDiversity(TrainMethod):
             h_prime = ctx.denoise(noisy, t.float(), cells_prime)
         # 3. λ_t-weighted pull toward sg(h′) plus γ × the symmetric term moving h′
         loss = class_diversity_loss(
-            ctx.pred.index_select(0, rows).float(), h_prime.float(), t,
-            num_train_timesteps=self.num_train_timesteps, tau=self.tau, gamma=self.gamma, t_max=self.t_max,
-        ) * (len(keep) / n_cond)  # fmt: skip
+            ctx.pred.index_select(0, rows).float(),
+            h_prime.float(),
+            t,
+            num_train_timesteps=self.num_train_timesteps,
+            tau=self.tau,
+            gamma=self.gamma,
+            t_max=self.t_max,
+        ) * (len(keep) / n_cond)
         value = float(loss.detach())
         if not value > 0:
             return None

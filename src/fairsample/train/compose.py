@@ -145,8 +145,13 @@ class Composite(TrainMethod):
         parts = [(name, {k: v for k, v in c.items() if k not in own}) for name, c in configs]
         opts = self._merge(parts, "option")
         reasons = [f"{name}: {r}" for name, c in configs for r in c.get("status_reasons", [])]
-        return {"name": self.name, "method_status": self.method_status,
-                "components": [p.name for p in self.parts], "status_reasons": reasons, **opts}  # fmt: skip
+        return {
+            "name": self.name,
+            "method_status": self.method_status,
+            "components": [p.name for p in self.parts],
+            "status_reasons": reasons,
+            **opts,
+        }
 
     @staticmethod
     def _merge(items: Sequence[tuple[str, dict[str, Any]]], what: str) -> dict[str, Any]:

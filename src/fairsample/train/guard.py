@@ -113,8 +113,11 @@ class GuardReport:
 
     def sampling(self) -> dict[str, Any]:
         """The bundle's recommended ``sampling`` entries (``guidance_rescale`` only when > 0)."""
-        out: dict[str, Any] = {"guidance_scale": self.setting.guidance_scale, "steps": self.setting.steps,
-                               "scheduler": self.setting.scheduler}  # fmt: skip
+        out: dict[str, Any] = {
+            "guidance_scale": self.setting.guidance_scale,
+            "steps": self.setting.steps,
+            "scheduler": self.setting.scheduler,
+        }
         if self.setting.guidance_rescale:
             out["guidance_rescale"] = self.setting.guidance_rescale
         return out
@@ -124,24 +127,44 @@ class GuardReport:
         n = self.scores.n_per_cell
         rows = []
         for c in self.candidates:
-            rows.append({**c.setting.to_dict(), "score": round(c.score, 4), "mean_score": round(c.mean_score, 4),
-                         "overall": {t: round(v, 4) for t, v in c.overall.items()},
+            rows.append(
+                {
+                    **c.setting.to_dict(),
+                    "score": round(c.score, 4),
+                    "mean_score": round(c.mean_score, 4),
+                    "overall": {t: round(v, 4) for t, v in c.overall.items()},
                     "by_group": {g: {t: round(v, 4) for t, v in d.items()} for g, d in c.by_group.items()},
-                         "worst_group": min(c.group_scores(), key=c.group_scores().__getitem__),
-                         "ber": {a: (None if v is None else round(v, 4)) for a, v in c.ber.items()},
-                         "seconds": round(c.seconds, 1)})  # fmt: skip
-        return json_safe({"rule": SELECTION_RULE.format(n=n, seed=VALIDATION_SEED), "images_per_cell": n,
-                          "seeds": self.scores.seeds, "tolerance": round(self.tolerance, 4), "candidates": rows,
-                          "selected": self.setting.to_dict()})  # fmt: skip
+                    "worst_group": min(c.group_scores(), key=c.group_scores().__getitem__),
+                    "ber": {a: (None if v is None else round(v, 4)) for a, v in c.ber.items()},
+                    "seconds": round(c.seconds, 1),
+                }
+            )
+        return json_safe(
+            {
+                "rule": SELECTION_RULE.format(n=n, seed=VALIDATION_SEED),
+                "images_per_cell": n,
+                "seeds": self.scores.seeds,
+                "tolerance": round(self.tolerance, 4),
+                "candidates": rows,
+                "selected": self.setting.to_dict(),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The ``conditioning_guard`` record (JSON-safe)."""
-        return json_safe({
-            "flag": self.flag, "reasons": self.reasons, "setting": self.setting.to_dict(), "selected": self.selected,
-            "scores": self.scores.to_dict(), "reference": self.reference,
-            "thresholds": {"drop": DROP, "collapse_margin": COLLAPSE_MARGIN, "rule": FLAG_RULE},
-            "judges": self.judges, "seconds": round(self.seconds, 1),
-        })  # fmt: skip
+        return json_safe(
+            {
+                "flag": self.flag,
+                "reasons": self.reasons,
+                "setting": self.setting.to_dict(),
+                "selected": self.selected,
+                "scores": self.scores.to_dict(),
+                "reference": self.reference,
+                "thresholds": {"drop": DROP, "collapse_margin": COLLAPSE_MARGIN, "rule": FLAG_RULE},
+                "judges": self.judges,
+                "seconds": round(self.seconds, 1),
+            }
+        )
 
 
 def guard_flag(
@@ -255,7 +278,7 @@ def _check_grid(guidance: Sequence[float], rescale: Sequence[float]) -> None:
     if not isinstance(rescale, Sequence) or not all(
         isinstance(p, int | float) and not isinstance(p, bool) and 0 < p <= 1 for p in rescale
     ):
-        raise ConfigError(_BAD_RESCALE.format(value=rescale))  # fmt: skip
+        raise ConfigError(_BAD_RESCALE.format(value=rescale))
 
 
 def _weights_digest(bundle: ModelBundle) -> str:
@@ -267,20 +290,34 @@ def _weights_digest(bundle: ModelBundle) -> str:
 
 
 def _start_scores(
-    start: ModelBundle, judges: Judges, cells: list, setting: SamplingSetting, *, images_per_cell: int,
-    device: str, cache_dir: str | os.PathLike[str] | None,
-) -> ConditioningScores:  # fmt: skip
+    start: ModelBundle,
+    judges: Judges,
+    cells: list,
+    setting: SamplingSetting,
+    *,
+    images_per_cell: int,
+    device: str,
+    cache_dir: str | os.PathLike[str] | None,
+) -> ConditioningScores:
     """The starting model's scores at ``setting`` (same cells and seeds), cached by its weights."""
     import torch
 
     from fairsample.export.cache import ArtifactCache
 
     label = start.label_name
-    parts = {"kind": "conditioning-scores", "version": 1, "weights": _weights_digest(start),
-             "scheduler_config": {k: v for k, v in dict(start.scheduler.config).items() if not k.startswith("_")},
-             "judges": judges.key, "setting": setting.to_dict(), "cells": [c.to_text(label) for c in cells],
-             "images_per_cell": images_per_cell, "seed": VALIDATION_SEED, "device": torch.device(device).type,
-             "torch": torch.__version__.split("+")[0]}  # fmt: skip
+    parts = {
+        "kind": "conditioning-scores",
+        "version": 1,
+        "weights": _weights_digest(start),
+        "scheduler_config": {k: v for k, v in dict(start.scheduler.config).items() if not k.startswith("_")},
+        "judges": judges.key,
+        "setting": setting.to_dict(),
+        "cells": [c.to_text(label) for c in cells],
+        "images_per_cell": images_per_cell,
+        "seed": VALIDATION_SEED,
+        "device": torch.device(device).type,
+        "torch": torch.__version__.split("+")[0],
+    }
 
     def build(tmp: Path) -> dict[str, Any]:
         pipe = sampling_pipeline(start, device)
@@ -303,8 +340,15 @@ def _load_start(start: ModelBundle | str | os.PathLike[str], model: ModelBundle,
     from fairsample.models.sd_import import open_model
 
     template = model.config.get("template") or getattr(model.conditioner, "template", None)
-    return open_model(start, flag="--init-from", attributes=model.attribute_values, labels=model.label_values,
-                      label_name=model.label_name, template=template, device=device)  # fmt: skip
+    return open_model(
+        start,
+        flag="--init-from",
+        attributes=model.attribute_values,
+        labels=model.label_values,
+        label_name=model.label_name,
+        template=template,
+        device=device,
+    )
 
 
 def conditioning_guard(
@@ -366,8 +410,9 @@ def conditioning_guard(
     _check_grid(guidance, rescale)
     model = _load(bundle, device)
     folder = model.config.get("path")
-    judges = train_judges(dataset, size=model.image_shape[-1], epochs=judge_epochs, split_seed=split_seed,
-                          cache_dir=cache_dir)  # fmt: skip
+    judges = train_judges(
+        dataset, size=model.image_shape[-1], epochs=judge_epochs, split_seed=split_seed, cache_dir=cache_dir
+    )
     cells = guard_cells(model, dataset)
     pipe = sampling_pipeline(model, device)
     # 1. candidates (or the bundle's current setting), scored
@@ -385,19 +430,36 @@ def conditioning_guard(
         start = parent if parent and Path(parent).is_dir() else None
     if start is not None:
         start_model = _load_start(start, model, device)
-        ref_scores = _start_scores(start_model, judges, cells, chosen.setting, images_per_cell=images_per_cell,
-                                   device=device, cache_dir=cache_dir)  # fmt: skip
-        reference = {"kind": "start", "bundle": start_model.bundle_id, "overall": ref_scores.overall,
-                     "by_group": {g: {t: v[t] for t in judges.targets} for g, v in ref_scores.by_group.items()},
-                     "ber": ref_scores.ber, "score": round(ref_scores.score, 4)}  # fmt: skip
+        ref_scores = _start_scores(
+            start_model,
+            judges,
+            cells,
+            chosen.setting,
+            images_per_cell=images_per_cell,
+            device=device,
+            cache_dir=cache_dir,
+        )
+        reference = {
+            "kind": "start",
+            "bundle": start_model.bundle_id,
+            "overall": ref_scores.overall,
+            "by_group": {g: {t: v[t] for t in judges.targets} for g, v in ref_scores.by_group.items()},
+            "ber": ref_scores.ber,
+            "score": round(ref_scores.score, 4),
+        }
     else:
-        reference = {"kind": "ceiling", "bundle": None, "overall": judges.ceiling["overall"],
-                     "by_group": judges.ceiling["by_group"]}  # fmt: skip
+        reference = {
+            "kind": "ceiling",
+            "bundle": None,
+            "overall": judges.ceiling["overall"],
+            "by_group": judges.ceiling["by_group"],
+        }
     # 3. flag
     flag, reasons = guard_flag(chosen, reference, judges.chance(), ceiling=judges.ceiling)
     judged = {"key": judges.key[:16], "size": judges.size, "ceiling": judges.ceiling}
-    report = GuardReport(flag, reasons, chosen.setting, chosen, json_safe(reference), candidates, tol, select, judged,
-                         time.time() - t0)  # fmt: skip
+    report = GuardReport(
+        flag, reasons, chosen.setting, chosen, json_safe(reference), candidates, tol, select, judged, time.time() - t0
+    )
     # 4. record and warn
     if write is None:
         write = folder is not None
@@ -415,8 +477,14 @@ def conditioning_guard(
     if warn and flag != "ok":
         more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
         where = f"{folder}/fairsample_config.json" if folder else "the report"
-        msg = _WARN.format(bundle=model.bundle_id, flag=flag, setting=report.setting.describe(), reason=reasons[0],
-                           more=more, where=where)  # fmt: skip
+        msg = _WARN.format(
+            bundle=model.bundle_id,
+            flag=flag,
+            setting=report.setting.describe(),
+            reason=reasons[0],
+            more=more,
+            where=where,
+        )
         warnings.warn(msg, FairsampleWarning, stacklevel=2)
     return report
 
@@ -453,10 +521,17 @@ def guard_after_training(
         "and pick the recommended guidance (--no-guard skips it)"
     )
     try:
-        report = conditioning_guard(bundle_dir, dataset, start=config.init_from, guidance=config.guard_guidance,
-                                    rescale=config.guard_rescale, steps=config.guard_steps,
-                                    images_per_cell=config.guard_images_per_cell, split_seed=config.split_seed,
-                                    device=device)  # fmt: skip
+        report = conditioning_guard(
+            bundle_dir,
+            dataset,
+            start=config.init_from,
+            guidance=config.guard_guidance,
+            rescale=config.guard_rescale,
+            steps=config.guard_steps,
+            images_per_cell=config.guard_images_per_cell,
+            split_seed=config.split_seed,
+            device=device,
+        )
     except FairsampleError as exc:
         update_bundle_config(bundle_dir, {"conditioning_guard": {"flag": "unchecked", "reason": str(exc)}})
         warnings.warn(_UNCHECKED.format(bundle=bundle_dir, why=exc), FairsampleWarning, stacklevel=2)

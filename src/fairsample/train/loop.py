@@ -63,16 +63,33 @@ _NONPOSITIVE = "`{name}` must be >= 1, got {value!r}."
 _BAD_GRAD_NORM_EVERY = "`grad_norm_every` must be an integer >= 0 (0: off), got {value!r}; e.g. 25."
 _EMPTY_SPLIT = "the {split!r} split of {root} is empty; use a larger dataset or --split all."
 _UNKNOWN_TO_MODEL = "cell {cell} of the dataset is unknown to --init-from {path}: {why}"
-_PARENT_ONLY_KEYS = ("name", "path", "description", "train_command", "train_seconds", "sampling_selection",
-                     "conditioning_guard")  # fmt: skip
+_PARENT_ONLY_KEYS = (
+    "name",
+    "path",
+    "description",
+    "train_command",
+    "train_seconds",
+    "sampling_selection",
+    "conditioning_guard",
+)
 """Bundle-config keys that describe the --init-from parent only; a fine-tuned bundle drops them (its id becomes its
 own path) and records the parent under ``init_from``."""
 _BAD_WEIGHTS = "a method returned sampling weights of shape {shape}; it must give N={n} finite weights >= 0, not all 0"
 
 #: settings that may change between a run and its --resume
-_RESUMABLE_KEYS = {"max_steps", "checkpoint_every", "gradient_checkpointing", "checkpoints_total_limit", "device",
-                   "grad_norm_every", "guard", "guard_images_per_cell", "guard_guidance", "guard_rescale",
-                   "guard_steps"}  # fmt: skip
+_RESUMABLE_KEYS = {
+    "max_steps",
+    "checkpoint_every",
+    "gradient_checkpointing",
+    "checkpoints_total_limit",
+    "device",
+    "grad_norm_every",
+    "guard",
+    "guard_images_per_cell",
+    "guard_guidance",
+    "guard_rescale",
+    "guard_steps",
+}
 
 
 @dataclass(frozen=True)
@@ -202,8 +219,12 @@ def _unique_report(seen: set[int], epoch: int, n: int, train_cells: Sequence[Cel
     for i in seen:
         key = train_cells[i].to_text(label)
         per_cell[key] = per_cell.get(key, 0) + 1
-    return {"epoch_done": epoch, "unique_images": len(seen), "unique_fraction": round(len(seen) / n, 4),
-            "unique_by_cell": dict(sorted(per_cell.items()))}  # fmt: skip
+    return {
+        "epoch_done": epoch,
+        "unique_images": len(seen),
+        "unique_fraction": round(len(seen) / n, 4),
+        "unique_by_cell": dict(sorted(per_cell.items())),
+    }
 
 
 def _to_model_range(images: Sequence[Any]) -> Tensor:
@@ -307,10 +328,18 @@ def _starting_bundle(
     if cfg.init_from:
         values, labels = vocabulary or (dataset.attribute_values(), dataset.label_values())
         if base_source is not None and base_source.kind == "bundle" and cfg.template:
-            say(f"note: --template is ignored: --init-from {cfg.init_from} is a fairsample bundle with its own "
-                "conditioner")  # fmt: skip
-        bundle = open_model(cfg.init_from, flag="--init-from", attributes=values, labels=labels,
-                            label_name=dataset.spec.label, template=cfg.template)  # fmt: skip
+            say(
+                f"note: --template is ignored: --init-from {cfg.init_from} is a fairsample bundle with its own "
+                "conditioner"
+            )
+        bundle = open_model(
+            cfg.init_from,
+            flag="--init-from",
+            attributes=values,
+            labels=labels,
+            label_name=dataset.spec.label,
+            template=cfg.template,
+        )
         for cell in sorted(set(train_cells)):
             try:
                 bundle.conditioner.indices([cell]) if isinstance(
@@ -674,8 +703,14 @@ def train(
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _write_snapshot(out / "snapshots" / f"step-{done:06d}", bundle, accelerator.unwrap_model(denoiser),
-                                ema, params, done)  # fmt: skip
+                _write_snapshot(
+                    out / "snapshots" / f"step-{done:06d}",
+                    bundle,
+                    accelerator.unwrap_model(denoiser),
+                    ema,
+                    params,
+                    done,
+                )
     bar.close()
 
     # -- bundle ----------------------------------------------------------------------------------------------------
@@ -686,8 +721,16 @@ def train(
         if ema is not None:
             ema.copy_to(params)
         bundle.unet, bundle.conditioner = unwrapped.unet, unwrapped.conditioner
-        _record_training(bundle, cfg, method, dataset, all_cells, n_train=len(rows), ema=ema is not None,
-                         resize={"from": resized_from, "to": image_size} if resized_from else None)  # fmt: skip
+        _record_training(
+            bundle,
+            cfg,
+            method,
+            dataset,
+            all_cells,
+            n_train=len(rows),
+            ema=ema is not None,
+            resize={"from": resized_from, "to": image_size} if resized_from else None,
+        )
         bundle.save(out)
         for name, doc in method.artifacts().items():
             (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

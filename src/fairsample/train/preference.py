@@ -69,8 +69,15 @@ UNSPECIFIED_SOURCE = "unspecified (user-supplied file)"
 
 #: keys of the ``prefs_build`` option (passed to :func:`fairsample.train.prefs_build.build_preferences`)
 PREFS_BUILD_KEYS: tuple[str, ...] = (
-    "backend", "batch_size", "candidates", "classifier_epochs", "guidance_scale", "per_cell", "scorer", "steps",
-)  # fmt: skip
+    "backend",
+    "batch_size",
+    "candidates",
+    "classifier_epochs",
+    "guidance_scale",
+    "per_cell",
+    "scorer",
+    "steps",
+)
 PRESETS: tuple[str, str] = ("dpo", "fairgen")
 #: optimizer steps over which ``pref_scale="auto"`` measures the gradient-norm ratio before fixing the scale
 AUTO_SCALE_STEPS = 10
@@ -284,12 +291,16 @@ class PreferenceTuning(TrainMethod):
         out = []
         if self.pref_loss == "diffusion_dpo":
             if self.preset == "fairgen":
-                out.append(ext + "Diffusion-DPO inside FairGen; FairGen's code uses its reference-free loss and "
-                           "has no reference model")  # fmt: skip
+                out.append(
+                    ext + "Diffusion-DPO inside FairGen; FairGen's code uses its reference-free loss and "
+                    "has no reference model"
+                )
             else:
-                out.append(ref + "Diffusion-DPO (Wallace et al.; DiffusionDPO train.py): frozen reference, shared t "
-                           "and noise; the loop also keeps the plain diffusion loss on the training "
-                           "images")  # fmt: skip
+                out.append(
+                    ref + "Diffusion-DPO (Wallace et al.; DiffusionDPO train.py): frozen reference, shared t "
+                    "and noise; the loop also keeps the plain diffusion loss on the training "
+                    "images"
+                )
         else:
             if self.preset == "fairgen":
                 out.append(ref + "FairGen's reference-free loss (train_text_to_image_FairGen.py --enable_dpo)")
@@ -340,18 +351,35 @@ class PreferenceTuning(TrainMethod):
         ds, split = ctx.dataset, str(getattr(cfg, "split", "train"))
         rows = np.arange(len(ds)) if split == "all" else np.asarray(split_indices(ds, seed=cfg.split_seed)[split])
         out = Path(ctx.output_dir) / "preferences"
-        key = {"init_from": str(cfg.init_from), "data": str(Path(ds.root).absolute()), "split": split,
-               "split_seed": int(getattr(cfg, "split_seed", 0)), "n_rows": int(len(rows)),
-               "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
-               "seed": int(cfg.seed), "options": dict(sorted(self.prefs_build.items()))}  # fmt: skip
+        key = {
+            "init_from": str(cfg.init_from),
+            "data": str(Path(ds.root).absolute()),
+            "split": split,
+            "split_seed": int(getattr(cfg, "split_seed", 0)),
+            "n_rows": int(len(rows)),
+            "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
+            "seed": int(cfg.seed),
+            "options": dict(sorted(self.prefs_build.items())),
+        }
         record = out / "build.json"
         # 2. build on rank 0 unless the same build is already there, then everyone reads it
         reused = _read_json(record).get("key") == key and (out / "preferences.csv").is_file()
         if ctx.rank == 0 and not reused:
-            res = build_preferences(cfg.init_from, ds.subset(rows), out, seed=int(cfg.seed), device=str(ctx.device),
-                                    overwrite=True, **self.prefs_build)  # fmt: skip
-            doc = {"key": key, "n_pairs": res.n_pairs, "n_candidates": res.n_candidates,
-                   "seconds": round(res.seconds, 2)}  # fmt: skip
+            res = build_preferences(
+                cfg.init_from,
+                ds.subset(rows),
+                out,
+                seed=int(cfg.seed),
+                device=str(ctx.device),
+                overwrite=True,
+                **self.prefs_build,
+            )
+            doc = {
+                "key": key,
+                "n_pairs": res.n_pairs,
+                "n_candidates": res.n_candidates,
+                "seconds": round(res.seconds, 2),
+            }
             record.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if ctx.wait_for_everyone is not None:
             ctx.wait_for_everyone()
@@ -369,9 +397,11 @@ class PreferenceTuning(TrainMethod):
         }
         if ctx.log is not None:
             verb = "reusing" if reused else "built"
-            ctx.log(f"{self.preset}: {verb} {doc.get('n_pairs')} proxy preference pairs in {out / 'preferences.csv'} "
-                    f"from --init-from {cfg.init_from} on the {split} split ({len(rows)} images): {PROXY_SOURCE} "
-                    "(not physician judgements)")  # fmt: skip
+            ctx.log(
+                f"{self.preset}: {verb} {doc.get('n_pairs')} proxy preference pairs in {out / 'preferences.csv'} "
+                f"from --init-from {cfg.init_from} on the {split} split ({len(rows)} images): {PROXY_SOURCE} "
+                "(not physician judgements)"
+            )
         return out / "preferences.csv"
 
     def setup(self, ctx: SetupContext) -> None:
@@ -460,8 +490,12 @@ class PreferenceTuning(TrainMethod):
             stats["pref_delta_ref"] = float((ref_w - ref_l).mean())
         else:
             loss, acc = fairgen_ref_free_loss(loss_w, loss_l, self.beta)
-        stats.update(pref_loss=float(loss.detach()), pref_implicit_acc=float(acc),
-                     pref_loss_w=float(loss_w.detach().mean()), pref_loss_l=float(loss_l.detach().mean()))  # fmt: skip
+        stats.update(
+            pref_loss=float(loss.detach()),
+            pref_implicit_acc=float(acc),
+            pref_loss_w=float(loss_w.detach().mean()),
+            pref_loss_l=float(loss_l.detach().mean()),
+        )
         self._last = stats
         total = loss + self.sft_weight * loss_w.mean() if self.sft_weight else loss
         return (self.weight * self._scale) * total if self._scale != 1.0 else self.weight * total

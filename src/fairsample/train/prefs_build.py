@@ -144,10 +144,14 @@ class _Scorer:
         return out
 
     def describe(self, epochs: int) -> dict[str, Any]:
-        return {"kind": self.kind, "targets": list(self.models), "epochs": epochs, "train_images": self.n_train,
-                "train_accuracy": {k: round(v, 4) for k, v in self.accuracy.items()},
-                "model": "SmallCNN (fairsample.evaluation.classifiers) trained from scratch on the "
-                         "real data"}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "targets": list(self.models),
+            "epochs": epochs,
+            "train_images": self.n_train,
+            "train_accuracy": {k: round(v, 4) for k, v in self.accuracy.items()},
+            "model": "SmallCNN (fairsample.evaluation.classifiers) trained from scratch on the real data",
+        }
 
 
 def build_preferences(
@@ -247,8 +251,9 @@ def build_preferences(
 
     pipe = FairSamplePipeline(bundle, backend=backend, device=device)
     plan = GenerationPlan.per_cell(chosen, candidates, seeds=range(seed, seed + candidates * len(chosen)))
-    cfg = pipe.default_config().replace(steps=steps, guidance_scale=guidance_scale, batch_size=batch_size,
-                                        backend=backend, device=device)  # fmt: skip
+    cfg = pipe.default_config().replace(
+        steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, backend=backend, device=device
+    )
     say(f"generating {len(plan)} candidates ({candidates} per cell x {len(chosen)} cells) into {out / 'candidates'}")
     gen = pipe.generate_to_folder(out / "candidates", plan, cfg, overwrite=overwrite, progress=progress)
     files = [gen.output_dir / f for f in gen.files]
@@ -288,8 +293,13 @@ def build_preferences(
 
     # 5. the pair file, its companion summary, and a read-back check
     csv_path = write_preferences(out / "preferences.csv", pairs, groups=groups, label_col=label_col, extra=extra)
-    read_preferences(csv_path, groups=groups, label_col=label_col, attribute_values=bundle.attribute_values,
-                     label_values=bundle.label_values)  # fmt: skip
+    read_preferences(
+        csv_path,
+        groups=groups,
+        label_col=label_col,
+        attribute_values=bundle.attribute_values,
+        label_values=bundle.label_values,
+    )
     doc: dict[str, Any] = {
         "source": PROXY_SOURCE,
         "note": PROXY_NOTE,

@@ -26,23 +26,45 @@ from fairsample.train.resampling import CellResampling  # noqa: E402
 
 
 def cbrs(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    *,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
     proxy: str = "contrast",
-) -> TrainMethod:  # fmt: skip
+) -> TrainMethod:
     """CBRS: cell-balanced sampling weights 1/N_c (FairGen ``train_text_to_imagecbrs.py``); ``alpha`` > 0 adds the
     gradient-aware refresh (project reconstruction) driven by ``proxy`` (default: loss per unit image contrast)."""
-    return CellResampling(power=1.0, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema,  # type: ignore[arg-type]
-                          proxy=proxy, name="cbrs")  # type: ignore[arg-type]  # fmt: skip
+    return CellResampling(
+        power=1.0,
+        apply=apply,
+        alpha=alpha,
+        refresh_every=refresh_every,
+        ema=ema,  # type: ignore[arg-type]
+        proxy=proxy,
+        name="cbrs",
+    )  # type: ignore[arg-type]
 
 
 def sqrs(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
+    *,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
     proxy: str = "contrast",
-) -> TrainMethod:  # fmt: skip
+) -> TrainMethod:
     """SQRS: square-root sampling weights 1/√N_c (FairGen ``train_text_to_imagesqrs.py``); ``alpha`` as in
     :func:`cbrs`."""
-    return CellResampling(power=0.5, apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema,  # type: ignore[arg-type]
-                          proxy=proxy, name="sqrs")  # type: ignore[arg-type]  # fmt: skip
+    return CellResampling(
+        power=0.5,
+        apply=apply,
+        alpha=alpha,
+        refresh_every=refresh_every,
+        ema=ema,  # type: ignore[arg-type]
+        proxy=proxy,
+        name="sqrs",
+    )  # type: ignore[arg-type]
 
 
 def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform", t_max: int | None = None) -> TrainMethod:
@@ -52,21 +74,45 @@ def cbdm(*, tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform", t_m
 
 
 def fairskin_c(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
-    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
-) -> TrainMethod:  # fmt: skip
+    *,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
+    proxy: str = "contrast",
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    y_prime: str = "uniform",
+) -> TrainMethod:
     """FairSkin-C (= FairGen's CBCB): CBRS sampler + class-diversity term."""
-    return Composite([cbrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
-                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-c")  # fmt: skip
+    return Composite(
+        [
+            cbrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
+            cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
+        ],
+        name="fairskin-c",
+    )
 
 
 def fairskin_s(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
-    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
-) -> TrainMethod:  # fmt: skip
+    *,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
+    proxy: str = "contrast",
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    y_prime: str = "uniform",
+) -> TrainMethod:
     """FairSkin-S: SQRS sampler + class-diversity term (FairGen without its preference loss)."""
-    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
-                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime)], name="fairskin-s")  # fmt: skip
+    return Composite(
+        [
+            sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
+            cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
+        ],
+        name="fairskin-s",
+    )
 
 
 METHODS.update({"cbrs": cbrs, "sqrs": sqrs, "cbdm": cbdm, "fairskin-c": fairskin_c, "fairskin-s": fairskin_s})
@@ -79,23 +125,37 @@ conditioning guard (the reference term at τ = 1 erased the demo's tone); docs/d
 
 
 def cbdm_keep(
-    *, tau: float = 1.0, gamma: float = 0.25, y_prime: str = CBDM_KEEP["y_prime"],
+    *,
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    y_prime: str = CBDM_KEEP["y_prime"],
     t_max: int | None = CBDM_KEEP["t_max"],
-) -> TrainMethod:  # fmt: skip
+) -> TrainMethod:
     """[project-extension] CBDM's class-diversity term restricted so that it cannot average a global attribute away
     (:data:`CBDM_KEEP`); the reference term is ``cbdm``."""
     return ClassDiversity(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max, name="cbdm-keep")  # type: ignore[arg-type]
 
 
 def fairskin_s_keep(
-    *, apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9,
-    proxy: str = "contrast", tau: float = 1.0, gamma: float = 0.25, y_prime: str = CBDM_KEEP["y_prime"],
+    *,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
+    proxy: str = "contrast",
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    y_prime: str = CBDM_KEEP["y_prime"],
     t_max: int | None = CBDM_KEEP["t_max"],
-) -> TrainMethod:  # fmt: skip
+) -> TrainMethod:
     """[project-extension] FairSkin-S with the attribute-keeping term: SQRS sampler + ``cbdm-keep``."""
-    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
-                      cbdm_keep(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max)],
-                     name="fairskin-s-keep")  # fmt: skip
+    return Composite(
+        [
+            sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
+            cbdm_keep(tau=tau, gamma=gamma, y_prime=y_prime, t_max=t_max),
+        ],
+        name="fairskin-s-keep",
+    )
 
 
 METHODS.update({"cbdm-keep": cbdm_keep, "fairskin-s-keep": fairskin_s_keep})
@@ -116,37 +176,81 @@ from fairsample.train.preference import PreferenceTuning  # noqa: E402
 
 
 def dpo(
-    *, preferences: str | None = None, pref_loss: str = "diffusion_dpo", beta: float | None = None,
-    weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
-    prefs_build: dict[str, Any] | None = None, pref_scale: float | str = 1.0, pref_scale_target: float = 1.0,
-) -> TrainMethod:  # fmt: skip
+    *,
+    preferences: str | None = None,
+    pref_loss: str = "diffusion_dpo",
+    beta: float | None = None,
+    weight: float = 1.0,
+    pairs_per_step: int | None = None,
+    sft_weight: float = 0.0,
+    share_noise: bool | None = None,
+    prefs_build: dict[str, Any] | None = None,
+    pref_scale: float | str = 1.0,
+    pref_scale_target: float = 1.0,
+) -> TrainMethod:
     """Preference tuning alone (default Diffusion-DPO with a frozen reference, ``reference``); fine-tune a bundle
     with --init-from. Without ``preferences``, proxy pairs are built from the --init-from model (``prefs_build``)."""
-    return PreferenceTuning(preferences=preferences, pref_loss=pref_loss, beta=beta, weight=weight,  # type: ignore[arg-type]
-                            pairs_per_step=pairs_per_step, sft_weight=sft_weight, share_noise=share_noise,
-                            prefs_build=prefs_build, preset="dpo", pref_scale=pref_scale,  # type: ignore[arg-type]
-                            pref_scale_target=pref_scale_target)  # fmt: skip
+    return PreferenceTuning(
+        preferences=preferences,
+        pref_loss=pref_loss,
+        beta=beta,
+        weight=weight,  # type: ignore[arg-type]
+        pairs_per_step=pairs_per_step,
+        sft_weight=sft_weight,
+        share_noise=share_noise,
+        prefs_build=prefs_build,
+        preset="dpo",
+        pref_scale=pref_scale,  # type: ignore[arg-type]
+        pref_scale_target=pref_scale_target,
+    )
 
 
 def fairgen(
-    *, preferences: str | None = None, pref_loss: str = "fairgen_ref_free", beta: float | None = None,
-    weight: float = 1.0, pairs_per_step: int | None = None, sft_weight: float = 0.0, share_noise: bool | None = None,
-    prefs_build: dict[str, Any] | None = None, pref_scale: float | str = 1.0, pref_scale_target: float = 1.0,
-    apply: str = "sampler", alpha: float = 0.0, refresh_every: int = 100, ema: float = 0.9, proxy: str = "contrast",
-    tau: float = 1.0, gamma: float = 0.25, y_prime: str = "uniform",
-) -> TrainMethod:  # fmt: skip
+    *,
+    preferences: str | None = None,
+    pref_loss: str = "fairgen_ref_free",
+    beta: float | None = None,
+    weight: float = 1.0,
+    pairs_per_step: int | None = None,
+    sft_weight: float = 0.0,
+    share_noise: bool | None = None,
+    prefs_build: dict[str, Any] | None = None,
+    pref_scale: float | str = 1.0,
+    pref_scale_target: float = 1.0,
+    apply: str = "sampler",
+    alpha: float = 0.0,
+    refresh_every: int = 100,
+    ema: float = 0.9,
+    proxy: str = "contrast",
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    y_prime: str = "uniform",
+) -> TrainMethod:
     """FairGen as its code runs (``train_text_to_image_FairGen.py``): SQRS sampler + class-diversity term + the
     reference-free preference loss (β = 0.5, γ_dpo = 1, independent noise; ``reference``). ``pref_loss=
     'diffusion_dpo'`` swaps in Diffusion-DPO with a frozen reference (``project-extension``: FairGen's code has no
     reference model). Without ``preferences``, proxy pairs are built from the --init-from model on the training rows
     (``prefs_build`` options; see :class:`~fairsample.train.preference.PreferenceTuning`)."""
-    return Composite([sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
-                      cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
-                      PreferenceTuning(preferences=preferences, pref_loss=pref_loss, beta=beta,  # type: ignore[arg-type]
-                                       weight=weight, pairs_per_step=pairs_per_step, sft_weight=sft_weight,
-                                       share_noise=share_noise, prefs_build=prefs_build, preset="fairgen",
-                                       pref_scale=pref_scale, pref_scale_target=pref_scale_target)],  # type: ignore[arg-type]
-                     name="fairgen")  # fmt: skip
+    return Composite(
+        [
+            sqrs(apply=apply, alpha=alpha, refresh_every=refresh_every, ema=ema, proxy=proxy),
+            cbdm(tau=tau, gamma=gamma, y_prime=y_prime),
+            PreferenceTuning(
+                preferences=preferences,
+                pref_loss=pref_loss,
+                beta=beta,  # type: ignore[arg-type]
+                weight=weight,
+                pairs_per_step=pairs_per_step,
+                sft_weight=sft_weight,
+                share_noise=share_noise,
+                prefs_build=prefs_build,
+                preset="fairgen",
+                pref_scale=pref_scale,
+                pref_scale_target=pref_scale_target,
+            ),
+        ],  # type: ignore[arg-type]
+        name="fairgen",
+    )
 
 
 METHODS.update({"dpo": dpo, "fairgen": fairgen})

@@ -163,8 +163,10 @@ class CellResampling(TrainMethod):
         """Ḡ_g per cell (``None``: not seen yet): the loss EMA, divided by the contrast EMA for ``"contrast"``."""
         if self.proxy == "loss":
             return list(self._grad)
-        return [None if g is None or v is None else g / max(v, _MIN_CONTRAST)
-                for g, v in zip(self._grad, self._scale, strict=True)]  # fmt: skip
+        return [
+            None if g is None or v is None else g / max(v, _MIN_CONTRAST)
+            for g, v in zip(self._grad, self._scale, strict=True)
+        ]
 
     def _compute_cell_weights(self) -> np.ndarray:
         """w_g = N_g^{−p}·(Ḡ_g / mean Ḡ)^α; loss mode rescales to mean 1 over the training images."""

@@ -203,8 +203,15 @@ def run_bench(
                     engines[k](*warm)
                     times[k] = min(times[k], _best(run, 1))
             for k, sec in times.items():
-                sampling.append({"backend": k, "batch": b, "cfg": cfg_on, "seconds": round(sec, 4),
-                                 "images_per_s": round(b / sec, 3)})  # fmt: skip
+                sampling.append(
+                    {
+                        "backend": k,
+                        "batch": b,
+                        "cfg": cfg_on,
+                        "seconds": round(sec, 4),
+                        "images_per_s": round(b / sec, 3),
+                    }
+                )
                 say(f"sampling {k:12s} B={b:<3d} cfg={'on ' if cfg_on else 'off'} {b / sec:8.2f} img/s")
 
     unet_rows: list[dict[str, Any]] = []
@@ -222,26 +229,47 @@ def run_bench(
                 fn()
             reps = max(repeats, 3)
             tb, tp, tt = _best(call_b, reps), _best(packed, reps), _best(two, reps)
-            unet_rows.append({"backend": k, "n": b, "ms": round(tb * 1e3, 3),
-                              "gflops": round(flops_cache[b] / tb / 1e9, 2)})  # fmt: skip
-            packing.append({"backend": k, "batch": b, "packed_ms": round(tp * 1e3, 3),
-                            "two_calls_ms": round(tt * 1e3, 3),
-                            "packed_over_two_calls": round(tp / tt, 3)})  # fmt: skip
-            say(f"unet     {k:12s} N={b:<3d} {tb * 1e3:8.2f} ms  {flops_cache[b] / tb / 1e9:6.1f} GFLOP/s; "
-                f"CFG packed {tp * 1e3:.2f} ms vs two calls {tt * 1e3:.2f} ms")  # fmt: skip
+            unet_rows.append(
+                {"backend": k, "n": b, "ms": round(tb * 1e3, 3), "gflops": round(flops_cache[b] / tb / 1e9, 2)}
+            )
+            packing.append(
+                {
+                    "backend": k,
+                    "batch": b,
+                    "packed_ms": round(tp * 1e3, 3),
+                    "two_calls_ms": round(tt * 1e3, 3),
+                    "packed_over_two_calls": round(tp / tt, 3),
+                }
+            )
+            say(
+                f"unet     {k:12s} N={b:<3d} {tb * 1e3:8.2f} ms  {flops_cache[b] / tb / 1e9:6.1f} GFLOP/s; "
+                f"CFG packed {tp * 1e3:.2f} ms vs two calls {tt * 1e3:.2f} ms"
+            )
     for eng in engines.values():
         eng.close()
     mm = max(*mm_samples, matmul_gflops(matmul_size))
     say(f"matmul   float32 {matmul_size}^3: {mm:.1f} GFLOP/s")
-    doc = _summarise(sampling, unet_rows, packing, mm, flops_cache, names, batches, steps, guidance_scale, repeats,
-                     threads, bundle)  # fmt: skip
+    doc = _summarise(
+        sampling, unet_rows, packing, mm, flops_cache, names, batches, steps, guidance_scale, repeats, threads, bundle
+    )
     doc["config"]["matmul_size"] = matmul_size
     return doc
 
 
-def _summarise(sampling: list[dict[str, Any]], unet_rows: list[dict[str, Any]], packing: list[dict[str, Any]],
-               mm: float, flops: dict[int, int], names: list[str], batches: Sequence[int], steps: int,
-               guidance_scale: float, repeats: int, threads: int, bundle: Any) -> dict[str, Any]:  # fmt: skip
+def _summarise(
+    sampling: list[dict[str, Any]],
+    unet_rows: list[dict[str, Any]],
+    packing: list[dict[str, Any]],
+    mm: float,
+    flops: dict[int, int],
+    names: list[str],
+    batches: Sequence[int],
+    steps: int,
+    guidance_scale: float,
+    repeats: int,
+    threads: int,
+    bundle: Any,
+) -> dict[str, Any]:
     """Ratios vs torch-eager, the GFLOP/s fraction at the largest batch, and the target verdicts."""
     import onnx
 
@@ -264,14 +292,20 @@ def _summarise(sampling: list[dict[str, Any]], unet_rows: list[dict[str, Any]], 
                 peak_seconds = {c: steps * flops[2 * b if c else b] / (mm * 1e9) for c in (True, False)}
                 ceiling = min(b / peak_seconds[c] / rate[("torch-eager", b, c)] for c in (True, False))
                 verdict[f"onnxruntime_over_torch_eager_B{b}"] = {
-                    "target": goal, "worst_of_cfg_on_off": round(worst, 3), "met": worst >= goal,
-                    "ceiling_at_matmul_rate": round(ceiling, 3), "reachable_here": ceiling >= goal,
-                }  # fmt: skip
+                    "target": goal,
+                    "worst_of_cfg_on_off": round(worst, 3),
+                    "met": worst >= goal,
+                    "ceiling_at_matmul_rate": round(ceiling, 3),
+                    "reachable_here": ceiling >= goal,
+                }
         big = max(batches)
         ort_row = next(r for r in unet_rows if r["backend"] == "onnxruntime" and r["n"] == big)
         frac = ort_row["gflops"] / mm
-        verdict[f"gflops_fraction_of_matmul_N{big}"] = {"target": TARGETS["gflops_fraction_of_matmul_at_32"],
-                                                        "value": round(frac, 3), "met": frac >= 0.8}  # fmt: skip
+        verdict[f"gflops_fraction_of_matmul_N{big}"] = {
+            "target": TARGETS["gflops_fraction_of_matmul_at_32"],
+            "value": round(frac, 3),
+            "met": frac >= 0.8,
+        }
     for row in packing:
         row["packed_not_slower"] = row["packed_over_two_calls"] <= 1.0
     return {
@@ -284,7 +318,7 @@ def _summarise(sampling: list[dict[str, Any]], unet_rows: list[dict[str, Any]], 
             "onnx": onnx.__version__,
             "onnxruntime": _ort_version(),
             "cuda": torch.cuda.is_available(),
-        },  # fmt: skip
+        },
         "config": {
             "model": getattr(bundle, "bundle_id", None),
             "backends": names,
@@ -293,7 +327,7 @@ def _summarise(sampling: list[dict[str, Any]], unet_rows: list[dict[str, Any]], 
             "guidance_scale": guidance_scale,
             "repeats": repeats,
             "scheduler": bundle.sampling_defaults().get("scheduler") if hasattr(bundle, "sampling_defaults") else None,
-        },  # fmt: skip
+        },
         "sampling": sampling,
         "unet": unet_rows,
         "unet_flops_per_call": {str(n): int(f) for n, f in sorted(flops.items())},
@@ -318,12 +352,16 @@ def format_table(doc: dict[str, Any]) -> str:
     base = {(r["batch"], r["cfg"]): r["images_per_s"] for r in doc["sampling"] if r["backend"] == "torch-eager"}
     for r in doc["sampling"]:
         ratio = r["images_per_s"] / base[(r["batch"], r["cfg"])] if base else float("nan")
-        lines.append(f"{r['backend']:12s} {r['batch']:>3d} {'on' if r['cfg'] else 'off':>4s} "
-                     f"{r['images_per_s']:>9.2f} {ratio:>8.2f}x")  # fmt: skip
+        lines.append(
+            f"{r['backend']:12s} {r['batch']:>3d} {'on' if r['cfg'] else 'off':>4s} "
+            f"{r['images_per_s']:>9.2f} {ratio:>8.2f}x"
+        )
     lines.append(f"matmul float32: {doc['matmul_gflops']:.1f} GFLOP/s")
     for r in doc["unet"]:
-        lines.append(f"unet {r['backend']:12s} N={r['n']:<3d} {r['ms']:8.2f} ms {r['gflops']:7.1f} GFLOP/s "
-                     f"({r['gflops'] / doc['matmul_gflops']:.0%} of matmul)")  # fmt: skip
+        lines.append(
+            f"unet {r['backend']:12s} N={r['n']:<3d} {r['ms']:8.2f} ms {r['gflops']:7.1f} GFLOP/s "
+            f"({r['gflops'] / doc['matmul_gflops']:.0%} of matmul)"
+        )
     for name, v in doc["targets"].items():
         got = v.get("worst_of_cfg_on_off", v.get("value"))
         line = f"target {name}: {got} vs {v['target']} -> {'met' if v['met'] else 'NOT met'}"

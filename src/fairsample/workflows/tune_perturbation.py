@@ -112,9 +112,17 @@ class GuardResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
-        return {"decision": "theta_star" if self.keep else "zero", "reason": self.reason,
-                "sets": len(self.differences), "zero": self.zero, "theta_star": self.theta_star,
-                "differences": self.differences, "mean": self.mean, "se": self.se, "z": self.z}  # fmt: skip
+        return {
+            "decision": "theta_star" if self.keep else "zero",
+            "reason": self.reason,
+            "sets": len(self.differences),
+            "zero": self.zero,
+            "theta_star": self.theta_star,
+            "differences": self.differences,
+            "mean": self.mean,
+            "se": self.se,
+            "z": self.z,
+        }
 
 
 def paired_guard(zero: Sequence[float], theta_star: Sequence[float], *, z: float = DEFAULT_Z) -> GuardResult:
@@ -156,8 +164,16 @@ def paired_guard(zero: Sequence[float], theta_star: Sequence[float], *, z: float
         reason = f"kept zero offsets: {gain} (SE over {k} paired seed sets) is not positive"
     else:
         reason = f"kept zero offsets: {gain} is within {z:g} SE (SE over {k} paired seed sets)"
-    return GuardResult(keep=keep, differences=d.tolist(), mean=mean, se=se, z=float(z), reason=reason,
-                       zero=r0.tolist(), theta_star=r1.tolist())  # fmt: skip
+    return GuardResult(
+        keep=keep,
+        differences=d.tolist(),
+        mean=mean,
+        se=se,
+        z=float(z),
+        reason=reason,
+        zero=r0.tolist(),
+        theta_star=r1.tolist(),
+    )
 
 
 def kid_gap(
@@ -207,12 +223,18 @@ def kid_gap(
     kids, sds = {}, {}
     for g in reference:
         size = min(len(reference[g]), len(generated[g]))
-        kids[g], sds[g] = kid(reference[g], generated[g], features=features, subset_size=size, subsets=subsets,
-                              seed=seed)  # fmt: skip
+        kids[g], sds[g] = kid(
+            reference[g], generated[g], features=features, subset_size=size, subsets=subsets, seed=seed
+        )
     values = np.array(list(kids.values()))
     k_mean, k_range = float(values.mean()), float(values.max() - values.min())
-    return {"reward": -(k_mean + lam * k_range), "kid_mean": k_mean, "kid_range": k_range, "kid_by_group": kids,
-            "kid_sd_by_group": sds}  # fmt: skip
+    return {
+        "reward": -(k_mean + lam * k_range),
+        "kid_mean": k_mean,
+        "kid_range": k_range,
+        "kid_by_group": kids,
+        "kid_sd_by_group": sds,
+    }
 
 
 def _decode(u: np.ndarray, groups: list[str], w0: float, w_frac: float, k_max: float) -> tuple[dict, dict]:
@@ -249,8 +271,9 @@ def _reference_rows(
         if len(rows[g]) < 2:
             raise ConfigError(_MISSING_GROUP.format(n=len(v) + len(t), attribute=attribute, value=g))
         if len(rows[g]) < min_reference:
-            text = _SMALL_REFERENCE.format(attribute=attribute, value=g, n=len(rows[g]), need=min_reference,
-                                           val=len(v), train=take)  # fmt: skip
+            text = _SMALL_REFERENCE.format(
+                attribute=attribute, value=g, n=len(rows[g]), need=min_reference, val=len(v), train=take
+            )
             warnings.warn(text, FairsampleWarning, stacklevel=3)
     feature_rows = np.setdiff1d(train_rows, np.concatenate(borrowed))
     return rows, feature_rows, sizes
@@ -335,8 +358,9 @@ def tune_perturbation(
     steps = int(steps or defaults.get("steps", 50))
     w0 = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 3.0))
     side = int(size or bundle.image_shape[-1])
-    ref_rows, feature_rows, ref_sizes = _reference_rows(real, attribute, groups, min_reference=min_reference,
-                                                        seed=seed)  # fmt: skip
+    ref_rows, feature_rows, ref_sizes = _reference_rows(
+        real, attribute, groups, min_reference=min_reference, seed=seed
+    )
     ref = {g: folder_images(real, rows, size=side) for g, rows in ref_rows.items()}
     features = DomainFeatures.fit_folder(real, rows=feature_rows, size=side, seed=seed)
     labels = sorted({c.label for c in bundle.cells()}, key=lambda v: (len(v), v))
@@ -350,26 +374,44 @@ def tune_perturbation(
         scheduler = make_scheduler(scheduler_name, bundle.scheduler.config)
         gens = make_generators(seeds)
         lat = initial_latents(gens, bundle.latent_shape, init_noise_sigma=init_noise_sigma(scheduler, steps))
-        plan = ConditioningPlan(cond=bundle.conditioner.cached(cells).to(engine.device), uncond=uncond,
-                                cells=tuple(cells))  # fmt: skip
+        plan = ConditioningPlan(
+            cond=bundle.conditioner.cached(cells).to(engine.device), uncond=uncond, cells=tuple(cells)
+        )
         with torch.no_grad():
-            x = sample_fairdiffusion_perturbed(engine, scheduler, lat.to(engine.device), plan, perturbation=pert,
-                                               num_inference_steps=steps, guidance_scale=w0,
-                                               generator=gens)  # fmt: skip
+            x = sample_fairdiffusion_perturbed(
+                engine,
+                scheduler,
+                lat.to(engine.device),
+                plan,
+                perturbation=pert,
+                num_inference_steps=steps,
+                guidance_scale=w0,
+                generator=gens,
+            )
             return to_uint8(bundle.decode(x))
 
     def evaluate(pert: Perturbation, sets: list[int]) -> list[dict[str, Any]]:
         # 1. every (set, group, k) image in batches: n_eval per group, labels cycled, seeds fixed by (set, group, k)
-        cells = [proto.replace(**{attribute: g}, label=labels[k % len(labels)])
-                 for _ in sets for g in groups for k in range(n_eval)]  # fmt: skip
+        cells = [
+            proto.replace(**{attribute: g}, label=labels[k % len(labels)])
+            for _ in sets
+            for g in groups
+            for k in range(n_eval)
+        ]
         seeds = [base + j * block + gi * n_eval + k for j in sets for gi in range(len(groups)) for k in range(n_eval)]
-        imgs = np.concatenate([generate(cells[i : i + batch_size], seeds[i : i + batch_size], pert)
-                               for i in range(0, len(cells), batch_size)])  # fmt: skip
+        imgs = np.concatenate(
+            [
+                generate(cells[i : i + batch_size], seeds[i : i + batch_size], pert)
+                for i in range(0, len(cells), batch_size)
+            ]
+        )
         # 2. kid_gap per set, every group against its own real images
         out = []
         for s in range(len(sets)):
-            gen = {g: imgs[(s * len(groups) + gi) * n_eval : (s * len(groups) + gi + 1) * n_eval]
-                   for gi, g in enumerate(groups)}  # fmt: skip
+            gen = {
+                g: imgs[(s * len(groups) + gi) * n_eval : (s * len(groups) + gi + 1) * n_eval]
+                for gi, g in enumerate(groups)
+            }
             out.append(kid_gap(ref, gen, features=features, lam=lam, seed=seed))
         return out
 
@@ -395,8 +437,9 @@ def tune_perturbation(
     for it in range(iterations):
         x_t = torch.tensor(np.stack([t["u"] for t in trace]), dtype=torch.float64)
         y_t = torch.tensor([[t["reward"]] for t in trace], dtype=torch.float64)
-        u, _, _ = propose_sigma(x_t, y_t, standardize=True, beta=0.1, num_restarts=5, raw_samples=20,
-                                seed=seed * 1000 + it)  # fmt: skip
+        u, _, _ = propose_sigma(
+            x_t, y_t, standardize=True, beta=0.1, num_restarts=5, raw_samples=20, seed=seed * 1000 + it
+        )
         run(u.numpy(), "ucb")
     # θ*: best GP posterior mean over the evaluated points
     best, mean = _posterior_best(trace, seed)
@@ -418,20 +461,34 @@ def tune_perturbation(
     kept = "theta_star" if keep else "zero"
     ref_all = np.concatenate(list(ref.values()))
     meta = {
-        "method_status": "project-extension", "objective": "kid_gap", "lambda": lam, "attribute": attribute,
+        "method_status": "project-extension",
+        "objective": "kid_gap",
+        "lambda": lam,
+        "attribute": attribute,
         "objective_definition": "-(mean_g KID_g + lambda * (max_g KID_g - min_g KID_g)), KID_g against group g's "
-                                "own real images",
-        "bounds": {"guidance": [-guidance_fraction * w0, guidance_fraction * w0],
-                   "temperature": [-temperature_bound, temperature_bound]},
-        "base_guidance": w0, "steps": steps, "n_eval_per_group": n_eval, "seed": seed,
+        "own real images",
+        "bounds": {
+            "guidance": [-guidance_fraction * w0, guidance_fraction * w0],
+            "temperature": [-temperature_bound, temperature_bound],
+        },
+        "base_guidance": w0,
+        "steps": steps,
+        "n_eval_per_group": n_eval,
+        "seed": seed,
         "search_seeds": [base, base + block - 1],
-        "reference": "per group: validation split", "min_reference": min_reference, "reference_sizes": ref_sizes,
-        "features": getattr(features, "hash", None), "feature_train_images": len(feature_rows),
+        "reference": "per group: validation split",
+        "min_reference": min_reference,
+        "reference_sizes": ref_sizes,
+        "features": getattr(features, "hash", None),
+        "feature_train_images": len(feature_rows),
         "eval_set_sha256": hashlib.sha256(ref_all.tobytes()).hexdigest(),
-        "kept": kept, "reason": reason, "best_index": best,
+        "kept": kept,
+        "reason": reason,
+        "best_index": best,
         "posterior_mean": {"theta_star": float(mean[best]), "zero": float(mean[0])},
-        "held_out": held, "trace": trace,
-    }  # fmt: skip
+        "held_out": held,
+        "trace": trace,
+    }
     chosen = as_perturbation(star["guidance"], star["temperature"]) if keep else Perturbation()
     final = Perturbation(guidance=chosen.guidance, temperature=chosen.temperature, guidance_min=1.0, meta=meta)
     return TuneResult(perturbation=final, kept=kept, trace=trace, held_out=held, reason=reason)

@@ -11,9 +11,21 @@ from fairsample.core import gpu_info
 from fairsample.core.gpu_info import BOTH_ORT_INSTALLED, TrtTarget, gpu_report, ort_conflict_warning, sm_name
 
 KEYS = {
-    "python", "platform", "torch", "cuda_available", "cuda_runtime", "device_count", "device", "driver_version",
-    "cudnn", "tensorrt", "onnxruntime", "extras", "extras_missing", "warnings",
-}  # fmt: skip
+    "python",
+    "platform",
+    "torch",
+    "cuda_available",
+    "cuda_runtime",
+    "device_count",
+    "device",
+    "driver_version",
+    "cudnn",
+    "tensorrt",
+    "onnxruntime",
+    "extras",
+    "extras_missing",
+    "warnings",
+}
 
 
 def _fake_versions(monkeypatch: pytest.MonkeyPatch, installed: dict[str, str]) -> None:

@@ -166,17 +166,27 @@ def test_engine_io_and_capabilities() -> None:
     assert "expected float32 inputs" in str(check_engine_io({**io, "out_sample": ("output", "float16")}))
     assert check_engine_io({**io, "out_sample": ("output", "float32")}) is None
     spec = EngineSpec(
-        in_channels=4, out_channels=4, sample_size=8, seq_len=4, hidden_dim=8, prediction_type="epsilon",
+        in_channels=4,
+        out_channels=4,
+        sample_size=8,
+        seq_len=4,
+        hidden_dim=8,
+        prediction_type="epsilon",
         profiles=(ShapeProfile((2, 8, 8), (2, 8, 8), (2, 8, 8)),),
-    )  # fmt: skip
+    )
     assert engine_capabilities(_manifest(), spec, cuda_graphs=True) == {"io_binding", "cuda_graphs"}
     assert "refit" in engine_capabilities(_manifest(refit=True), spec, cuda_graphs=False)
 
 
 def test_engine_refuses_cpu_device_before_touching_tensorrt() -> None:
     spec = EngineSpec(
-        in_channels=4, out_channels=4, sample_size=8, seq_len=4, hidden_dim=8, prediction_type="epsilon",
+        in_channels=4,
+        out_channels=4,
+        sample_size=8,
+        seq_len=4,
+        hidden_dim=8,
+        prediction_type="epsilon",
         profiles=default_profiles(8, 1),
-    )  # fmt: skip
+    )
     with pytest.raises(ConfigError, match=re.escape(NOT_CUDA.split("{")[0])):
         trt_engine.TensorRTEngine(b"", spec=spec, manifest=_manifest(), device="cpu")

@@ -85,9 +85,14 @@ def _engine(tmp_path: Path, unet: torch.nn.Module, *, refit: bool) -> Any:
     plan = build_plan(recipe, progress=lines.append)
     assert lines and (tmp_path / "timing.cache").is_file()
     spec = EngineSpec(
-        in_channels=3, out_channels=3, sample_size=SIZE, seq_len=SEQ, hidden_dim=DIM, prediction_type="epsilon",
+        in_channels=3,
+        out_channels=3,
+        sample_size=SIZE,
+        seq_len=SEQ,
+        hidden_dim=DIM,
+        prediction_type="epsilon",
         profiles=plan.recipe.profiles,
-    )  # fmt: skip
+    )
     manifest = {"key_parts": plan.recipe.cache_key_parts(current_target()), "validation": {"passed": True}}
     return TensorRTEngine(bytes(plan), spec=spec, manifest=manifest, device="cuda:0")
 

@@ -23,8 +23,14 @@ from fairsample.export.cache import ArtifactCache
 from fairsample.export.onnx_export import UNetForward
 from tests.export.shared import ort_store, tiny_bundle
 
-TARGET = TrtTarget(sm="sm_86", tensorrt_version="10.9.0.34", cuda_runtime="12.8", driver_major=570,
-                   platform="linux-x86_64", device_name="fake")  # fmt: skip
+TARGET = TrtTarget(
+    sm="sm_86",
+    tensorrt_version="10.9.0.34",
+    cuda_runtime="12.8",
+    driver_major=570,
+    platform="linux-x86_64",
+    device_name="fake",
+)
 
 
 class FakeTrtEngine:
@@ -83,8 +89,16 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def _load(store: Path, **kwargs: Any) -> tuple[Any, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        engine = load_engine(tiny_bundle(), "tensorrt", device="cuda:0", dtype=torch.float16, cache_dir=store,
-                             max_batch=2, intra_op_threads=1, **kwargs)  # fmt: skip
+        engine = load_engine(
+            tiny_bundle(),
+            "tensorrt",
+            device="cuda:0",
+            dtype=torch.float16,
+            cache_dir=store,
+            max_batch=2,
+            intra_op_threads=1,
+            **kwargs,
+        )
     lines = [str(w.message) for w in caught if issubclass(w.category, FairsampleWarning)]
     return engine, lines
 
@@ -160,8 +174,9 @@ def test_truncated_plan_is_rebuilt(store: Path, fake_gpu: dict[str, int]) -> Non
     assert len(lines) == 1 and "(truncated?)" in lines[0]
 
 
-def test_plan_for_another_gpu_is_rebuilt_then_used(store: Path, fake_gpu: dict[str, int],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_plan_for_another_gpu_is_rebuilt_then_used(
+    store: Path, fake_gpu: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
     real = _trt_load._build_and_validate
 
@@ -172,8 +187,17 @@ def test_plan_for_another_gpu_is_rebuilt_then_used(store: Path, fake_gpu: dict[s
 
     monkeypatch.setattr(_trt_load, "_build_and_validate", other_gpu_first)
     _load(store)
-    targets = iter([TrtTarget(sm="sm_90", tensorrt_version="10.9.0.34", cuda_runtime="12.8", driver_major=570,
-                              platform="linux-x86_64")])  # fmt: skip
+    targets = iter(
+        [
+            TrtTarget(
+                sm="sm_90",
+                tensorrt_version="10.9.0.34",
+                cuda_runtime="12.8",
+                driver_major=570,
+                platform="linux-x86_64",
+            )
+        ]
+    )
     monkeypatch.setattr(_trt_load, "_target", lambda device: next(targets, TARGET))
     # The key differs on another GPU, so its plan is a separate entry: a miss, a build, no warning.
     engine, lines = _load(store)

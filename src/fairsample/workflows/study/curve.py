@@ -91,15 +91,17 @@ def fidelity_curve(
         label = scores.label
         mine = groups.get(f"{attribute}={minority}", {})
         others = [v for g, v in groups.items() if g != f"{attribute}={minority}"]
-        points.append({
-            "step": step,
-            "minority_label": mine.get(label),
-            "minority_attribute": mine.get(attribute),
-            "others_label": sum(v[label] for v in others) / len(others) if others else None,
-            "others_attribute": sum(v[attribute] for v in others) / len(others) if others else None,
-            "by_group": groups,
-            "seconds": round(scores.seconds, 2),
-        })  # fmt: skip
+        points.append(
+            {
+                "step": step,
+                "minority_label": mine.get(label),
+                "minority_attribute": mine.get(attribute),
+                "others_label": sum(v[label] for v in others) / len(others) if others else None,
+                "others_attribute": sum(v[attribute] for v in others) / len(others) if others else None,
+                "by_group": groups,
+                "seconds": round(scores.seconds, 2),
+            }
+        )
     n_minority = images_per_cell * sum(1 for c in cells if c.value(attribute) == minority)
     doc = {
         "points": points,
@@ -123,9 +125,11 @@ def _plot(doc: dict[str, Any], path: Path, minority: str) -> None:
     fig = Figure(figsize=(6, 3.6), dpi=120, layout="constrained")
     ax = fig.subplots()
     steps = [p["step"] for p in pts]
-    for key, text, style in (("minority_label", f"label accuracy, {minority}", "-o"),
-                             ("others_label", "label accuracy, other groups", "--o"),
-                             ("minority_attribute", f"attribute accuracy, {minority}", ":s")):  # fmt: skip
+    for key, text, style in (
+        ("minority_label", f"label accuracy, {minority}", "-o"),
+        ("others_label", "label accuracy, other groups", "--o"),
+        ("minority_attribute", f"attribute accuracy, {minority}", ":s"),
+    ):
         ax.plot(steps, [p[key] if p[key] is not None else float("nan") for p in pts], style, ms=3, label=text)
     if doc.get("plateau") is not None:
         ax.axvline(doc["plateau"], color="0.4", lw=0.8, ls="--", label=f"plateau at step {doc['plateau']}")
@@ -134,7 +138,9 @@ def _plot(doc: dict[str, Any], path: Path, minority: str) -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"vanilla: minority fidelity over fine-tuning ({doc['n_minority_samples']} {minority} samples/point)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"vanilla: minority fidelity over fine-tuning ({doc['n_minority_samples']} {minority} samples/point)",
+        fontsize=9,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

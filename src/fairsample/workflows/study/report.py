@@ -95,12 +95,20 @@ def _view_block(row: Mapping[str, Any], view: str, attr: str) -> dict[str, Any] 
     if closure:
         vs = closure.get("vs_reference") or {}
         block["closure"] = {
-            "value": closure.get("value"), "ci": closure.get("ci"), "defined": closure.get("defined"),
-            "reason": closure.get("reason"), "row_gap": closure.get("row_gap"),
-            "vs_vanilla": None if not vs or vs.get("value") is None and vs.get("reason") is None else {
-                "value": vs.get("value"), "ci": vs.get("ci"), "excludes_zero": vs.get("excludes_zero"),
-                "reason": vs.get("reason")},
-        }  # fmt: skip
+            "value": closure.get("value"),
+            "ci": closure.get("ci"),
+            "defined": closure.get("defined"),
+            "reason": closure.get("reason"),
+            "row_gap": closure.get("row_gap"),
+            "vs_vanilla": None
+            if not vs or vs.get("value") is None and vs.get("reason") is None
+            else {
+                "value": vs.get("value"),
+                "ci": vs.get("ci"),
+                "excludes_zero": vs.get("excludes_zero"),
+                "reason": vs.get("reason"),
+            },
+        }
     return block
 
 
@@ -112,10 +120,16 @@ def _guard_of(marker: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not g:
         return {"flag": "unchecked", "reasons": ["no conditioning_guard in the bundle"]}
     scores = g.get("scores") or {}
-    return {"flag": g.get("flag"), "reasons": g.get("reasons") or [], "setting": g.get("setting"),
-            "overall": scores.get("overall"), "by_group": scores.get("by_group"), "ber": scores.get("ber"),
-            "reference": {k: (g.get("reference") or {}).get(k) for k in ("kind", "overall", "by_group")},
-            "seconds": g.get("seconds")}  # fmt: skip
+    return {
+        "flag": g.get("flag"),
+        "reasons": g.get("reasons") or [],
+        "setting": g.get("setting"),
+        "overall": scores.get("overall"),
+        "by_group": scores.get("by_group"),
+        "ber": scores.get("ber"),
+        "reference": {k: (g.get("reference") or {}).get(k) for k in ("kind", "overall", "by_group")},
+        "seconds": g.get("seconds"),
+    }
 
 
 def _worst_flag(flags: Sequence[str | None]) -> str:
@@ -153,27 +167,50 @@ def build_results(
         m = markers.get(f"train/{model}") or {}
         out = m.get("outputs") or {}
         method = out.get("method") or {}
-        models[model] = {"method": model.split("@")[0], "seed": int(model.split("@")[1]),
-                         "method_status": out.get("method_status"), "method_config": method,
-                         "guard": _guard_of(m), "sampling": out.get("sampling"), "train": folder(f"train/{model}"),
-                         "final_loss": out.get("final_loss")}  # fmt: skip
+        models[model] = {
+            "method": model.split("@")[0],
+            "seed": int(model.split("@")[1]),
+            "method_status": out.get("method_status"),
+            "method_config": method,
+            "guard": _guard_of(m),
+            "sampling": out.get("sampling"),
+            "train": folder(f"train/{model}"),
+            "final_loss": out.get("final_loss"),
+        }
     base_marker = markers.get("base/base")
     base = None
     if base_marker is not None:
-        base = {"cell": "cells/base/base", **{k: base_marker["outputs"].get(k) for k in
-                ("n_images", "minority", "minority_images", "minority_in_train_split", "steps", "final_loss")},
-                "guard": _guard_of(base_marker)}  # fmt: skip
+        base = {
+            "cell": "cells/base/base",
+            **{
+                k: base_marker["outputs"].get(k)
+                for k in ("n_images", "minority", "minority_images", "minority_in_train_split", "steps", "final_loss")
+            },
+            "guard": _guard_of(base_marker),
+        }
     # 2. rows: base, oracle, then every set over its replicates
     rows: list[dict[str, Any]] = []
-    for rid, label, kind in (("base", "Base (real only)", "base"), ("oracle", "oracle (real held-out images)",
-                                                                       "oracle")):  # fmt: skip
+    for rid, label, kind in (
+        ("base", "Base (real only)", "base"),
+        ("oracle", "oracle (real held-out images)", "oracle"),
+    ):
         r = rows_by_id.get(rid)
         if r is None:
             continue
-        rows.append({"id": rid, "label": label, "kind": kind, "method": None, "sampler": None, "guard": None,
-                     "replicates": [], "n_train_synthetic": r.get("n_train_synthetic"),
-                     "views": {v: _view_block(r, v, attr) for v in views},
-                     "sources": {"evaluation": f"{report_rel}#downstream.rows[id={rid}]"}})  # fmt: skip
+        rows.append(
+            {
+                "id": rid,
+                "label": label,
+                "kind": kind,
+                "method": None,
+                "sampler": None,
+                "guard": None,
+                "replicates": [],
+                "n_train_synthetic": r.get("n_train_synthetic"),
+                "views": {v: _view_block(r, v, attr) for v in views},
+                "sources": {"evaluation": f"{report_rel}#downstream.rows[id={rid}]"},
+            }
+        )
     for name, method, sampler in plan.sets:
         r = rows_by_id.get(f"real+{name}")
         if r is None:
@@ -184,15 +221,26 @@ def build_results(
         status = {models[m]["method_status"] for m in reps if m in models} - {None}
         if sampler == "fairdiffusion_perturbed":
             status = {"project-extension"}
-        rows.append({"id": name, "label": label, "kind": "synthetic", "method": method, "sampler": sampler,
-                     "method_status": sorted(status)[0] if len(status) == 1 else sorted(status),
-                     "guard": _worst_flag([f.get("flag") for f in flags]),
-                     "guard_by_replicate": {m: (f.get("flag") or "n/a") for m, f in zip(reps, flags, strict=True)},
-                     "replicates": reps, "n_train_synthetic": r.get("n_train_synthetic"),
-                     "views": {v: _view_block(r, v, attr) for v in views},
-                     "sources": {"train": [folder(f"train/{m}") for m in reps],
-                                 "generate": [folder(f"generate/{name}@{s}") for s in plan.generator_seeds],
-                                 "evaluation": f"{report_rel}#downstream.rows[id=real+{name}]"}})  # fmt: skip
+        rows.append(
+            {
+                "id": name,
+                "label": label,
+                "kind": "synthetic",
+                "method": method,
+                "sampler": sampler,
+                "method_status": sorted(status)[0] if len(status) == 1 else sorted(status),
+                "guard": _worst_flag([f.get("flag") for f in flags]),
+                "guard_by_replicate": {m: (f.get("flag") or "n/a") for m, f in zip(reps, flags, strict=True)},
+                "replicates": reps,
+                "n_train_synthetic": r.get("n_train_synthetic"),
+                "views": {v: _view_block(r, v, attr) for v in views},
+                "sources": {
+                    "train": [folder(f"train/{m}") for m in reps],
+                    "generate": [folder(f"generate/{name}@{s}") for s in plan.generator_seeds],
+                    "evaluation": f"{report_rel}#downstream.rows[id=real+{name}]",
+                },
+            }
+        )
     # 3. the problem: Base vs oracle per view, vanilla's fidelity by group, the curve
     problem = {v: (down.get("problem") or {}).get(v, {}).get(attr) for v in views}
     curve = None
@@ -207,25 +255,46 @@ def build_results(
         if g is None:
             continue
         by = (g.get("by") or {}).get(attr) or {}
-        generative.append({"id": name, "fid": _stat(g.get("fid")), "kid": _stat(g.get("kid")),
-                           "fid_by_group": {k: _stat(v) for k, v in (by.get("fid_by_group") or {}).items()},
-                           "ber": _stat(b.get("ber")),
-                           "ber_real_trained": _stat(b.get("real_trained_ber"))})  # fmt: skip
+        generative.append(
+            {
+                "id": name,
+                "fid": _stat(g.get("fid")),
+                "kid": _stat(g.get("kid")),
+                "fid_by_group": {k: _stat(v) for k, v in (by.get("fid_by_group") or {}).items()},
+                "ber": _stat(b.get("ber")),
+                "ber_real_trained": _stat(b.get("real_trained_ber")),
+            }
+        )
     # 5. samplers: τ* and the perturbation decision per model
     samplers: list[dict[str, Any]] = []
     for cell_id, marker in sorted(markers.items()):
         kind, model = cell_id.split("/", 1)
         if kind == "tau":
             o = marker["outputs"]
-            samplers.append({"model": model, "kind": "tau", "tau_star": o.get("tau_star"),
-                             "search_steps": o.get("search_steps"), "pairs": o.get("pairs"),
-                             "plot": o.get("plot")})  # fmt: skip
+            samplers.append(
+                {
+                    "model": model,
+                    "kind": "tau",
+                    "tau_star": o.get("tau_star"),
+                    "search_steps": o.get("search_steps"),
+                    "pairs": o.get("pairs"),
+                    "plot": o.get("plot"),
+                }
+            )
         elif kind == "perturbation":
             o = marker["outputs"]
             held = o.get("held_out") or {}
-            samplers.append({"model": model, "kind": "perturbation", "kept": o.get("kept"),
-                             "searched": o.get("searched"), "reason": o.get("reason"),
-                             "gain": held.get("mean_gain", held.get("mean")), "se": held.get("se")})  # fmt: skip
+            samplers.append(
+                {
+                    "model": model,
+                    "kind": "perturbation",
+                    "kept": o.get("kept"),
+                    "searched": o.get("searched"),
+                    "reason": o.get("reason"),
+                    "gain": held.get("mean_gain", held.get("mean")),
+                    "se": held.get("se"),
+                }
+            )
     # 6. timings, cells, warnings
     stages: dict[str, dict[str, Any]] = {}
     for cell_id, marker in markers.items():
@@ -236,8 +305,10 @@ def build_results(
         s["minutes"] = round(s["seconds"] / 60.0, 3)
     total_seconds = round(sum(s["seconds"] for s in stages.values()), 3)
     warns = [{"cell": cid, "message": msg} for cid, m in markers.items() for msg in m.get("warnings", [])]
-    warns += [{"cell": "evaluate/all", "message": f"{w.get('where')}: {w.get('message')}"}
-              for w in report.get("warnings", [])]  # fmt: skip
+    warns += [
+        {"cell": "evaluate/all", "message": f"{w.get('where')}: {w.get('message')}"}
+        for w in report.get("warnings", [])
+    ]
     prof = plan.profile
     return {
         "schema": SCHEMA,
@@ -262,7 +333,7 @@ def build_results(
             "cell": "cells/evaluate/all",
             "seconds_by_stage": eval_marker["outputs"].get("seconds_by_stage"),
             "closure_bootstrap": (report.get("definitions") or {}).get("closure"),
-        },  # fmt: skip
+        },
         "cells": {
             cid: {
                 "seconds": m.get("seconds"),
@@ -272,7 +343,7 @@ def build_results(
                 "warnings": m.get("warnings", []),
             }
             for cid, m in markers.items()
-        },  # fmt: skip
+        },
         "timings": {
             "stages": stages,
             "total_seconds": total_seconds,
@@ -319,14 +390,19 @@ def _plot_closure(results: Mapping[str, Any], view: str, path: Path) -> str:
             ax.text(0, y, "undefined", fontsize=7, va="center", color="0.4")
             continue
         lo, hi = c.get("ci") or [c["value"], c["value"]]
-        color = "#d62728" if r.get("guard") in ("collapsed", "degraded") else (
-            "#1f77b4" if r["sampler"] == "conditional" else "#ff7f0e")  # fmt: skip
+        color = (
+            "#d62728"
+            if r.get("guard") in ("collapsed", "degraded")
+            else ("#1f77b4" if r["sampler"] == "conditional" else "#ff7f0e")
+        )
         ax.errorbar(c["value"], y, xerr=[[c["value"] - lo], [hi - c["value"]]], fmt="o", color=color, capsize=3, ms=4)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.axvline(1, color="#2ca02c", lw=0.8, ls="--")
     ax.set_yticks(ys)
-    ax.set_yticklabels([f"{r['label']}{' [' + r['guard'] + ']' if r.get('guard') not in ('ok', None) else ''}"
-                        for r in rows], fontsize=8)  # fmt: skip
+    ax.set_yticklabels(
+        [f"{r['label']}{' [' + r['guard'] + ']' if r.get('guard') not in ('ok', None) else ''}" for r in rows],
+        fontsize=8,
+    )
     ax.set_xlabel("gap closure (0 = Base, 1 = oracle); 95 % CI over generator and classifier seeds", fontsize=8)
     ax.set_title(f"Minority-gap closure — {_VIEW_TEXT.get(view, view)}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
@@ -374,19 +450,28 @@ def _group_name(key: str) -> str:
 def _problem(results: Mapping[str, Any]) -> list[str]:
     lines = ["## The problem this benchmark poses", ""]
     attr, minority = results["attribute"], results["minority"]
-    lines += [f"Minority: `{attr}={minority}` (the value with the fewest real training images). Minority gap = "
-              "accuracy of the other groups pooled − accuracy of the minority, of a classifier trained on the real "
-              "train split (Base) or on it plus real held-out images in the augmentation plan's numbers (oracle); "
-              "mean [95 % CI] over classifier seeds.", ""]  # fmt: skip
+    lines += [
+        f"Minority: `{attr}={minority}` (the value with the fewest real training images). Minority gap = "
+        "accuracy of the other groups pooled − accuracy of the minority, of a classifier trained on the real "
+        "train split (Base) or on it plus real held-out images in the augmentation plan's numbers (oracle); "
+        "mean [95 % CI] over classifier seeds.",
+        "",
+    ]
     rows = []
     for view in results["views"]:
         p = results["problem"].get(view) or {}
         if not p:
             continue
         diff = p.get("difference") or {}
-        rows.append([_VIEW_TEXT.get(view, view), _gap_ci(p.get("base_gap")), _gap_ci(p.get("oracle_gap")),
-                     _ci(diff.get("mean"), diff.get("ci"), 3), "yes" if p.get("closable") else
-                     f"no: {p.get('reason')}"])  # fmt: skip
+        rows.append(
+            [
+                _VIEW_TEXT.get(view, view),
+                _gap_ci(p.get("base_gap")),
+                _gap_ci(p.get("oracle_gap")),
+                _ci(diff.get("mean"), diff.get("ci"), 3),
+                "yes" if p.get("closable") else f"no: {p.get('reason')}",
+            ]
+        )
     lines += _table(["view", "Base gap", "oracle gap", "Base − oracle", "closable"], rows, "lrrrl")
     for view in results["views"]:
         p = results["problem"].get(view) or {}
@@ -406,18 +491,28 @@ def _problem(results: Mapping[str, Any]) -> list[str]:
 
 def _fidelity(results: Mapping[str, Any]) -> list[str]:
     attr, minority = results["attribute"], results["minority"]
-    lines = ["", "## Fidelity: what each generator draws (conditioning guard)", "",
-             "Fraction of each model's validation samples (seeds 900000+, the guard's selected setting) whose "
-             f"requested label / {attr} the judges (classifiers trained on real images) recover, per {attr} value; "
-             "flag = the guard's verdict against the model's starting point (the shared base).", ""]  # fmt: skip
+    lines = [
+        "",
+        "## Fidelity: what each generator draws (conditioning guard)",
+        "",
+        "Fraction of each model's validation samples (seeds 900000+, the guard's selected setting) whose "
+        f"requested label / {attr} the judges (classifiers trained on real images) recover, per {attr} value; "
+        "flag = the guard's verdict against the model's starting point (the shared base).",
+        "",
+    ]
     groups: list[str] = []
     for m in results["models"].values():
         for g in (m.get("guard") or {}).get("by_group") or {}:
             if g.startswith(f"{attr}=") and g not in groups:
                 groups.append(g)
     groups.sort(key=lambda g: (g != f"{attr}={minority}", g))
-    header = ["model", "flag", "setting", *[f"label {_group_name(g)}" for g in groups],
-              *[f"{attr} {_group_name(g)}" for g in groups]]  # fmt: skip
+    header = [
+        "model",
+        "flag",
+        "setting",
+        *[f"label {_group_name(g)}" for g in groups],
+        *[f"{attr} {_group_name(g)}" for g in groups],
+    ]
     rows = []
     entries = []
     if results.get("base"):
@@ -427,34 +522,62 @@ def _fidelity(results: Mapping[str, Any]) -> list[str]:
         g = g or {}
         by = g.get("by_group") or {}
         s = g.get("setting") or {}
-        setting = "n/a" if not s else f"w={s.get('guidance_scale'):g}" + (
-            f", φ={s['guidance_rescale']:g}" if s.get("guidance_rescale") else "")  # fmt: skip
+        setting = (
+            "n/a"
+            if not s
+            else f"w={s.get('guidance_scale'):g}"
+            + (f", φ={s['guidance_rescale']:g}" if s.get("guidance_rescale") else "")
+        )
         label = next(iter((g.get("overall") or {}).keys()), None)
-        rows.append([name, g.get("flag") or "n/a", setting,
-                     *[fmt((by.get(x) or {}).get(label)) if label else "n/a" for x in groups],
-                     *[fmt((by.get(x) or {}).get(attr)) for x in groups]])  # fmt: skip
+        rows.append(
+            [
+                name,
+                g.get("flag") or "n/a",
+                setting,
+                *[fmt((by.get(x) or {}).get(label)) if label else "n/a" for x in groups],
+                *[fmt((by.get(x) or {}).get(attr)) for x in groups],
+            ]
+        )
     lines += _table(header, rows)
     curve = results.get("curve")
     if curve and curve.get("points"):
-        lines += ["", f"### Vanilla's minority fidelity over fine-tuning ({curve['model']})", "",
-                  f"Plateau (first step from which the minority label accuracy stays within 2 binomial SE of the "
-                  f"last point): step {curve.get('plateau')}. Step 0 is the shared base.", ""]  # fmt: skip
-        lines += _table(["step", f"label {minority}", "label others", f"{attr} {minority}", f"{attr} others"],
-                        [[str(p["step"]), fmt(p.get("minority_label")), fmt(p.get("others_label")),
-                          fmt(p.get("minority_attribute")), fmt(p.get("others_attribute"))]
-                         for p in curve["points"]])  # fmt: skip
+        lines += [
+            "",
+            f"### Vanilla's minority fidelity over fine-tuning ({curve['model']})",
+            "",
+            f"Plateau (first step from which the minority label accuracy stays within 2 binomial SE of the "
+            f"last point): step {curve.get('plateau')}. Step 0 is the shared base.",
+            "",
+        ]
+        lines += _table(
+            ["step", f"label {minority}", "label others", f"{attr} {minority}", f"{attr} others"],
+            [
+                [
+                    str(p["step"]),
+                    fmt(p.get("minority_label")),
+                    fmt(p.get("others_label")),
+                    fmt(p.get("minority_attribute")),
+                    fmt(p.get("others_attribute")),
+                ]
+                for p in curve["points"]
+            ],
+        )
         lines += ["", "![vanilla's minority fidelity curve](plots/curve.png)"]
     return lines
 
 
 def _rows_table(results: Mapping[str, Any], view: str) -> list[str]:
-    lines = ["", f"## Gap closure — {_VIEW_TEXT.get(view, view)}", "",
-             "Each row adds its generator's synthetic set (or, for the oracle, real held-out images) to the real "
-             "train split. Gap closure = (Base gap − row gap) / (Base gap − oracle gap): 0 = no better than real "
-             "data alone, 1 = as good as real minority images; [95 % CI] from a hierarchical bootstrap over "
-             "generator seeds and classifier seeds. Δ vs vanilla = closure − vanilla's closure, same bootstrap; "
-             "**bold** when its CI excludes 0. Other columns: mean ± sd over every (generator, classifier) seed.",
-             ""]  # fmt: skip
+    lines = [
+        "",
+        f"## Gap closure — {_VIEW_TEXT.get(view, view)}",
+        "",
+        "Each row adds its generator's synthetic set (or, for the oracle, real held-out images) to the real "
+        "train split. Gap closure = (Base gap − row gap) / (Base gap − oracle gap): 0 = no better than real "
+        "data alone, 1 = as good as real minority images; [95 % CI] from a hierarchical bootstrap over "
+        "generator seeds and classifier seeds. Δ vs vanilla = closure − vanilla's closure, same bootstrap; "
+        "**bold** when its CI excludes 0. Other columns: mean ± sd over every (generator, classifier) seed.",
+        "",
+    ]
     header = ["Row", "guard", "minority gap", "gap closure", "Δ vs vanilla", *[t for _, t, _ in TABLE1_METRICS]]
     rows = []
     for r in results["rows"]:
@@ -474,23 +597,39 @@ def _rows_table(results: Mapping[str, Any], view: str) -> list[str]:
             if vs.get("excludes_zero"):
                 delta = f"**{delta}**"
         metrics = v.get("metrics") or {}
-        rows.append([r["label"], r.get("guard") or "—", _pm(v.get("minority_gap")), closure, delta,
-                     *[_pm(metrics.get(k)) for k, _, _ in TABLE1_METRICS]])  # fmt: skip
+        rows.append(
+            [
+                r["label"],
+                r.get("guard") or "—",
+                _pm(v.get("minority_gap")),
+                closure,
+                delta,
+                *[_pm(metrics.get(k)) for k, _, _ in TABLE1_METRICS],
+            ]
+        )
     lines += _table(header, rows, "ll" + "r" * (len(header) - 2))
-    undefined = [r for r in results["rows"] if r["kind"] == "synthetic"
-                 and ((r["views"].get(view) or {}).get("closure") or {}).get("reason")]  # fmt: skip
+    undefined = [
+        r
+        for r in results["rows"]
+        if r["kind"] == "synthetic" and ((r["views"].get(view) or {}).get("closure") or {}).get("reason")
+    ]
     if undefined:
-        lines += ["", "Undefined closures: " + "; ".join(
-            f"{r['label']}: {r['views'][view]['closure']['reason']}" for r in undefined[:3])]  # fmt: skip
-    groups = sorted({g for r in results["rows"] for g in ((r["views"].get(view) or {}).get("accuracy_by_group")
-                                                            or {})})  # fmt: skip
+        lines += [
+            "",
+            "Undefined closures: "
+            + "; ".join(f"{r['label']}: {r['views'][view]['closure']['reason']}" for r in undefined[:3]),
+        ]
+    groups = sorted(
+        {g for r in results["rows"] for g in ((r["views"].get(view) or {}).get("accuracy_by_group") or {})}
+    )
     if groups:
         lines += ["", f"Accuracy per group ({_VIEW_TEXT.get(view, view)}), mean ± sd:", ""]
         grows = []
         for r in results["rows"]:
             by = (r["views"].get(view) or {}).get("accuracy_by_group") or {}
-            grows.append([r["label"], *[_pm(by.get(g)) if isinstance(by.get(g), dict) else fmt(by.get(g))
-                                        for g in groups]])  # fmt: skip
+            grows.append(
+                [r["label"], *[_pm(by.get(g)) if isinstance(by.get(g), dict) else fmt(by.get(g)) for g in groups]]
+            )
         lines += _table(["Row", *[_group_name(g) for g in groups]], grows)
     return lines
 
@@ -500,13 +639,26 @@ def _generative(results: Mapping[str, Any]) -> list[str]:
     if not gen:
         return []
     groups = sorted({g for row in gen for g in row["fid_by_group"]})
-    lines = ["", "## Generative table", "",
-             "FID / KID in the evaluation's domain feature space (not Inception), mean ± sd over generator seeds; "
-             "per-group FID is size-matched and only defined for groups the augmentation set contains; BER = 1 − "
-             "balanced accuracy of a fresh attribute classifier on the set (higher = attribute harder to recover).",
-             ""]  # fmt: skip
-    rows = [[g["id"], _pm(g["fid"]), _pm(g["kid"]), *[_pm(g["fid_by_group"].get(x)) for x in groups],
-             _pm(g["ber"]), _pm(g["ber_real_trained"])] for g in gen]  # fmt: skip
+    lines = [
+        "",
+        "## Generative table",
+        "",
+        "FID / KID in the evaluation's domain feature space (not Inception), mean ± sd over generator seeds; "
+        "per-group FID is size-matched and only defined for groups the augmentation set contains; BER = 1 − "
+        "balanced accuracy of a fresh attribute classifier on the set (higher = attribute harder to recover).",
+        "",
+    ]
+    rows = [
+        [
+            g["id"],
+            _pm(g["fid"]),
+            _pm(g["kid"]),
+            *[_pm(g["fid_by_group"].get(x)) for x in groups],
+            _pm(g["ber"]),
+            _pm(g["ber_real_trained"]),
+        ]
+        for g in gen
+    ]
     lines += _table(["Set", "FID", "KID", *[f"FID {_group_name(x)}" for x in groups], "BER", "BER (real clf)"], rows)
     return lines
 
@@ -518,13 +670,17 @@ def _samplers(results: Mapping[str, Any]) -> list[str]:
     lines = ["", "## Sampler notes", ""]
     for s in items:
         if s["kind"] == "tau":
-            lines.append(f"- attribute_switch on {s['model']}: τ* = {s['tau_star']} (argmin of the mean J(τ) over "
-                         f"ordered {results['attribute']} pairs, {s.get('search_steps')}-step DDIM search "
-                         "schedule).")  # fmt: skip
+            lines.append(
+                f"- attribute_switch on {s['model']}: τ* = {s['tau_star']} (argmin of the mean J(τ) over "
+                f"ordered {results['attribute']} pairs, {s.get('search_steps')}-step DDIM search "
+                "schedule)."
+            )
         else:
             reason = s.get("reason") or ""
-            lines.append(f"- fairdiffusion_perturbed on {s['model']}: kept {s.get('kept')} offsets"
-                         f"{' — ' + reason if reason else ''} (project-extension).")  # fmt: skip
+            lines.append(
+                f"- fairdiffusion_perturbed on {s['model']}: kept {s.get('kept')} offsets"
+                f"{' — ' + reason if reason else ''} (project-extension)."
+            )
     return lines
 
 
@@ -532,41 +688,73 @@ def _settings(results: Mapping[str, Any]) -> list[str]:
     p = results["profile"]
     base = results.get("base") or {}
     rows = [
-        ["shared base", f"{p['architecture']} from scratch, {p['base_steps']} steps, lr {p['base_learning_rate']:g}, "
-         f"minority images kept: {base.get('minority_images', 'n/a')} of {base.get('minority_in_train_split', 'n/a')}"
-         if base else f"user-named: {results['identity'].get('base')}"],
-        ["fine-tuning (every method)", f"{p['train_steps']} steps, batch {p['batch_size']}, lr {p['learning_rate']:g} "
-         f"(warmup {p['lr_warmup_steps']}, cosine), generator seeds {p['generator_seeds']}, EMA weights"],
-        ["augmentation", f"water-filling of the real train split to {p['augment_total']} synthetic images "
-         "(the same cells and seeds for every set); oracle = the same numbers of real holdout images"],
-        ["generation", f"DDIM {p['sample_steps']} steps, each model's guard-selected guidance, backend "
-         f"{results['identity'].get('backend')}"],
-        ["downstream", f"SmallCNN, {p['eval_epochs']} epochs, val-selected, classifier seeds "
-         f"{results['grid']['seeds']}"],
-        ["workers", f"{results['timings']['this_run'].get('workers')} process(es), torch threads "
-         f"{results['timings']['this_run'].get('torch_threads') or 'default'} each; evaluation: "
-         f"{results['timings']['this_run'].get('eval_threads', 'n/a')} threads"],
-    ]  # fmt: skip
+        [
+            "shared base",
+            f"{p['architecture']} from scratch, {p['base_steps']} steps, lr {p['base_learning_rate']:g}, "
+            f"minority images kept: {base.get('minority_images', 'n/a')} "
+            f"of {base.get('minority_in_train_split', 'n/a')}"
+            if base
+            else f"user-named: {results['identity'].get('base')}",
+        ],
+        [
+            "fine-tuning (every method)",
+            f"{p['train_steps']} steps, batch {p['batch_size']}, lr {p['learning_rate']:g} "
+            f"(warmup {p['lr_warmup_steps']}, cosine), generator seeds {p['generator_seeds']}, EMA weights",
+        ],
+        [
+            "augmentation",
+            f"water-filling of the real train split to {p['augment_total']} synthetic images "
+            "(the same cells and seeds for every set); oracle = the same numbers of real holdout images",
+        ],
+        [
+            "generation",
+            f"DDIM {p['sample_steps']} steps, each model's guard-selected guidance, backend "
+            f"{results['identity'].get('backend')}",
+        ],
+        [
+            "downstream",
+            f"SmallCNN, {p['eval_epochs']} epochs, val-selected, classifier seeds {results['grid']['seeds']}",
+        ],
+        [
+            "workers",
+            f"{results['timings']['this_run'].get('workers')} process(es), torch threads "
+            f"{results['timings']['this_run'].get('torch_threads') or 'default'} each; evaluation: "
+            f"{results['timings']['this_run'].get('eval_threads', 'n/a')} threads",
+        ],
+    ]
     return ["", "## Settings", "", *_table(["What", "Setting"], rows, "ll")]
 
 
 def _timings(results: Mapping[str, Any]) -> list[str]:
     stages = results["timings"]["stages"]
-    rows = [[_STAGE_TEXT.get(k, k), str(stages[k]["cells"]), fmt(stages[k]["seconds"], 1),
-             fmt(stages[k]["minutes"], 1)] for k in _STAGES if k in stages]  # fmt: skip
+    rows = [
+        [_STAGE_TEXT.get(k, k), str(stages[k]["cells"]), fmt(stages[k]["seconds"], 1), fmt(stages[k]["minutes"], 1)]
+        for k in _STAGES
+        if k in stages
+    ]
     t = results["timings"]
     rows.append(["**sum of cells**", "", fmt(t["total_seconds"], 1), fmt(t["total_minutes"], 1)])
     run = results["timings"]["this_run"]
-    lines = ["", "## Wall time per stage", "",
-             "Seconds inside each cell, summed; with several workers the cells overlap, so the sum exceeds the wall "
-             "time.", "", *_table(["Stage", "Cells", "Seconds", "Minutes"], rows), "",
-             f"This invocation: {fmt(run['wall_seconds'], 1)} s wall, {len(run['ran'])} cells computed, "
-             f"{len(run['skipped'])} found complete; load average {run['load_average']}.", "",
-             "Every invocation on this study folder:", ""]  # fmt: skip
+    lines = [
+        "",
+        "## Wall time per stage",
+        "",
+        "Seconds inside each cell, summed; with several workers the cells overlap, so the sum exceeds the wall time.",
+        "",
+        *_table(["Stage", "Cells", "Seconds", "Minutes"], rows),
+        "",
+        f"This invocation: {fmt(run['wall_seconds'], 1)} s wall, {len(run['ran'])} cells computed, "
+        f"{len(run['skipped'])} found complete; load average {run['load_average']}.",
+        "",
+        "Every invocation on this study folder:",
+        "",
+    ]
     for inv in results["timings"]["invocations"]:
         if inv.get("event") == "end":
-            lines.append(f"- {inv.get('time')}: {fmt(inv.get('wall_seconds'), 1)} s wall, {inv.get('ran')} cells "
-                         f"computed, {inv.get('skipped')} found complete")  # fmt: skip
+            lines.append(
+                f"- {inv.get('time')}: {fmt(inv.get('wall_seconds'), 1)} s wall, {inv.get('ran')} cells "
+                f"computed, {inv.get('skipped')} found complete"
+            )
     return lines
 
 
@@ -576,8 +764,12 @@ def _trace(results: Mapping[str, Any]) -> list[str]:
         src = r.get("sources") or {}
         folders = ", ".join(f"`{f}`" for f in [*src.get("train", []), *src.get("generate", [])] if f) or "—"
         rows.append([r["label"], folders, f"`{src.get('evaluation')}`"])
-    return ["", "## Where every number comes from", "", *_table(["Row", "Run folders", "Evaluation entry"], rows,
-                                                               "lll")]  # fmt: skip
+    return [
+        "",
+        "## Where every number comes from",
+        "",
+        *_table(["Row", "Run folders", "Evaluation entry"], rows, "lll"),
+    ]
 
 
 def _grouped_warnings(items: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -599,12 +791,21 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     from ``results``)."""
     p = results["profile"]
     ident = results["identity"]
-    lines = [f"# fairsample study: does fair generation close the minority gap? ({results['attribute']})", "",
-             f"Profile **{p['name']}** — {p['description']}. Data: `{ident['data']}` (attribute "
-             f"`{results['attribute']}`, minority `{results['minority']}`); counterfactual test set: "
-             f"`{ident.get('counterfactual')}`; oracle pool: `{ident.get('holdout')}`. Every number below is in "
-             "`results.json` next to the run folder it came from.", "", "Reproduce with:", "", "```",
-             results.get("command") or "fairsample study ...", "```", ""]  # fmt: skip
+    lines = [
+        f"# fairsample study: does fair generation close the minority gap? ({results['attribute']})",
+        "",
+        f"Profile **{p['name']}** — {p['description']}. Data: `{ident['data']}` (attribute "
+        f"`{results['attribute']}`, minority `{results['minority']}`); counterfactual test set: "
+        f"`{ident.get('counterfactual')}`; oracle pool: `{ident.get('holdout')}`. Every number below is in "
+        "`results.json` next to the run folder it came from.",
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        results.get("command") or "fairsample study ...",
+        "```",
+        "",
+    ]
     lines += _problem(results)
     lines += _fidelity(results)
     for view in results["views"]:

@@ -201,21 +201,44 @@ def run_study(
         if not (base_path / "fairsample_config.json").is_file():
             raise DataError(_BAD_BASE.format(path=base_path, fix="give a folder written by `fairsample train`."))
         base_str = str(base_path.absolute())
-    plan = plan_study(profile=profile, methods=methods, samplers=samplers, seeds=seeds, attribute=attribute or "?",
-                      base=base_str)  # fmt: skip
-    ds, attr = _check_data(data, attribute, label_col, group_cols=group_cols, patient_col=patient_col, preset=preset,
-                           drop_unknown=drop_unknown)  # fmt: skip
+    plan = plan_study(
+        profile=profile, methods=methods, samplers=samplers, seeds=seeds, attribute=attribute or "?", base=base_str
+    )
+    ds, attr = _check_data(
+        data,
+        attribute,
+        label_col,
+        group_cols=group_cols,
+        patient_col=patient_col,
+        preset=preset,
+        drop_unknown=drop_unknown,
+    )
     root_data = Path(ds.root)
     cf = _sibling(root_data, counterfactual, "counterfactual", "give an attribute-balanced test set folder.")
     pool = _sibling(root_data, holdout, "holdout", "give a folder of real held-out images (metadata.csv).")
-    plan = plan_study(profile=profile, methods=methods, samplers=samplers, seeds=seeds, attribute=attr,
-                      base=base_str, with_oracle=pool is not None)  # fmt: skip
+    plan = plan_study(
+        profile=profile,
+        methods=methods,
+        samplers=samplers,
+        seeds=seeds,
+        attribute=attr,
+        base=base_str,
+        with_oracle=pool is not None,
+    )
     prof = plan.profile
     minority_value = _minority(ds, attr, minority)
 
     root = Path(output_dir).expanduser().absolute()
-    identity = {"profile": prof.name, "data": str(root_data.absolute()), "attribute": attr, "backend": backend,
-                "minority": minority_value, "base": base_str, "counterfactual": cf, "holdout": pool}  # fmt: skip
+    identity = {
+        "profile": prof.name,
+        "data": str(root_data.absolute()),
+        "attribute": attr,
+        "backend": backend,
+        "minority": minority_value,
+        "base": base_str,
+        "counterfactual": cf,
+        "holdout": pool,
+    }
     study_file = root / "study.json"
     if study_file.is_file():
         old = read_json(study_file) or {}
@@ -225,10 +248,19 @@ def run_study(
     elif root.exists() and any(root.iterdir()):
         raise ConfigError(_NOT_STUDY.format(path=root))
     n_workers = workers if workers is not None else prof.workers
-    ctx = StudyContext(plan=plan, data=ds, root=root, backend=backend,
-                       cache_dir=None if cache_dir is None else str(Path(cache_dir).expanduser().absolute()),
-                       threads=threads, minority=minority_value, counterfactual=cf, holdout=pool, base=base_str,
-                       verbose=progress is not None)  # fmt: skip
+    ctx = StudyContext(
+        plan=plan,
+        data=ds,
+        root=root,
+        backend=backend,
+        cache_dir=None if cache_dir is None else str(Path(cache_dir).expanduser().absolute()),
+        threads=threads,
+        minority=minority_value,
+        counterfactual=cf,
+        holdout=pool,
+        base=base_str,
+        verbose=progress is not None,
+    )
     ctx.keys = cell_keys(ctx)  # also validates the augmentation plan before anything is written
     root.mkdir(parents=True, exist_ok=True)
     write_json(study_file, identity | {"schema": SCHEMA, "profile_settings": prof.to_dict()})
@@ -241,11 +273,15 @@ def run_study(
         torch.set_num_threads(run_threads)
     load_start = load_average()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    append_jsonl(root / "invocations.jsonl", {"event": "start", "time": started, "command": command,
-                                                "load_average": load_start, "workers": n_workers})  # fmt: skip
-    say(f"study {root}: profile {prof.name}, {len(plan.models)} models, {len(plan.sets)} sets, {len(plan.cells)} "
+    append_jsonl(
+        root / "invocations.jsonl",
+        {"event": "start", "time": started, "command": command, "load_average": load_start, "workers": n_workers},
+    )
+    say(
+        f"study {root}: profile {prof.name}, {len(plan.models)} models, {len(plan.sets)} sets, {len(plan.cells)} "
         f"cells, attribute {attr!r} (minority {minority_value!r}), {n_workers} worker(s), torch threads "
-        f"{torch.get_num_threads()}")  # fmt: skip
+        f"{torch.get_num_threads()}"
+    )
     main = Stages(ctx, say)
     markers: dict[str, dict[str, Any]] = {}
     ran: list[str] = []
@@ -265,8 +301,10 @@ def run_study(
             # 2. one chain per model, on the workers
             # longest chains first, so the two workers finish together (relative step costs measured on CPU)
             cost = {"fairgen": 4.0, "cbdm": 2.0, "fairskin-s": 2.0, "fairskin-s-keep": 1.5, "cbdm-keep": 1.5}
-            order = sorted(plan.models, key=lambda m: -(cost.get(m.split("@")[0], 1.0)
-                                                        + 1.0 * (m.split("@")[0] in prof.sampler_models)))  # fmt: skip
+            order = sorted(
+                plan.models,
+                key=lambda m: -(cost.get(m.split("@")[0], 1.0) + 1.0 * (m.split("@")[0] in prof.sampler_models)),
+            )
             jobs = [(dataclasses.replace(ctx), model) for model in order]
             run_parallel(run_chain, jobs, workers=n_workers, on_done=lambda _job, res: collect(res))
             # 3. one evaluation of every set, the oracle and both views (alone: it may use more threads)
@@ -302,11 +340,27 @@ def run_study(
         "workers": n_workers,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
-    append_jsonl(root / "invocations.jsonl", {"event": "end", "time": this_run["finished"], "command": command,
-                                                "wall_seconds": this_run["wall_seconds"], "ran": len(ran),
-                                                "skipped": len(skipped), "load_average": load_end})  # fmt: skip
-    results = build_results(ctx=ctx, markers=markers, identity=identity, command=command, versions=versions,
-                            run=this_run, invocations=read_jsonl(root / "invocations.jsonl"))  # fmt: skip
+    append_jsonl(
+        root / "invocations.jsonl",
+        {
+            "event": "end",
+            "time": this_run["finished"],
+            "command": command,
+            "wall_seconds": this_run["wall_seconds"],
+            "ran": len(ran),
+            "skipped": len(skipped),
+            "load_average": load_end,
+        },
+    )
+    results = build_results(
+        ctx=ctx,
+        markers=markers,
+        identity=identity,
+        command=command,
+        versions=versions,
+        run=this_run,
+        invocations=read_jsonl(root / "invocations.jsonl"),
+    )
     results["plots"] = write_plots(results, root)
     results_path = root / "results.json"
     write_json(results_path, results)

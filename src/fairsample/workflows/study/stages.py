@@ -75,8 +75,12 @@ def augmentation(ctx: StudyContext) -> Any:
 
 
 def _data_key(ctx: StudyContext) -> dict[str, Any]:
-    return {"root": str(Path(ctx.data.root).absolute()), "n": len(ctx.data), "attribute": ctx.plan.attribute,
-            "minority": ctx.minority}  # fmt: skip
+    return {
+        "root": str(Path(ctx.data.root).absolute()),
+        "n": len(ctx.data),
+        "attribute": ctx.plan.attribute,
+        "minority": ctx.minority,
+    }
 
 
 def base_path(ctx: StudyContext) -> Path:
@@ -116,8 +120,13 @@ def train_config(ctx: StudyContext, method: str, seed: int, **changes: Any) -> A
 def _with_guard(cfg: Any, prof: Any) -> Any:
     """The conditioning guard is part of the protocol: always on (whatever ``$FAIRSAMPLE_GUARD`` says), with the
     profile's sample count."""
-    return dataclasses.replace(cfg, guard=True, guard_images_per_cell=prof.guard_images_per_cell,
-                               guard_steps=prof.sample_steps, guard_guidance=tuple(prof.guard_guidance))  # fmt: skip
+    return dataclasses.replace(
+        cfg,
+        guard=True,
+        guard_images_per_cell=prof.guard_images_per_cell,
+        guard_steps=prof.sample_steps,
+        guard_guidance=tuple(prof.guard_guidance),
+    )
 
 
 def base_config(ctx: StudyContext) -> Any:
@@ -144,10 +153,33 @@ def base_config(ctx: StudyContext) -> Any:
 
 #: the TrainConfig fields that determine a base model's weights (an explicit list, so that a release adding an
 #: unrelated field does not invalidate a finished base: it is the longest cell of a study)
-_BASE_FIELDS = ("method", "method_options", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
-                "lr_schedule", "lr_warmup_steps", "weight_decay", "adam_betas", "max_grad_norm", "mixed_precision",
-                "use_ema", "ema_decay", "prediction_type", "p_uncond", "p_slot", "architecture", "image_size",
-                "cross_attention_dim", "init_from", "split", "split_seed", "hflip", "seed")  # fmt: skip
+_BASE_FIELDS = (
+    "method",
+    "method_options",
+    "max_steps",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_schedule",
+    "lr_warmup_steps",
+    "weight_decay",
+    "adam_betas",
+    "max_grad_norm",
+    "mixed_precision",
+    "use_ema",
+    "ema_decay",
+    "prediction_type",
+    "p_uncond",
+    "p_slot",
+    "architecture",
+    "image_size",
+    "cross_attention_dim",
+    "init_from",
+    "split",
+    "split_seed",
+    "hflip",
+    "seed",
+)
 
 
 def weights_settings(cfg: Any) -> dict[str, Any]:
@@ -169,21 +201,41 @@ def _own_settings(ctx: StudyContext, cell: GridCell) -> dict[str, Any]:
     if cell.kind == "base":
         return {"data": data, "keep": p.base_minority_keep, "train": weights_settings(base_config(ctx))}
     if cell.kind == "prefs":
-        return {"data": data, "base": str(base_path(ctx)), "cells": "every cell of the train split",
-                "per_cell": p.prefs_per_cell,
-                "candidates": p.prefs_candidates, "steps": p.sample_steps, "backend": ctx.backend,
-                "epochs": p.prefs_classifier_epochs}  # fmt: skip
+        return {
+            "data": data,
+            "base": str(base_path(ctx)),
+            "cells": "every cell of the train split",
+            "per_cell": p.prefs_per_cell,
+            "candidates": p.prefs_candidates,
+            "steps": p.sample_steps,
+            "backend": ctx.backend,
+            "epochs": p.prefs_classifier_epochs,
+        }
     if cell.kind == "oracle":
         return {"data": data, "holdout": ctx.holdout, "plan": augmentation(ctx).to_dict()}
     if cell.kind == "evaluate":
-        return {"data": data, "seeds": list(ctx.plan.seeds), "epochs": p.eval_epochs, "k": p.eval_k,
-                "resamples": p.eval_resamples, "feature_epochs": p.eval_feature_epochs,
-                "ber_epochs": p.eval_ber_epochs, "size": p.eval_size, "counterfactual": ctx.counterfactual,
-                "sets": [s[0] for s in ctx.plan.sets], "generator_seeds": list(ctx.plan.generator_seeds)}  # fmt: skip
+        return {
+            "data": data,
+            "seeds": list(ctx.plan.seeds),
+            "epochs": p.eval_epochs,
+            "k": p.eval_k,
+            "resamples": p.eval_resamples,
+            "feature_epochs": p.eval_feature_epochs,
+            "ber_epochs": p.eval_ber_epochs,
+            "size": p.eval_size,
+            "counterfactual": ctx.counterfactual,
+            "sets": [s[0] for s in ctx.plan.sets],
+            "generator_seeds": list(ctx.plan.generator_seeds),
+        }
     method, seed = cell.model.split("@") if cell.model else ("", "0")
     if cell.kind == "train":
-        cfg = train_config(ctx, method, int(seed), method_options=method_options(ctx, method),
-                           snapshot_every=_snapshot_every(ctx, cell.model))  # fmt: skip
+        cfg = train_config(
+            ctx,
+            method,
+            int(seed),
+            method_options=method_options(ctx, method),
+            snapshot_every=_snapshot_every(ctx, cell.model),
+        )
         return {"data": data, "train": cfg.to_dict()}
     if cell.kind == "curve":
         return {"images_per_cell": p.curve_images_per_cell, "every": p.curve_every}
@@ -192,11 +244,22 @@ def _own_settings(ctx: StudyContext, cell: GridCell) -> dict[str, Any]:
     if cell.kind == "tau":
         return {"n_per_label": p.tau_n_per_label, "search_steps": p.tau_search_steps, "attribute": ctx.plan.attribute}
     if cell.kind == "perturbation":
-        return {"iterations": p.perturb_iterations, "n_eval": p.perturb_n_eval, "steps": p.sample_steps,
-                "attribute": ctx.plan.attribute, "data": data, "tuner": "per-group reward, paired guard"}  # fmt: skip
+        return {
+            "iterations": p.perturb_iterations,
+            "n_eval": p.perturb_n_eval,
+            "steps": p.sample_steps,
+            "attribute": ctx.plan.attribute,
+            "data": data,
+            "tuner": "per-group reward, paired guard",
+        }
     if cell.kind == "generate":
-        return {"plan": augmentation(ctx).to_dict(), "steps": p.sample_steps, "batch": p.sample_batch,
-                "sampler": _set_of(ctx, cell)[2], "backend": ctx.backend}  # fmt: skip
+        return {
+            "plan": augmentation(ctx).to_dict(),
+            "steps": p.sample_steps,
+            "batch": p.sample_batch,
+            "sampler": _set_of(ctx, cell)[2],
+            "backend": ctx.backend,
+        }
     raise KeyError(cell.id)  # pragma: no cover - internal invariant
 
 
@@ -214,8 +277,11 @@ def cell_keys(ctx: StudyContext) -> dict[str, dict[str, Any]]:
     """Every cell's settings key, in plan order (upstream digests included)."""
     keys: dict[str, dict[str, Any]] = {}
     for cell in ctx.plan.cells:
-        keys[cell.id] = {"cell": cell.id, "settings": _own_settings(ctx, cell),
-                         "needs": {n: digest(keys[n]) for n in cell.needs}}  # fmt: skip
+        keys[cell.id] = {
+            "cell": cell.id,
+            "settings": _own_settings(ctx, cell),
+            "needs": {n: digest(keys[n]) for n in cell.needs},
+        }
     return keys
 
 
@@ -283,8 +349,9 @@ class Stages:
                 options["intra_op_threads"] = self.ctx.threads
             if self.ctx.backend == "onnxruntime" and self.ctx.prof.exporters:
                 options["exporters"] = self.ctx.prof.exporters
-            self.engines[model] = load_engine(self._bundle(model), backend=self.ctx.backend, device=self._device(),
-                                              **options)  # fmt: skip
+            self.engines[model] = load_engine(
+                self._bundle(model), backend=self.ctx.backend, device=self._device(), **options
+            )
         return self.engines[model]
 
     def _marker(self, cell_id: str) -> dict[str, Any]:
@@ -300,11 +367,19 @@ class Stages:
         res = train(ds, out, cfg, resume=True, progress=False, log=lambda line: self.say(f"  {line}"), **kwargs)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the bundle is complete; keep S small
         config = _read_config(out)
-        return {"bundle": str(out.relative_to(self.ctx.root)), "steps": res.steps, "resumed_from": res.resumed_from,
-                "final_loss": res.final_loss, "log": str(res.log_path.relative_to(self.ctx.root)),
-                "train_config": cfg.to_dict(), "seconds_train": round(res.seconds, 2),
-                "conditioning_guard": config.get("conditioning_guard"), "sampling": config.get("sampling"),
-                "method": config.get("method"), "method_status": config.get("method_status")}  # fmt: skip
+        return {
+            "bundle": str(out.relative_to(self.ctx.root)),
+            "steps": res.steps,
+            "resumed_from": res.resumed_from,
+            "final_loss": res.final_loss,
+            "log": str(res.log_path.relative_to(self.ctx.root)),
+            "train_config": cfg.to_dict(),
+            "seconds_train": round(res.seconds, 2),
+            "conditioning_guard": config.get("conditioning_guard"),
+            "sampling": config.get("sampling"),
+            "method": config.get("method"),
+            "method_status": config.get("method_status"),
+        }
 
     # -- main-process stages ---------------------------------------------------------------------------------------
     def _base(self, folder: Path, cell: GridCell) -> dict[str, Any]:
@@ -318,8 +393,12 @@ class Stages:
         chosen = np.sort(np.concatenate([rows[col[rows] != self.ctx.minority], keep]))
         vocabulary = (ds.attribute_values(), ds.label_values())
         out = self._fit(ds.subset(chosen), folder / "model", base_config(self.ctx), vocabulary=vocabulary)
-        return out | {"n_images": int(len(chosen)), "minority": self.ctx.minority,
-                      "minority_images": int(len(keep)), "minority_in_train_split": int(len(minority))}  # fmt: skip
+        return out | {
+            "n_images": int(len(chosen)),
+            "minority": self.ctx.minority,
+            "minority_images": int(len(keep)),
+            "minority_in_train_split": int(len(minority)),
+        }
 
     def _prefs(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         from fairsample.models.bundle import ModelBundle
@@ -329,14 +408,28 @@ class Stages:
         train = ds.subset(train_rows(ds))
         # every cell of the data, the minority's too: the base never drew them, and FairGen's raters judge every
         # subgroup (the base bundle lists only the cells it was trained on)
-        res = build_preferences(ModelBundle.load(base_path(self.ctx)), train, folder, cells=train.cells(),
-                                per_cell=p.prefs_per_cell, candidates=p.prefs_candidates, steps=p.sample_steps,
-                                classifier_epochs=p.prefs_classifier_epochs, batch_size=p.sample_batch,
-                                backend=self.ctx.backend, device=self._device(),
-                                log=lambda line: self.say(f"  {line}"))  # fmt: skip
-        return {"preferences": str(res.preferences.relative_to(self.ctx.root)), "n_pairs": res.n_pairs,
-                "n_candidates": res.n_candidates, "source": res.doc.get("source"),
-                "scorer_data": "real train split only", "model": "the shared base"}  # fmt: skip
+        res = build_preferences(
+            ModelBundle.load(base_path(self.ctx)),
+            train,
+            folder,
+            cells=train.cells(),
+            per_cell=p.prefs_per_cell,
+            candidates=p.prefs_candidates,
+            steps=p.sample_steps,
+            classifier_epochs=p.prefs_classifier_epochs,
+            batch_size=p.sample_batch,
+            backend=self.ctx.backend,
+            device=self._device(),
+            log=lambda line: self.say(f"  {line}"),
+        )
+        return {
+            "preferences": str(res.preferences.relative_to(self.ctx.root)),
+            "n_pairs": res.n_pairs,
+            "n_candidates": res.n_candidates,
+            "source": res.doc.get("source"),
+            "scorer_data": "real train split only",
+            "model": "the shared base",
+        }
 
     def _oracle(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         return write_oracle(self.ctx, folder / "set")
@@ -345,8 +438,10 @@ class Stages:
         from fairsample.evaluation.evaluate import evaluate
 
         p, plan = self.ctx.prof, self.ctx.plan
-        sets = {name: [self.grid.folder(f"generate/{name}@{s}") / "set" for s in plan.generator_seeds]
-                for name, _, _ in plan.sets}  # fmt: skip
+        sets = {
+            name: [self.grid.folder(f"generate/{name}@{s}") / "set" for s in plan.generator_seeds]
+            for name, _, _ in plan.sets
+        }
         oracle = self.grid.folder("oracle/oracle") / "set" if self.ctx.holdout else None
         size = p.eval_size or p.image_size
         t0 = time.perf_counter()
@@ -376,16 +471,23 @@ class Stages:
         )
         res.command = "fairsample.workflows.study.run_study (one evaluate call over every set, oracle and view)"
         files = res.save(folder / "report", overwrite=True)
-        return {"report": str(Path(files["json"]).relative_to(self.ctx.root)),
-                "markdown": str(Path(files["markdown"]).relative_to(self.ctx.root)),
-                "plots": {k: str(Path(v).relative_to(self.ctx.root)) for k, v in files["plots"].items()},
-                "seconds_by_stage": res.report["run"]["seconds"]}  # fmt: skip
+        return {
+            "report": str(Path(files["json"]).relative_to(self.ctx.root)),
+            "markdown": str(Path(files["markdown"]).relative_to(self.ctx.root)),
+            "plots": {k: str(Path(v).relative_to(self.ctx.root)) for k, v in files["plots"].items()},
+            "seconds_by_stage": res.report["run"]["seconds"],
+        }
 
     # -- chain stages (one model) ----------------------------------------------------------------------------------
     def _train(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         method, seed = cell.model.split("@")
-        cfg = train_config(self.ctx, method, int(seed), method_options=method_options(self.ctx, method),
-                           snapshot_every=_snapshot_every(self.ctx, cell.model))  # fmt: skip
+        cfg = train_config(
+            self.ctx,
+            method,
+            int(seed),
+            method_options=method_options(self.ctx, method),
+            snapshot_every=_snapshot_every(self.ctx, cell.model),
+        )
         return self._fit(self.ctx.data, folder / "model", cfg)
 
     def _curve(self, folder: Path, cell: GridCell) -> dict[str, Any]:
@@ -393,19 +495,32 @@ class Stages:
 
         p = self.ctx.prof
         model_dir = model_path(self.ctx, cell.model)
-        doc = fidelity_curve(model_dir, self.ctx.data, attribute=self.ctx.plan.attribute, minority=self.ctx.minority,
-                             base=base_path(self.ctx), images_per_cell=p.curve_images_per_cell,
-                             steps=p.sample_steps, out_png=folder / "curve.png")  # fmt: skip
+        doc = fidelity_curve(
+            model_dir,
+            self.ctx.data,
+            attribute=self.ctx.plan.attribute,
+            minority=self.ctx.minority,
+            base=base_path(self.ctx),
+            images_per_cell=p.curve_images_per_cell,
+            steps=p.sample_steps,
+            out_png=folder / "curve.png",
+        )
         write_json(folder / "curve.json", doc)
-        return {"curve": str((folder / "curve.json").relative_to(self.ctx.root)),
-                "plot": str((folder / "curve.png").relative_to(self.ctx.root)), "points": doc["points"],
-                "plateau": doc.get("plateau")}  # fmt: skip
+        return {
+            "curve": str((folder / "curve.json").relative_to(self.ctx.root)),
+            "plot": str((folder / "curve.png").relative_to(self.ctx.root)),
+            "points": doc["points"],
+            "plateau": doc.get("plateau"),
+        }
 
     def _export(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         engine = self._engine(cell.model)
         manifest = dict(getattr(engine, "manifest", {}) or {})
-        return {"backend": engine.backend, "engine_key": manifest.get("key"),
-                "model": str(model_path(self.ctx, cell.model))}  # fmt: skip
+        return {
+            "backend": engine.backend,
+            "engine_key": manifest.get("key"),
+            "model": str(model_path(self.ctx, cell.model)),
+        }
 
     def _tau(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         from fairsample.samplers.schedulers import make_scheduler
@@ -419,19 +534,40 @@ class Stages:
         ordered = [(s0, s1) for s0 in values for s1 in values if s0 != s1]
         # one implementation (tau_search.resolve_tau): argmin of the mean J over the ordered pairs, each unordered
         # pair searched once on its own schedule of tau_search_steps; only the tiny test profile goes below 100
-        res, info = resolve_tau(bundle, engine, attribute=attr, pairs=ordered, n_per_label=p.tau_n_per_label,
-                                search_steps=p.tau_search_steps,
-                                allow_coarse=p.tau_search_steps < MIN_SEARCH_STEPS)  # fmt: skip
+        res, info = resolve_tau(
+            bundle,
+            engine,
+            attribute=attr,
+            pairs=ordered,
+            n_per_label=p.tau_n_per_label,
+            search_steps=p.tau_search_steps,
+            allow_coarse=p.tau_search_steps < MIN_SEARCH_STEPS,
+        )
         step = switch_step(res.tau_star, make_scheduler("ddim", bundle.scheduler.config), p.sample_steps)
         plot = plot_tau(res, folder / "tau.png")
-        doc = {"tau_star": res.tau_star, "step_index": res.step_index, "search_steps": res.search_steps,
-               "sample_steps": p.sample_steps, "switch_step": step, "rule": info["rule"], "taus": res.taus,
-               "objective": res.objective, "pairs": info["pairs"], "seconds": info["seconds"],
-               "plot": str(plot.relative_to(self.ctx.root))}  # fmt: skip
+        doc = {
+            "tau_star": res.tau_star,
+            "step_index": res.step_index,
+            "search_steps": res.search_steps,
+            "sample_steps": p.sample_steps,
+            "switch_step": step,
+            "rule": info["rule"],
+            "taus": res.taus,
+            "objective": res.objective,
+            "pairs": info["pairs"],
+            "seconds": info["seconds"],
+            "plot": str(plot.relative_to(self.ctx.root)),
+        }
         write_json(folder / "tau.json", doc)
-        return {"tau_star": res.tau_star, "step_index": res.step_index, "search_steps": res.search_steps,
-                "switch_step": step, "tau_json": str((folder / "tau.json").relative_to(self.ctx.root)),
-                "pairs": {k: v["tau_star"] for k, v in info["pairs"].items()}, "plot": doc["plot"]}  # fmt: skip
+        return {
+            "tau_star": res.tau_star,
+            "step_index": res.step_index,
+            "search_steps": res.search_steps,
+            "switch_step": step,
+            "tau_json": str((folder / "tau.json").relative_to(self.ctx.root)),
+            "pairs": {k: v["tau_star"] for k, v in info["pairs"].items()},
+            "plot": doc["plot"],
+        }
 
     def _perturbation(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         from fairsample.samplers.perturbed import Perturbation
@@ -441,20 +577,37 @@ class Stages:
         if p.perturb_iterations is None:
             reason = f"profile {p.name!r} does not search offsets: zero offsets (= conditional sampling)"
             Perturbation(meta={"kept": "zero", "searched": False, "reason": reason}).save(path)
-            return {"perturbation": str(path.relative_to(self.ctx.root)), "kept": "zero", "searched": False,
-                    "reason": reason}  # fmt: skip
+            return {
+                "perturbation": str(path.relative_to(self.ctx.root)),
+                "kept": "zero",
+                "searched": False,
+                "reason": reason,
+            }
         from fairsample.workflows.tune_perturbation import tune_perturbation
 
-        res = tune_perturbation(self._bundle(cell.model), self._engine(cell.model), self.ctx.data,
-                                attribute=self.ctx.plan.attribute, n_eval=p.perturb_n_eval,
-                                iterations=p.perturb_iterations, steps=p.sample_steps, seed=0,
-                                progress=lambda line: self.say(f"  {line}"))  # fmt: skip
+        res = tune_perturbation(
+            self._bundle(cell.model),
+            self._engine(cell.model),
+            self.ctx.data,
+            attribute=self.ctx.plan.attribute,
+            n_eval=p.perturb_n_eval,
+            iterations=p.perturb_iterations,
+            steps=p.sample_steps,
+            seed=0,
+            progress=lambda line: self.say(f"  {line}"),
+        )
         res.perturbation.save(path)
         meta = res.perturbation.meta or {}
-        return {"perturbation": str(path.relative_to(self.ctx.root)), "kept": res.kept, "searched": True,
-                "evaluations": len(res.trace), "held_out": res.held_out, "reason": meta.get("reason"),
-                "guidance": res.perturbation.to_dict().get("guidance"),
-                "temperature": res.perturbation.to_dict().get("temperature")}  # fmt: skip
+        return {
+            "perturbation": str(path.relative_to(self.ctx.root)),
+            "kept": res.kept,
+            "searched": True,
+            "evaluations": len(res.trace),
+            "held_out": res.held_out,
+            "reason": meta.get("reason"),
+            "guidance": res.perturbation.to_dict().get("guidance"),
+            "temperature": res.perturbation.to_dict().get("temperature"),
+        }
 
     def _generate(self, folder: Path, cell: GridCell) -> dict[str, Any]:
         from fairsample.generation.pipeline import FairSamplePipeline
@@ -471,15 +624,24 @@ class Stages:
                 options["to"] = "uniform"
         elif sampler == "fairdiffusion_perturbed":
             options = {"perturbation": str(self.grid.folder(f"perturbation/{cell.model}") / "perturbation.json")}
-        cfg = pipe.default_config().replace(sampler=sampler, sampler_options=options, steps=p.sample_steps,
-                                            batch_size=p.sample_batch, backend=self.ctx.backend,
-                                            device=self._device())  # fmt: skip
+        cfg = pipe.default_config().replace(
+            sampler=sampler,
+            sampler_options=options,
+            steps=p.sample_steps,
+            batch_size=p.sample_batch,
+            backend=self.ctx.backend,
+            device=self._device(),
+        )
         plan = augmentation(self.ctx).to_generation_plan()  # the same cells and seeds in every set
         res = pipe.generate_to_folder(folder / "set", plan, cfg, progress=False)
-        return {"set": str((folder / "set").relative_to(self.ctx.root)), "n_images": res.n_images,
-                "n_generated_now": res.n_generated, "sample_config": cfg.to_dict(),
-                "plan_digest": plan.digest(bundle.label_name),
-                "model": str(model_path(self.ctx, cell.model))}  # fmt: skip
+        return {
+            "set": str((folder / "set").relative_to(self.ctx.root)),
+            "n_images": res.n_images,
+            "n_generated_now": res.n_generated,
+            "sample_config": cfg.to_dict(),
+            "plan_digest": plan.digest(bundle.label_name),
+            "model": str(model_path(self.ctx, cell.model)),
+        }
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -529,8 +691,12 @@ def write_oracle(ctx: StudyContext, out: Path) -> dict[str, Any]:
     frame["source_file"] = list(pool.frame[pool.spec.file_col].iloc[rows])
     frame.to_csv(out / "metadata.csv", index=False)
     counts = {r.cell.to_text(plan.label_col): r.synthetic for r in plan.rows if r.synthetic}
-    return {"set": str(out.relative_to(ctx.root)), "n_images": len(rows), "counts": counts,
-            "holdout": str(ctx.holdout)}  # fmt: skip
+    return {
+        "set": str(out.relative_to(ctx.root)),
+        "n_images": len(rows),
+        "counts": counts,
+        "holdout": str(ctx.holdout),
+    }
 
 
 def run_chain(job: tuple[StudyContext, str]) -> dict[str, Any]:
