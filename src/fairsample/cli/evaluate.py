@@ -33,6 +33,8 @@ from fairsample.cli.common import (
 )
 from fairsample.core.errors import ConfigError
 from fairsample.evaluation.evaluate import EvaluationSettings
+from fairsample.evaluation.metric_info import legend
+from fairsample.evaluation.metric_info import name as metric_name
 
 _NAME_PATH_RE = re.compile(r"^([A-Za-z0-9._-]{1,40})=(.+)$")
 _DUPLICATE_NAME = (
@@ -108,24 +110,24 @@ def _human(doc: dict[str, Any]) -> str:
     """A short summary table per section, then the written paths."""
     head = doc["headline"]
     attr = head["attribute"]
-    lines = [f"generative ({attr}; DomainFeatures space, lower FID / KID / ES-FID is better):"]
-    rows = [["set", "FID", "KID", "FID var", "ES-FID", "BER"]]
+    gen_keys = ("fid", "kid", "fid_variance", "es_fid", "ber")
+    lines = [f"generative ({attr}; DomainFeatures space; {legend(gen_keys)}):"]
+    rows = [["set", *(metric_name(k) for k in gen_keys)]]
     for name, g in head["generative"].items():
-        rows.append([name] + [_num(g[k]) for k in ("fid", "kid", "fid_variance", "es_fid", "ber")])
+        rows.append([name] + [_num(g[k]) for k in gen_keys])
     lines += _table(rows)
     view = "counterfactual set" if head["view"] == "counterfactual" else "real test split"
     lines.append(
         f"downstream fairness ({attr}; accuracy and gaps on the real test split, minority gap ({attr}="
         f"{head['minority']}) and gap closure on the {view}; mean over runs):"
     )
-    rows = [["row", "accuracy", "DP gap", "EOpp gap", "EOdds gap", "ESSP", "minority gap", "closure [CI]"]]
+    fair_keys = ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp", "minority_gap")
+    rows = [["row", *(metric_name(k) for k in fair_keys), f"{metric_name('gap_closure')} [CI]"]]
     for row_id, f in head["fairness"].items():
         ci = f.get("gap_closure_ci")
         closure = _num(f.get("gap_closure")) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
         rows.append(
-            [row_id]
-            + [_num(f[k]) for k in ("accuracy", "dp_gap", "eopp_gap", "eodds_gap", "essp", "minority_gap")]
-            + [closure if f.get("gap_closure") is not None or ci else "-"]
+            [row_id] + [_num(f[k]) for k in fair_keys] + [closure if f.get("gap_closure") is not None or ci else "-"]
         )
     lines += _table(rows)
     files = doc["files"]

@@ -34,6 +34,7 @@ from fairsample.data.folder import FolderDataset
 from fairsample.data.tables import natural_key
 from fairsample.evaluation.fairness_equity import equity_scale
 from fairsample.evaluation.features import DomainFeatures, module_hash
+from fairsample.evaluation.metric_info import METRICS
 
 __all__ = [
     "DEFINITION",
@@ -679,12 +680,13 @@ def es_fid(
     if relative and not overall > 0:
         raise ConfigError(_RELATIVE_NONPOSITIVE.format(value=overall))
     delta = float(np.abs(overall - v).sum()) / (overall if relative else 1.0)
+    higher = bool(METRICS["fid"].higher_is_better)  # False: ES-FID scales FID up, never rewarding disparity
     return {
-        "value": equity_scale(overall, v, higher_is_better=False, relative=relative),
+        "value": equity_scale(overall, v, higher_is_better=higher, relative=relative),
         "overall": float(overall),
         "delta": delta,
         "relative": relative,
-        "higher_is_better": False,
+        "higher_is_better": higher,
         "formula": "FID * (1 + sum_g |FID - FID_g| / FID)" if relative else "FID * (1 + sum_g |FID - FID_g|)",
         "definition": DEFINITION,
         "method_status": METHOD_STATUS,
@@ -701,11 +703,12 @@ def es_is(overall: float, per_group: Mapping[str, float] | Sequence[float]) -> d
     """
     v = _values(per_group)
     delta = float(np.abs(overall - v).sum())
+    higher = bool(METRICS["is_domain"].higher_is_better)  # True
     return {
-        "value": equity_scale(overall, v, higher_is_better=True),
+        "value": equity_scale(overall, v, higher_is_better=higher),
         "overall": float(overall),
         "delta": delta,
-        "higher_is_better": True,
+        "higher_is_better": higher,
         "formula": "IS / (1 + sum_g |IS - IS_g|)",
         "definition": DEFINITION,
         "method_status": METHOD_STATUS,

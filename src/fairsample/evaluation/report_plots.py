@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from fairsample.evaluation.metric_info import METRICS, better
+from fairsample.evaluation.metric_info import name as metric_name
+
 __all__ = [
     "plot_cell_heatmap",
     "plot_fairness_by_group",
@@ -40,8 +43,9 @@ DPI = 110
 _BASE_COLOR = "#8c8c8c"
 _ORACLE_COLOR = "#3a3a3a"
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-_GAPS = (("dp_gap", "DP gap"), ("eopp_gap", "EOpp gap"), ("eodds_gap", "EOdds gap"), ("nar", "NAR"))
-_SCORES = (("accuracy", "Accuracy"), ("auc", "AUC"), ("essp", "ESSP"), ("es_auc", "ES-AUC"))
+#: the two panels of ``fairness_gaps_<attribute>.png`` (metric keys; names and directions from ``metric_info``).
+_GAPS = ("dp_gap", "eopp_gap", "eodds_gap", "nar")
+_SCORES = ("accuracy", "auc", "essp", "es_auc")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -193,7 +197,7 @@ def plot_fid_by_group(doc: Mapping[str, Any], attribute: str, path: str | Path) 
     _bars(ax, categories, series)
     _headroom(ax)
     ax.set_xlabel(attribute)
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel(f"{metric_name('fid')} ({better(['fid'])})")
     fig.suptitle(f"Size-matched FID by {attribute}: n* images per group, mean ± sd over k = {k} draws", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(
@@ -212,22 +216,23 @@ def plot_fid_by_group(doc: Mapping[str, Any], attribute: str, path: str | Path) 
 
 
 def plot_fairness_gaps(doc: Mapping[str, Any], attribute: str, path: str | Path) -> Path:
-    """Gaps (lower is fairer) and scores (higher is better) per downstream row, ± sd over seeds."""
+    """Gaps (lower is fairer) and scores (higher is better) per downstream row, ± sd over seeds; panel titles and
+    directions from :mod:`fairsample.evaluation.metric_info`."""
     rows, colors = doc["downstream"]["rows"], _set_colors(doc)
     fig = _figure(11.0, 4.4)
     axes = fig.subplots(1, 2)
     n_seeds = len(doc["settings"]["seeds"])
     for ax, metrics, title in (
-        (axes[0], _GAPS, "Gaps (lower is fairer)"),
-        (axes[1], _SCORES, "Overall and equity-scaled scores (higher is better)"),
+        (axes[0], _GAPS, f"Gaps ({better(_GAPS)})"),
+        (axes[1], _SCORES, f"Overall and equity-scaled scores ({better(_SCORES)})"),
     ):
         series = []
         for r in rows:
             summary = r["fairness"][attribute]["summary"]
-            means = [(summary.get(m) or {}).get("mean") for m, _ in metrics]
-            sds = [(summary.get(m) or {}).get("sd") for m, _ in metrics]
+            means = [(summary.get(m) or {}).get("mean") for m in metrics]
+            sds = [(summary.get(m) or {}).get("sd") for m in metrics]
             series.append((r["label"], means, sds, _row_style(r, colors)))
-        _bars(ax, [t for _, t in metrics], series, fraction=True)
+        _bars(ax, [metric_name(m) for m in metrics], series, fraction=True)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("fraction")
     _headroom(axes[0], factor=1.2)
@@ -246,7 +251,10 @@ def plot_fairness_by_group(doc: Mapping[str, Any], attribute: str, path: str | P
     categories = [f"{_value(g)}\n(n={sizes[g]['n']})" for g in groups]
     fig = _figure(max(9.0, 2.0 + 1.6 * len(groups) * max(1, len(rows)) ** 0.5), 4.4)
     axes = fig.subplots(1, 2)
-    for ax, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "auc", "AUC (macro one-vs-rest)")):
+    for ax, metric, title in (
+        (axes[0], "accuracy", metric_name("accuracy")),
+        (axes[1], "auc", f"{metric_name('auc')} (macro one-vs-rest)"),
+    ):
         series = []
         lows = []
         for r in rows:
@@ -278,15 +286,16 @@ def plot_fairness_by_group(doc: Mapping[str, Any], attribute: str, path: str | P
 def _heatmap_columns(doc: Mapping[str, Any]) -> list[tuple[str, str, dict[str, float | None], bool]]:
     """(metric, column title, {cell: value}, higher_is_better) for every heatmap column."""
     cols: list[tuple[str, str, dict[str, float | None], bool]] = []
-    for metric in ("FID", "KID"):
+    for metric in ("fid", "kid"):
+        info = METRICS[metric]
         for name, rep in doc["generative"].items():
             groups = (rep.get("cells") or {}).get("groups") or {}
-            cols.append(
-                (metric, f"{metric}\n{name}", {c: e[f"{metric.lower()}_mean"] for c, e in groups.items()}, False)
-            )
+            values = {c: e[f"{metric}_mean"] for c, e in groups.items()}
+            cols.append((metric, f"{info.name}\n{name}", values, bool(info.higher_is_better)))
+    info = METRICS["accuracy"]
     for r in doc["downstream"]["rows"]:
         values = {c: e["accuracy"]["mean"] for c, e in r["by_cell"].items()}
-        cols.append(("accuracy", f"accuracy\n{r['label']}", values, True))
+        cols.append(("accuracy", f"{info.name}\n{r['label']}", values, bool(info.higher_is_better)))
     return cols
 
 

@@ -17,21 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fairsample.core.markdown import pipe_table
+from fairsample.evaluation.aggregate import FAIRNESS_METRICS
+from fairsample.evaluation.metric_info import legend
+from fairsample.evaluation.metric_info import name as metric_name
+
 __all__ = ["fmt_fraction", "fmt_number", "render_html", "render_markdown"]
 
 _NA = "n/a"
 _DASH = "—"
-_GAP_METRICS = (
-    ("accuracy", "Accuracy"),
-    ("auc", "AUC"),
-    ("dp_gap", "DP gap"),
-    ("eopp_gap", "EOpp gap"),
-    ("eodds_gap", "EOdds gap"),
-    ("essp", "ESSP"),
-    ("nar", "NAR"),
-    ("es_acc", "ES-ACC"),
-    ("es_auc", "ES-AUC"),
-)
+#: the generative table's columns, as metric keys (headings from :mod:`fairsample.evaluation.metric_info`).
+_GENERATIVE_METRICS = ("fid", "kid", "is_domain", "fid_variance", "es_fid", "es_is")
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#1d1d1f;line-height:1.45}
@@ -47,6 +43,11 @@ p.note{color:#555;font-size:.9em}
 
 
 # ------------------------------------------------------------------------------------------------ formatting
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper-cased (the rest kept: metric names are case-sensitive)."""
+    return text[:1].upper() + text[1:]
 
 
 def fmt_fraction(x: float | None) -> str:
@@ -233,8 +234,9 @@ def _generative_blocks(doc: Mapping[str, Any]) -> list[_Block]:
             f"Feature space: {feat['kind']} `{feat['hash'][:16]}` ({feat['num_features']} features, target = "
             f"{feat['target']}, trained once on {training.get('n_images', _NA)} real images for "
             f"{training.get('epochs', _NA)} epochs); every set is embedded with it. FID / KID are in this space, not "
-            "Inception's. Per-group FID is size-matched (n* images per group, mean ± sd over k draws). Lower FID, "
-            "KID, FID variance and ES-FID are better; BER near its maximum means the attribute is not recoverable.",
+            "Inception's. Per-group FID is size-matched (n* images per group, mean ± sd over k draws). "
+            f"{_sentence(legend(_GENERATIVE_METRICS))}; BER near its maximum means the attribute is not "
+            "recoverable.",
         ),
     ]
     for a in attrs:
@@ -244,17 +246,17 @@ def _generative_blocks(doc: Mapping[str, Any]) -> list[_Block]:
         header = [
             "Set",
             "Images",
-            "FID",
-            "KID",
-            "IS-domain",
-            "FID @ n* (all groups)",
-            "FID variance",
-            "FID sd",
-            "FID range",
-            "ES-FID",
-            "ES-IS",
-            f"BER {a} (fresh)",
-            f"BER {a} (real-trained)",
+            metric_name("fid"),
+            metric_name("kid"),
+            metric_name("is_domain"),
+            f"{metric_name('fid')} @ n* (all groups)",
+            metric_name("fid_variance"),
+            f"{metric_name('fid')} sd",
+            f"{metric_name('fid')} range",
+            metric_name("es_fid"),
+            metric_name("es_is"),
+            f"{metric_name('ber')} {a} (fresh)",
+            f"{metric_name('ber')} {a} (real-trained)",
         ]
         ref = ber["real"].get(a) or {}
         rows = [
@@ -262,7 +264,8 @@ def _generative_blocks(doc: Mapping[str, Any]) -> list[_Block]:
             + [_DASH] * (len(header) - 4)
             + [fmt_fraction(ref.get("ber")), _DASH]
         ]
-        g_header = ["Set"] + [f"FID {_value(g)}" for g in groups] + [f"KID {_value(g)}" for g in groups]
+        g_header = ["Set"] + [f"{metric_name('fid')} {_value(g)}" for g in groups]
+        g_header += [f"{metric_name('kid')} {_value(g)}" for g in groups]
         g_rows, notes = [], []
         for name, rep in gen.items():
             by, ov = rep["by"][a], rep["overall"]
@@ -322,8 +325,9 @@ def _replicate_blocks(doc: Mapping[str, Any]) -> list[_Block]:
     if not any(g["n_replicates"] > 1 for g in summary.values()):
         return []
     attr = doc["settings"]["attributes"][0]
-    header = ["Set", "Replicates", "FID", "KID", "IS-domain", f"FID variance ({attr})", f"ES-FID ({attr})"]
-    header += [f"BER {attr} (fresh)", f"BER {attr} (real-trained)"]
+    header = ["Set", "Replicates"] + [metric_name(m) for m in ("fid", "kid", "is_domain")]
+    header += [f"{metric_name('fid_variance')} ({attr})", f"{metric_name('es_fid')} ({attr})"]
+    header += [f"{metric_name('ber')} {attr} (fresh)", f"{metric_name('ber')} {attr} (real-trained)"]
     body = []
     for name, g in summary.items():
         b = doc["ber"]["summary"][name].get(attr) or {}
@@ -398,12 +402,16 @@ def _problem_blocks(doc: Mapping[str, Any]) -> list[_Block]:
         if notes:
             out.append(_Block("note", " ".join(notes)))
         if g_body:
-            g_header = ["Row (view)"] + [f"Acc {_value(g)}" for g in groups] + [f"n {_value(g)}" for g in groups]
+            g_header = (
+                ["Row (view)"]
+                + [f"{metric_name('accuracy')} {_value(g)}" for g in groups]
+                + [f"n {_value(g)}" for g in groups]
+            )
             out += [_Block("p", f"Per-group accuracy by {a} (mean ± sd over seeds):"), _table(g_header, g_body)]
     return out
 
 
-_VIEW_METRICS = (("accuracy", "Accuracy"), ("dp_gap", "DP gap"), ("eopp_gap", "EOpp gap"), ("essp", "ESSP"))
+_VIEW_METRICS = ("accuracy", "dp_gap", "eopp_gap", "essp", "nar")
 
 
 def _closure_blocks(doc: Mapping[str, Any]) -> list[_Block]:
@@ -413,7 +421,7 @@ def _closure_blocks(doc: Mapping[str, Any]) -> list[_Block]:
         return []
     reference = ds.get("reference")
     out = [
-        _Block("h2", "Gap closure"),
+        _Block("h2", metric_name("gap_closure")),
         _Block(
             "p",
             "Gap closure = (Base gap − row gap) / (Base gap − oracle gap) on the means (1 = as much as real held-out "
@@ -426,8 +434,11 @@ def _closure_blocks(doc: Mapping[str, Any]) -> list[_Block]:
     ]
     for view in ds["views"]:
         for a in ds["view_attributes"][view]:
-            header = ["Row", "Runs (replicates × seeds)", "Minority gap", "Worst–best gap"]
-            header += [t for _, t in _VIEW_METRICS] + ["NAR", "Gap closure [CI]", "Gap sd between / within"]
+            header = ["Row", "Runs (replicates × seeds)", metric_name("minority_gap"), metric_name("worst_best_gap")]
+            header += [metric_name(m) for m in _VIEW_METRICS] + [
+                f"{metric_name('gap_closure')} [CI]",
+                "Gap sd between / within",
+            ]
             if reference:
                 header.append(f"vs {reference} [CI]")
             body, notes = [], []
@@ -449,7 +460,7 @@ def _closure_blocks(doc: Mapping[str, Any]) -> list[_Block]:
                     _pm(summary["minority_gap"]),
                     _pm(summary["worst_best_gap"]),
                 ]
-                line += [_pm(summary.get(m)) for m, _ in _VIEW_METRICS] + [_pm(summary.get("nar"))]
+                line += [_pm(summary.get(m)) for m in _VIEW_METRICS]
                 line += [_closure(closure), spread]
                 if reference:
                     vs = (closure or {}).get("vs_reference")
@@ -472,8 +483,8 @@ def _cell_blocks(doc: Mapping[str, Any]) -> list[_Block]:
     gen, rows, plots = doc["generative"], doc["downstream"]["rows"], doc.get("plots", {})
     cells = list(doc["data"]["real"]["cells"])
     header = ["Cell", "Real"] + [f"n {n}" for n in gen]
-    header += [f"{m} {n}" for n in gen for m in ("FID", "KID")]
-    header += [f"Acc {_row_label(r)}" for r in rows]
+    header += [f"{metric_name(m)} {n}" for n in gen for m in ("fid", "kid")]
+    header += [f"{metric_name('accuracy')} {_row_label(r)}" for r in rows]
     body = []
     for c in cells:
         line = [c, str(doc["data"]["real"]["cells"][c])]
@@ -522,8 +533,8 @@ def _fairness_blocks(doc: Mapping[str, Any]) -> list[_Block]:
             f"selected on the real validation split), tested on the same real test split ({sizes['test']} images; "
             f"train {sizes['train']}, val {sizes['val']})"
             + (" and on the counterfactual set" if "counterfactual" in ds.get("views", []) else "")
-            + f". Mean ± sd over seeds {', '.join(str(s) for s in st['seeds'])} (and replicates). Gaps and NAR: "
-            "lower is fairer; accuracy, AUC, ESSP, ES-ACC, ES-AUC: higher is better.",
+            + f". Mean ± sd over seeds {', '.join(str(s) for s in st['seeds'])} (and replicates). "
+            f"{_sentence(legend(FAIRNESS_METRICS))}.",
         ),
     ]
     for view in ds.get("views", ["test"]):
@@ -543,18 +554,18 @@ def _fairness_blocks(doc: Mapping[str, Any]) -> list[_Block]:
 def _fairness_tables(ds: Mapping[str, Any], view: str, a: str) -> list[_Block]:
     """Every metric and the per-group accuracy / AUC of every row, on one view."""
     rows = [r for r in ds["rows"] if a in _view_fairness(r, view)]
-    header = ["Row", "Protocol", "Train images (real + added)"] + [t for _, t in _GAP_METRICS]
+    header = ["Row", "Protocol", "Train images (real + added)"] + [metric_name(m) for m in FAIRNESS_METRICS]
     body = []
     for r in rows:
         summary = _view_fairness(r, view)[a]["summary"]
         body.append(
             [_row_label(r), r["protocol"], f"{r['n_train_real']} + {r['n_train_synthetic']}"]
-            + [_pm(summary.get(m)) for m, _ in _GAP_METRICS]
+            + [_pm(summary.get(m)) for m in FAIRNESS_METRICS]
         )
     first = _view_fairness(rows[0], view)[a]["by_group"] if rows else {}
     groups = list(first)
-    g_header = ["Row"] + [f"Acc {_value(g)} (n={first[g]['n']})" for g in groups]
-    g_header += [f"AUC {_value(g)}" for g in groups]
+    g_header = ["Row"] + [f"{metric_name('accuracy')} {_value(g)} (n={first[g]['n']})" for g in groups]
+    g_header += [f"{metric_name('auc')} {_value(g)}" for g in groups]
     g_body = []
     for r in rows:
         by = _view_fairness(r, view)[a]["by_group"]
@@ -650,10 +661,6 @@ def _blocks(doc: Mapping[str, Any]) -> list[_Block]:
 # --------------------------------------------------------------------------------------------------- renderers
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(doc: Mapping[str, Any]) -> str:
     """``report.md``: headings, pipe tables, image links (``plots/*.png``), lists."""
     lines: list[str] = []
@@ -663,10 +670,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         elif b.kind in ("p", "note"):
             lines += [b.text if b.kind == "p" else f"*{b.text}*", ""]
         elif b.kind == "table":
-            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join([":---"] + ["---:"] * (len(b.header) - 1)) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b.rows]
-            lines.append("")
+            lines += [*pipe_table(b.header, b.rows), ""]
         elif b.kind == "img":
             lines += [f"![{b.text}]({b.path})", ""]
         elif b.kind == "ul":

@@ -19,17 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fairsample.core.markdown import pipe_table
+from fairsample.evaluation.metric_info import name as metric_name
+
 __all__ = ["build_results", "fmt", "primary_view", "render_markdown", "table_numbers", "write_plots"]
 
 SCHEMA = "fairsample.workflows.study/2"
-#: Table-1 columns: (key in the evaluation summary, heading, better direction).
-TABLE1_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("accuracy", "Accuracy", "higher"),
-    ("essp", "ESSP", "higher"),
-    ("dp_gap", "DP gap", "lower"),
-    ("eopp_gap", "EOpp gap", "lower"),
-    ("nar", "NAR", "lower"),
-)
+#: Table-1 columns: keys in the evaluation summary (heading and direction: :mod:`fairsample.evaluation.metric_info`).
+TABLE1_METRICS: tuple[str, ...] = ("accuracy", "essp", "dp_gap", "eopp_gap", "nar")
 _STAGES = ("base", "prefs", "oracle", "train", "curve", "export", "tau", "perturbation", "generate", "evaluate")
 _STAGE_TEXT = {
     "base": "shared base (from scratch, without the minority)",
@@ -85,7 +82,7 @@ def _view_block(row: Mapping[str, Any], view: str, attr: str) -> dict[str, Any] 
     summary = fair.get("summary") or {}
     closure = ((row.get("gap_closure") or {}).get(view) or {}).get(attr)
     block: dict[str, Any] = {
-        "metrics": {k: _stat(summary.get(k)) for k, _, _ in TABLE1_METRICS},
+        "metrics": {k: _stat(summary.get(k)) for k in TABLE1_METRICS},
         "minority_gap": _stat(summary.get("minority_gap")),
         "worst_best_gap": _stat(summary.get("worst_best_gap")),
         "minority_gap_by_replicate": fair.get("minority_gap_by_replicate"),
@@ -413,14 +410,6 @@ def _plot_closure(results: Mapping[str, Any], view: str, path: Path) -> str:
 # --------------------------------------------------------------------------------------------------- markdown
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> list[str]:
-    align = align or ("l" + "r" * (len(header) - 1))
-    sep = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
 def _pm(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
     if not entry or entry.get("mean") is None:
         return "n/a"
@@ -472,7 +461,7 @@ def _problem(results: Mapping[str, Any]) -> list[str]:
                 "yes" if p.get("closable") else f"no: {p.get('reason')}",
             ]
         )
-    lines += _table(["view", "Base gap", "oracle gap", "Base − oracle", "closable"], rows, "lrrrl")
+    lines += pipe_table(["view", "Base gap", "oracle gap", "Base − oracle", "closable"], rows, "lrrrl")
     for view in results["views"]:
         p = results["problem"].get(view) or {}
         if not p:
@@ -485,7 +474,7 @@ def _problem(results: Mapping[str, Any]) -> list[str]:
         for name, key in (("Base (real only)", "base_by_group"), ("oracle", "oracle_by_group")):
             by = p.get(key) or {}
             grows.append([name] + [_pm((by.get(g) or {}).get("accuracy")) for g in groups])
-        lines += _table(["row", *[_group_name(g) for g in groups]], grows)
+        lines += pipe_table(["row", *[_group_name(g) for g in groups]], grows)
     return lines
 
 
@@ -538,7 +527,7 @@ def _fidelity(results: Mapping[str, Any]) -> list[str]:
                 *[fmt((by.get(x) or {}).get(attr)) for x in groups],
             ]
         )
-    lines += _table(header, rows)
+    lines += pipe_table(header, rows)
     curve = results.get("curve")
     if curve and curve.get("points"):
         lines += [
@@ -549,7 +538,7 @@ def _fidelity(results: Mapping[str, Any]) -> list[str]:
             f"last point): step {curve.get('plateau')}. Step 0 is the shared base.",
             "",
         ]
-        lines += _table(
+        lines += pipe_table(
             ["step", f"label {minority}", "label others", f"{attr} {minority}", f"{attr} others"],
             [
                 [
@@ -578,7 +567,8 @@ def _rows_table(results: Mapping[str, Any], view: str) -> list[str]:
         "**bold** when its CI excludes 0. Other columns: mean ± sd over every (generator, classifier) seed.",
         "",
     ]
-    header = ["Row", "guard", "minority gap", "gap closure", "Δ vs vanilla", *[t for _, t, _ in TABLE1_METRICS]]
+    header = ["Row", "guard", metric_name("minority_gap"), metric_name("gap_closure"), "Δ vs vanilla"]
+    header += [metric_name(k) for k in TABLE1_METRICS]
     rows = []
     for r in results["rows"]:
         v = r["views"].get(view) or {}
@@ -604,10 +594,10 @@ def _rows_table(results: Mapping[str, Any], view: str) -> list[str]:
                 _pm(v.get("minority_gap")),
                 closure,
                 delta,
-                *[_pm(metrics.get(k)) for k, _, _ in TABLE1_METRICS],
+                *[_pm(metrics.get(k)) for k in TABLE1_METRICS],
             ]
         )
-    lines += _table(header, rows, "ll" + "r" * (len(header) - 2))
+    lines += pipe_table(header, rows, "ll" + "r" * (len(header) - 2))
     undefined = [
         r
         for r in results["rows"]
@@ -630,7 +620,7 @@ def _rows_table(results: Mapping[str, Any], view: str) -> list[str]:
             grows.append(
                 [r["label"], *[_pm(by.get(g)) if isinstance(by.get(g), dict) else fmt(by.get(g)) for g in groups]]
             )
-        lines += _table(["Row", *[_group_name(g) for g in groups]], grows)
+        lines += pipe_table(["Row", *[_group_name(g) for g in groups]], grows)
     return lines
 
 
@@ -659,7 +649,10 @@ def _generative(results: Mapping[str, Any]) -> list[str]:
         ]
         for g in gen
     ]
-    lines += _table(["Set", "FID", "KID", *[f"FID {_group_name(x)}" for x in groups], "BER", "BER (real clf)"], rows)
+    fid, kid, ber = (metric_name(k) for k in ("fid", "kid", "ber"))
+    lines += pipe_table(
+        ["Set", fid, kid, *[f"{fid} {_group_name(x)}" for x in groups], ber, f"{ber} (real clf)"], rows
+    )
     return lines
 
 
@@ -722,7 +715,7 @@ def _settings(results: Mapping[str, Any]) -> list[str]:
             f"{results['timings']['this_run'].get('eval_threads', 'n/a')} threads",
         ],
     ]
-    return ["", "## Settings", "", *_table(["What", "Setting"], rows, "ll")]
+    return ["", "## Settings", "", *pipe_table(["What", "Setting"], rows, "ll")]
 
 
 def _timings(results: Mapping[str, Any]) -> list[str]:
@@ -741,7 +734,7 @@ def _timings(results: Mapping[str, Any]) -> list[str]:
         "",
         "Seconds inside each cell, summed; with several workers the cells overlap, so the sum exceeds the wall time.",
         "",
-        *_table(["Stage", "Cells", "Seconds", "Minutes"], rows),
+        *pipe_table(["Stage", "Cells", "Seconds", "Minutes"], rows),
         "",
         f"This invocation: {fmt(run['wall_seconds'], 1)} s wall, {len(run['ran'])} cells computed, "
         f"{len(run['skipped'])} found complete; load average {run['load_average']}.",
@@ -768,7 +761,7 @@ def _trace(results: Mapping[str, Any]) -> list[str]:
         "",
         "## Where every number comes from",
         "",
-        *_table(["Row", "Run folders", "Evaluation entry"], rows, "lll"),
+        *pipe_table(["Row", "Run folders", "Evaluation entry"], rows, "lll"),
     ]
 
 
