@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fairsample.core.atomic import atomic_path, write_atomic
 from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import presets as _presets
 from fairsample.data.schema import CellKey, DatasetSpec
@@ -497,22 +497,6 @@ def spec_to_toml(spec: DatasetSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tmp_path(path: Path) -> Path:
-    """A unique sibling temporary name (same directory, so os.replace is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a sibling temporary file and os.replace; the temporary is removed on failure."""
-    tmp = _tmp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_metadata(root: str | os.PathLike[str], frame: pd.DataFrame, spec: DatasetSpec) -> Path:
     """Write ``root/metadata.csv`` and ``root/fairsample.toml`` atomically (temporary file + ``os.replace``).
 
@@ -544,7 +528,7 @@ def write_metadata(root: str | os.PathLike[str], frame: pd.DataFrame, spec: Data
         raise DataError(_METADATA_EXISTS.format(root=root, other=METADATA_FILES[1], name=METADATA_FILES[0]))
     ordered = frame[[spec.file_col] + [c for c in frame.columns if c != spec.file_col]]
     out = root / METADATA_FILES[0]
-    _atomic_write(out, lambda tmp: ordered.to_csv(tmp, index=False, encoding="utf-8"))
-    text = spec_to_toml(spec)
-    _atomic_write(root / SPEC_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    with atomic_path(out) as tmp:
+        ordered.to_csv(tmp, index=False, encoding="utf-8")
+    write_atomic(root / SPEC_FILE, spec_to_toml(spec))
     return out

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from fairsample.core.atomic import atomic_path
 from fairsample.core.errors import DataError
 from fairsample.data.schema import CellKey
 
@@ -230,26 +231,21 @@ def write_preferences(
         except ValueError:
             return str(Path(p).resolve())
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            out = csv.writer(fh, lineterminator="\n")
-            out.writerow([*PREFERENCE_COLUMNS, *groups, label_col, *extra])
-            for k, pair in enumerate(pairs):
-                values = dict(pair.cell.groups)
-                for g in groups:
-                    if g not in values:
-                        raise DataError(_WRITE_MISSING.format(file=path, index=k, column=g))
-                out.writerow(
-                    [
-                        rel(pair.path_w),
-                        rel(pair.path_l),
-                        *[values[g] for g in groups],
-                        pair.cell.label,
-                        *[col[k] for col in extra.values()],
-                    ]
-                )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow([*PREFERENCE_COLUMNS, *groups, label_col, *extra])
+        for k, pair in enumerate(pairs):
+            values = dict(pair.cell.groups)
+            for g in groups:
+                if g not in values:
+                    raise DataError(_WRITE_MISSING.format(file=path, index=k, column=g))
+            out.writerow(
+                [
+                    rel(pair.path_w),
+                    rel(pair.path_l),
+                    *[values[g] for g in groups],
+                    pair.cell.label,
+                    *[col[k] for col in extra.values()],
+                ]
+            )
     return path

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from fairsample.core.atomic import atomic_path
 from fairsample.core.errors import ConfigError
 
 
@@ -50,8 +51,7 @@ def copy_engine_files(
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for name in present:
-        tmp = dest / f".{name}.partial"
-        shutil.copyfile(src.parent / name, tmp)
-        os.replace(tmp, dest / name)
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(src.parent / name, tmp)
         out.append(dest / name)
     return out

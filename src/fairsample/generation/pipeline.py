@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fairsample.core.atomic import write_atomic
+from fairsample.core.atomic import atomic_path, write_atomic
 from fairsample.core.config import SampleConfig
 from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey
@@ -560,7 +559,7 @@ class FairSamplePipeline:
                 "bundle": self.bundle.bundle_id,
                 "items": plan.to_json(label),
             }
-            _write_atomic(out / "plan.json", json.dumps(plan_doc) + "\n")
+            write_atomic(out / "plan.json", json.dumps(plan_doc) + "\n")
             (out / "images").mkdir(exist_ok=True)
 
         if state is None:
@@ -669,8 +668,8 @@ class FairSamplePipeline:
             row += switched[k : k + 1]
             lines.append(",".join(_csv_field(v) for v in row))
         toml = f'label = "{label}"\ngroups = [{", ".join(json.dumps(g) for g in groups)}]\nmin_group_size = 1\n'
-        _write_atomic(out / "fairsample.toml", toml)
-        _write_atomic(out / "metadata.csv", "\n".join(lines) + "\n")
+        write_atomic(out / "fairsample.toml", toml)
+        write_atomic(out / "metadata.csv", "\n".join(lines) + "\n")
         doc = dict(
             man,
             complete=True,
@@ -678,7 +677,7 @@ class FairSamplePipeline:
             n_images=len(files),
             counts={c.to_text(label): n for c, n in sorted(plan.counts().items())},
         )
-        _write_atomic(out / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
+        write_atomic(out / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
 
     def _prepare_folder(self, out: Path, digest: str, overwrite: bool, owned: set[str] | None = None) -> None:
         """Create, reuse (same plan) or refuse (different content) the output folder.
@@ -744,14 +743,7 @@ def _csv_field(v: str) -> str:
     return v
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (:func:`fairsample.core.atomic.write_atomic`)."""
-    write_atomic(path, text)
-
-
 def _save_png_atomic(pixels: np.ndarray, path: Path) -> None:
     """Lossless, deterministic PNG (no metadata chunks) via a temporary sibling."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    Image.fromarray(pixels, "RGB").save(tmp, format="PNG", compress_level=6)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(pixels, "RGB").save(tmp, format="PNG", compress_level=6)

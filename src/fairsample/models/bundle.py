@@ -31,6 +31,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DCondit
 from torch import Tensor
 
 from fairsample._version import __version__
+from fairsample.core.atomic import write_atomic
 from fairsample.core.errors import ConfigError
 from fairsample.data.schema import CellKey, parse_cell
 from fairsample.models.conditioners import ClipTextConditioner, TokenTableConditioner, load_conditioner
@@ -338,10 +339,7 @@ def update_bundle_config(path: str | os.PathLike[str], updates: Mapping[str, Any
             cfg.pop(key, None)
         else:
             cfg[key] = value
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, cfg_path)
+    write_atomic(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return cfg
 
 
