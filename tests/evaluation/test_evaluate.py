@@ -16,6 +16,7 @@ from PIL import Image
 
 import fairsample.evaluation.evaluate as ev
 import fairsample.evaluation.heldout as ho
+import fairsample.evaluation.inputs as inp
 from fairsample.core.errors import ConfigError, DataError, FairsampleWarning
 from fairsample.data import DatasetSpec, FolderDataset, load_folder, split_indices
 from fairsample.evaluation.aggregate import _BAD_SEEDS, _FEW_SEEDS
@@ -415,10 +416,10 @@ def test_closure_against_a_reference_row():
 
 def test_minority_override(demo):
     train = split_indices(demo, seed=0)["train"]
-    out = ev._resolve_minority(demo, train, ("tone", "site"), {"tone": "medium"})
+    out = inp._resolve_minority(demo, train, ("tone", "site"), {"tone": "medium"})
     assert out["tone"]["value"] == "medium" and out["tone"]["rule"] == "given"
     assert out["site"]["rule"] == "fewest real training images"
-    assert ev._resolve_minority(demo, train, ("tone",), "light")["tone"]["value"] == "light"  # a str: first attribute
+    assert inp._resolve_minority(demo, train, ("tone",), "light")["tone"]["value"] == "light"  # a str: first attribute
 
 
 # ----------------------------------------------------------------------------------------------------- the files
@@ -590,7 +591,7 @@ def _one_line_error(exc_info) -> str:
 
 def test_no_cell_overlap(demo, no_training):
     dark = (demo.frame["tone"] == "dark").to_numpy()
-    with pytest.raises(DataError, match=_pattern(ev._NO_CELL_OVERLAP)) as info:
+    with pytest.raises(DataError, match=_pattern(inp._NO_CELL_OVERLAP)) as info:
         evaluate(demo.subset(~dark), {"gen": demo.subset(dark)}, **FAST)
     assert "'gen'" in _one_line_error(info) and "fairsample generate --cells" in str(info.value)
 
@@ -601,7 +602,7 @@ def test_missing_label_column(demo, tmp_path, no_training):
     Image.new("RGB", (8, 8)).save(root / "images" / "a.png")
     Image.new("RGB", (8, 8)).save(root / "images" / "b.png")
     (root / "metadata.csv").write_text("file_name,tone\nimages/a.png,dark\nimages/b.png,dark\n")
-    with pytest.raises(DataError, match=_pattern(ev._SET_MISSING_COLUMN)) as info:
+    with pytest.raises(DataError, match=_pattern(inp._SET_MISSING_COLUMN)) as info:
         evaluate(demo, {"gen": root}, **FAST)
     assert "no label column 'label'" in _one_line_error(info)
 
@@ -610,7 +611,7 @@ def test_group_with_fewer_than_two_images(demo, sets, no_training):
     syn = sets["vanilla"][0]
     dark = np.flatnonzero((syn.frame["tone"] == "dark").to_numpy())
     keep = np.setdiff1d(np.arange(len(syn)), dark[1:])  # one dark image left
-    with pytest.raises(DataError, match=_pattern(ev._FEW_IN_GROUP)) as info:
+    with pytest.raises(DataError, match=_pattern(inp._FEW_IN_GROUP)) as info:
         evaluate(demo, {"gen": syn.subset(keep)}, **FAST)
     assert "tone=dark has" in _one_line_error(info) and "1 synthetic" in str(info.value)
 
@@ -621,8 +622,8 @@ def test_group_with_fewer_than_two_images(demo, sets, no_training):
         ({"seeds": (0,), "allow_few_seeds": False}, _FEW_SEEDS),
         ({"seeds": (0, 0, 1)}, _BAD_SEEDS),
         ({"protocols": ("bogus",)}, ev._BAD_PROTOCOLS),
-        ({"attribute": "nope"}, ev._UNKNOWN_ATTRIBUTE),
-        ({"attribute": "label"}, ev._LABEL_ATTRIBUTE),
+        ({"attribute": "nope"}, inp._UNKNOWN_ATTRIBUTE),
+        ({"attribute": "label"}, inp._LABEL_ATTRIBUTE),
         ({"epochs": 0}, ev._BAD_INT),
         ({"fractions": (0.9, 0.1, 0.0)}, ev._BAD_FRACTIONS),
     ],
@@ -635,26 +636,26 @@ def test_bad_options(demo, sets, no_training, kwargs, template):
 
 
 def test_bad_synthetic_arguments(demo, sets, no_training, tmp_path):
-    with pytest.raises(ConfigError, match=_pattern(ev._NO_SYNTHETIC)):
+    with pytest.raises(ConfigError, match=_pattern(inp._NO_SYNTHETIC)):
         evaluate(demo, {}, **FAST)
-    with pytest.raises(ConfigError, match=_pattern(ev._BAD_SET_NAME)):
+    with pytest.raises(ConfigError, match=_pattern(inp._BAD_SET_NAME)):
         evaluate(demo, {"a b": sets["vanilla"][1]}, **FAST)
-    with pytest.raises(ConfigError, match=_pattern(ev._BAD_SYNTHETIC)):
+    with pytest.raises(ConfigError, match=_pattern(inp._BAD_SYNTHETIC)):
         evaluate(demo, [sets["vanilla"][1]], **FAST)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=_pattern(ev._NO_REPLICATES)):
+    with pytest.raises(ConfigError, match=_pattern(inp._NO_REPLICATES)):
         evaluate(demo, {"gen": []}, **FAST)
-    with pytest.raises(ConfigError, match=_pattern(ev._DUPLICATE_REPLICATE)):
+    with pytest.raises(ConfigError, match=_pattern(inp._DUPLICATE_REPLICATE)):
         evaluate(demo, {"gen": [tmp_path, tmp_path / "."]}, **FAST)
-    with pytest.raises(ConfigError, match=_pattern(ev._BAD_REFERENCE)):
+    with pytest.raises(ConfigError, match=_pattern(inp._BAD_REFERENCE)):
         evaluate(demo, {"gen": sets["vanilla"][1]}, reference="vanilla", **FAST)
 
 
 @pytest.mark.parametrize(
     ("minority", "error", "template"),
     [
-        ("purple", ConfigError, ev._BAD_MINORITY),
-        ({"nope": "x"}, ConfigError, ev._BAD_MINORITY_ATTRIBUTE),
-        (3, ConfigError, ev._BAD_MINORITY_KIND),
+        ("purple", ConfigError, inp._BAD_MINORITY),
+        ({"nope": "x"}, ConfigError, inp._BAD_MINORITY_ATTRIBUTE),
+        (3, ConfigError, inp._BAD_MINORITY_KIND),
     ],
 )
 def test_bad_minority(demo, sets, no_training, minority, error, template):
@@ -721,7 +722,7 @@ def test_unseen_synthetic_values(demo, sets, no_training):
     frame = syn.frame.copy()
     frame.loc[0, "tone"] = "Dark"
     bad = FolderDataset(syn.root, DatasetSpec(groups=("tone",)), frame)
-    with pytest.raises(DataError, match=_pattern(ev._SET_UNSEEN)) as info:
+    with pytest.raises(DataError, match=_pattern(inp._SET_UNSEEN)) as info:
         evaluate(demo, {"gen": bad}, **FAST)
     assert "['Dark']" in _one_line_error(info)
 

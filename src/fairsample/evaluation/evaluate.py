@@ -79,7 +79,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import time
 import uuid
@@ -100,11 +99,12 @@ from fairsample.evaluation.aggregate import (
     _cell_columns,
     _counts,
     _keys,
-    _mean_sd,
+    _mean_sd,  # noqa: F401  (re-exported)
     _natural_key,
-    _text_key,
     check_seeds,  # noqa: F401  (FAIRNESS_METRICS and _mean_sd are re-exported)
 )
+from fairsample.evaluation.inputs import Inputs, _check_splits, _load_inputs, _resolve_minority
+from fairsample.evaluation.set_metrics import _ber_stage, _generative_stage, _replicate_summary
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -164,72 +164,9 @@ DEFINITIONS: dict[str, str] = {
 }
 
 # ------------------------------------------------------------------------------------------- error templates
-_BAD_REAL = "`real` must be a FolderDataset or a dataset folder path, got {kind}."
-_BAD_SYNTHETIC = (
-    "`synthetic` must be a mapping of set names to FolderDatasets or folder paths, e.g. {{'vanilla': 'out/v'}}, "
-    "got {kind}."
-)
-_NO_SYNTHETIC = "`synthetic` is empty; pass at least one generated set, e.g. {'vanilla': 'out/vanilla'}."
-_NO_REPLICATES = (
-    "synthetic set {name!r} has an empty list; give a folder or a list of replicate folders, e.g. "
-    "{{'vanilla': ['out/v0', 'out/v1']}}."
-)
-_DUPLICATE_REPLICATE = (
-    "synthetic set {name!r} lists {path} twice; each replicate must be a different generated folder."
-)
-_BAD_MINORITY = (
-    "`minority` {value!r} is not a value of {attribute!r} in the real data (values: {values}); pass one of them, or "
-    "leave it unset to use the value with the fewest real training images."
-)
-_BAD_MINORITY_ATTRIBUTE = (
-    "`minority` names attribute {attribute!r}, which is not reported (attributes: {attrs}); pass "
-    "{{attribute: value}} for one of them."
-)
-_BAD_MINORITY_KIND = "`minority` must be a value (str), a {{attribute: value}} mapping or None, got {kind}."
 _CF_NO_MINORITY = (
     "`counterfactual` set {root} has no image of the minority {attribute}={value!r} (values: {values}); render its "
     "content in that value too, or pass minority= another value."
-)
-_BAD_REFERENCE = "`reference` {value!r} is not a synthetic set name (names: {names}); pass one of them or None."
-_BAD_SET_NAME = (
-    "synthetic set name {name!r} is not usable; use 1-40 letters, digits, '.', '_' or '-' "
-    "(CLI: --synthetic NAME=PATH)."
-)
-_BAD_SET_VALUE = "synthetic set {name!r} must be a FolderDataset or a folder path, got {kind}."
-_SET_LOAD = "synthetic set {name!r}: {detail}"
-_SET_MISSING_COLUMN = (
-    "synthetic set {name!r} has no {what} column {column!r} (columns: {present}); add it to {where} with one value "
-    "per image (`fairsample generate` writes it)."
-)
-_NO_CELL_OVERLAP = (
-    "synthetic set {name!r} shares no cell with the real data (real cells: {real}; synthetic cells: {synthetic}); "
-    "generate images for the real cells (fairsample generate --cells ...) or pass the matching real dataset."
-)
-_SET_UNSEEN = (
-    "synthetic set {name!r}: {column} value(s) {values} do not occur in the real data (real values: {real}); "
-    "relabel or drop those rows."
-)
-_FEW_IN_GROUP = (
-    "synthetic set {name!r}: group {group} has {n_real} real and {n_synthetic} synthetic image(s); FID needs at least "
-    "2 of each, so generate more images for it (fairsample generate --cells {column}=... --per-cell 2 or more) or "
-    "drop its rows."
-)
-_NO_ATTRIBUTE = (
-    "the real dataset names no sensitive attribute; pass `attribute` (a column of {columns}) or add `groups` to its "
-    "fairsample.toml."
-)
-_BAD_ATTRIBUTE = "`attribute` must be a column name or a list of column names, got {value!r}."
-_UNKNOWN_ATTRIBUTE = (
-    "`attribute` {value!r} is not a column of the real dataset (columns: {columns}); pass one of {groups}."
-)
-_LABEL_ATTRIBUTE = "`attribute` {value!r} is the label column; pass a sensitive attribute such as {groups}."
-_FEW_VALUES = (
-    "`attribute` {value!r} has {values} in the real {where}; group fairness needs at least 2 values - use more real "
-    "images or another attribute."
-)
-_EMPTY_SPLIT = (
-    "the real data's {split} split is empty ({n} images, fractions {fractions}); use more real images or a larger "
-    "{split} fraction."
 )
 _BAD_PROTOCOLS = "`protocols` must be a non-empty list of distinct values from {allowed}, got {value!r}."
 _BAD_INT = "`{name}` must be an integer >= {low}, got {value!r}."
@@ -239,7 +176,6 @@ _BAD_FRACTIONS = (
 _OUTPUT_NOT_EMPTY = "`output_dir` {path} is not empty; pass overwrite=True to replace it or choose a new folder."
 _OUTPUT_NOT_DIR = "`output_dir` {path} exists and is not a folder; choose a folder path."
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 _SKLEARN_CLASS_NOTE = r"y_pred contains classes not in y_true"
 
 Progress = Callable[[str], None]
@@ -468,209 +404,6 @@ def _check_fractions(fractions: Any) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def _load_real(real: Any) -> FolderDataset:
-    from fairsample.data.folder import FolderDataset, load_folder
-
-    if isinstance(real, FolderDataset):
-        return real
-    if isinstance(real, str | os.PathLike):
-        return load_folder(real)
-    raise ConfigError(_BAD_REAL.format(kind=type(real).__name__))
-
-
-def _attributes(real: FolderDataset, attribute: Any) -> tuple[str, ...]:
-    columns = list(real.frame.columns)
-    if attribute is None:
-        if not real.spec.groups:
-            raise ConfigError(_NO_ATTRIBUTE.format(columns=columns))
-        return tuple(real.spec.groups)
-    values = [attribute] if isinstance(attribute, str) else attribute
-    if not isinstance(values, Sequence) or not values or not all(isinstance(a, str) and a for a in values):
-        raise ConfigError(_BAD_ATTRIBUTE.format(value=attribute))
-    if len(set(values)) != len(values):
-        raise ConfigError(_BAD_ATTRIBUTE.format(value=attribute))
-    hint = list(real.spec.groups) or [c for c in columns if c not in (real.spec.label, real.spec.file_col)]
-    for a in values:
-        if a == real.spec.label:
-            raise ConfigError(_LABEL_ATTRIBUTE.format(value=a, groups=hint))
-        if a not in real.frame.columns:
-            raise ConfigError(_UNKNOWN_ATTRIBUTE.format(value=a, columns=columns, groups=hint))
-    return tuple(values)
-
-
-def _normalize_synthetic(synthetic: Any) -> dict[str, list[Any]]:
-    """``{name: value or [values]}`` → ``{name: [values]}``, names and replicate lists checked."""
-    from fairsample.data.folder import FolderDataset
-
-    if not isinstance(synthetic, Mapping):
-        raise ConfigError(_BAD_SYNTHETIC.format(kind=type(synthetic).__name__))
-    if not synthetic:
-        raise ConfigError(_NO_SYNTHETIC)
-    out: dict[str, list[Any]] = {}
-    for name, value in synthetic.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ConfigError(_BAD_SET_NAME.format(name=name))
-        values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-        if not values:
-            raise ConfigError(_NO_REPLICATES.format(name=name))
-        seen: set[str] = set()
-        for v in values:
-            if isinstance(v, FolderDataset) or not isinstance(v, str | os.PathLike):
-                continue
-            key = str(Path(v).expanduser().resolve())
-            if key in seen:
-                raise ConfigError(_DUPLICATE_REPLICATE.format(name=name, path=v))
-            seen.add(key)
-        out[name] = values
-    return out
-
-
-def _set_ids(name: str, n: int) -> list[str]:
-    """``[name]`` for one replicate, else ``[name#1, ..., name#n]``."""
-    return [name] if n == 1 else [f"{name}#{k}" for k in range(1, n + 1)]
-
-
-def _load_set(name: str, value: Any, real: FolderDataset, attrs: tuple[str, ...]) -> FolderDataset:
-    """A synthetic set (``name`` = its set id) as a FolderDataset with the real label column and every attribute
-    column (checked first)."""
-    from fairsample.data.folder import FolderDataset, find_metadata, load_folder, read_metadata
-
-    needed = [("label", real.spec.label)] + [("attribute", a) for a in attrs]
-    needed += [("group", g) for g in real.spec.groups if g not in attrs]
-    if isinstance(value, FolderDataset):
-        for what, column in needed:
-            if column not in value.frame.columns:
-                present = list(value.frame.columns)
-                where = f"{value.root}/metadata.csv"
-                raise DataError(
-                    _SET_MISSING_COLUMN.format(name=name, what=what, column=column, present=present, where=where)
-                )
-        if value.spec.label != real.spec.label:
-            value = FolderDataset(value.root, value.spec.replace(label=real.spec.label), value.frame, value.warnings)
-        return value
-    if not isinstance(value, str | os.PathLike):
-        raise ConfigError(_BAD_SET_VALUE.format(name=name, kind=type(value).__name__))
-    try:
-        meta = find_metadata(value)
-        present = list(read_metadata(meta).columns)
-    except DataError as exc:
-        raise DataError(_SET_LOAD.format(name=name, detail=exc)) from None
-    for what, column in needed:
-        if column not in present:
-            raise DataError(
-                _SET_MISSING_COLUMN.format(name=name, what=what, column=column, present=present, where=meta)
-            )
-    groups = list(real.spec.groups) or list(attrs)
-    try:
-        return load_folder(value, label_col=real.spec.label, group_cols=groups)
-    except DataError as exc:
-        raise DataError(_SET_LOAD.format(name=name, detail=exc)) from None
-
-
-def _check_set(name: str, syn: FolderDataset, real: FolderDataset, attrs: Sequence[str]) -> None:
-    """Cells overlap, values known, every shared attribute group has >= 2 real and >= 2 synthetic images."""
-    cols = _cell_columns(real, attrs)
-    real_cells, syn_cells = set(_keys(real, cols).tolist()), set(_keys(syn, cols).tolist())
-    if not real_cells & syn_cells:
-        raise DataError(
-            _NO_CELL_OVERLAP.format(
-                name=name, real=sorted(real_cells, key=_text_key), synthetic=sorted(syn_cells, key=_text_key)
-            )
-        )
-    for column in (real.spec.label, *attrs):
-        real_values = set(real.frame[column].astype(str))
-        unseen = sorted(set(syn.frame[column].astype(str)) - real_values, key=_natural_key)
-        if unseen:
-            raise DataError(
-                _SET_UNSEEN.format(name=name, column=column, values=unseen, real=sorted(real_values, key=_natural_key))
-            )
-    for a in attrs:
-        n_real, n_syn = _counts(_keys(real, [a])), _counts(_keys(syn, [a]))
-        for group in sorted(set(n_real) & set(n_syn), key=_text_key):
-            if n_real[group] < 2 or n_syn[group] < 2:
-                raise DataError(
-                    _FEW_IN_GROUP.format(
-                        name=name, group=group, n_real=n_real[group], n_synthetic=n_syn[group], column=a
-                    )
-                )
-
-
-def _resolve_minority(
-    real: FolderDataset, train_rows: np.ndarray, attrs: Sequence[str], minority: Any
-) -> dict[str, dict[str, Any]]:
-    """Per attribute: the requested minority value, or the value with the fewest real training images."""
-    from fairsample.evaluation.closure import choose_minority
-
-    if minority is None:
-        requested: dict[Any, Any] = {}
-    elif isinstance(minority, str):
-        requested = {attrs[0]: minority}
-    elif isinstance(minority, Mapping):
-        requested = dict(minority)
-    else:
-        raise ConfigError(_BAD_MINORITY_KIND.format(kind=type(minority).__name__))
-    for a in requested:
-        if a not in attrs:
-            raise ConfigError(_BAD_MINORITY_ATTRIBUTE.format(attribute=a, attrs=list(attrs)))
-    out = {}
-    for a in attrs:
-        column = real.frame[a].astype(str).to_numpy()
-        values = sorted(set(column.tolist()), key=_natural_key)
-        train = column[train_rows]
-        n_train = {v: int((train == v).sum()) for v in values}
-        if a in requested:
-            value = str(requested[a])
-            if value not in values:
-                raise ConfigError(_BAD_MINORITY.format(value=requested[a], attribute=a, values=values))
-            rule = "given"
-        else:
-            value, rule = choose_minority(n_train), "fewest real training images"
-        out[a] = {"value": value, "group": f"{a}={value}", "rule": rule, "n_train": n_train}
-    return out
-
-
-def _replicate_summary(
-    replicates: Mapping[str, Sequence[str]],
-    generative: Mapping[str, Any],
-    ber: Mapping[str, Any],
-    attrs: Sequence[str],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mean ± sd over each name's replicates of the generative headline numbers and of BER."""
-    gen: dict[str, Any] = {}
-    ber_summary: dict[str, Any] = {}
-    for name, ids in replicates.items():
-        reps = [generative[i] for i in ids]
-        by: dict[str, Any] = {}
-        for a in attrs:
-            groups = list(dict.fromkeys(g for rep in reps for g in rep["by"][a]["groups"]))
-            by[a] = {
-                "fid_variance": _mean_sd([rep["by"][a]["fid_variance"]["variance"] for rep in reps]),
-                "es_fid": _mean_sd([rep["by"][a]["es_fid"]["value"] for rep in reps]),
-                "fid_by_group": {
-                    g: _mean_sd([(rep["by"][a]["groups"].get(g) or {}).get("fid_mean") for rep in reps])
-                    for g in groups
-                },
-            }
-        gen[name] = {
-            "n_replicates": len(ids),
-            "sets": list(ids),
-            "fid": _mean_sd([rep["overall"]["fid"] for rep in reps]),
-            "kid": _mean_sd([rep["overall"]["kid_mean"] for rep in reps]),
-            "is_domain": _mean_sd([rep["overall"]["is_domain_mean"] for rep in reps]),
-            "by": by,
-        }
-        ber_summary[name] = {
-            a: {
-                "ber": _mean_sd([(ber["sets"][i].get(a) or {}).get("ber") for i in ids]),
-                "real_trained_ber": _mean_sd(
-                    [((ber["sets"][i].get(a) or {}).get("real_trained") or {}).get("ber") for i in ids]
-                ),
-            }
-            for a in attrs
-        }
-    return gen, ber_summary
-
-
 def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Versions of Python, the platform and every library whose numbers enter the report, plus the ``extra``
     distributions (``"not installed"`` when missing)."""
@@ -728,123 +461,249 @@ def _pick_samples(
     return images, names
 
 
-# --------------------------------------------------------------------------------------------------- stages
+# ------------------------------------------------------------------------------------------------------ steps
 
 
-def _ber_stage(
-    real: FolderDataset,
+def _settings(
+    *,
+    protocols: Sequence[str],
+    seeds: Sequence[int],
+    epochs: int,
+    size: int,
+    k: int,
+    n_resamples: int,
+    seed: int,
+    feature_epochs: int | None,
+    ber_epochs: int,
+    fractions: Sequence[float],
+    batch_size: int,
+    learning_rate: float,
+    min_per_class: int,
+    grid_per_cell: int,
+    allow_few_seeds: bool,
+    closure_resamples: int,
+) -> EvaluationSettings:
+    """Every option of :func:`evaluate` checked (``seed`` first, then in settings order) as EvaluationSettings."""
+    seed = _check_int("seed", seed, 0)
+    return EvaluationSettings(
+        protocols=_check_protocols(protocols),
+        seeds=tuple(check_seeds(seeds, bool(allow_few_seeds))),
+        epochs=_check_int("epochs", epochs, 1),
+        size=_check_int("size", size, 8),
+        k=_check_int("k", k, 1),
+        n_resamples=_check_int("n_resamples", n_resamples, 0),
+        seed=seed,
+        feature_epochs=None if feature_epochs is None else _check_int("feature_epochs", feature_epochs, 1),
+        ber_epochs=_check_int("ber_epochs", ber_epochs, 1),
+        fractions=_check_fractions(fractions),
+        batch_size=_check_int("batch_size", batch_size, 1),
+        learning_rate=float(learning_rate),
+        min_per_class=_check_int("min_per_class", min_per_class, 1),
+        grid_per_cell=_check_int("grid_per_cell", grid_per_cell, 1),
+        allow_few_seeds=bool(allow_few_seeds),
+        closure_resamples=_check_int("closure_resamples", closure_resamples, 1),
+    )
+
+
+def _heldout_docs(
+    inputs: Inputs, minorities: Mapping[str, Mapping[str, Any]], log: _Warnings
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The ``data.counterfactual`` and ``data.oracle`` sections (None when not given); DataError if the
+    counterfactual set has no image of a minority value."""
+    from fairsample.evaluation.heldout import file_hashes, overlap, pairing
+
+    real_ds, cf_ds, oracle_ds = inputs.real, inputs.counterfactual, inputs.oracle
+    attrs, cf_attrs = inputs.attrs, inputs.cf_attrs
+    cf_doc: dict[str, Any] | None = None
+    oracle_doc: dict[str, Any] | None = None
+    cols = _cell_columns(real_ds, attrs)
+    if cf_ds is not None or oracle_ds is not None:
+        real_hashes = file_hashes(real_ds)
+    if cf_ds is not None:
+        for a in cf_attrs:
+            present = sorted(set(cf_ds.frame[a].astype(str)), key=_natural_key)
+            if minorities[a]["value"] not in present:
+                raise DataError(
+                    _CF_NO_MINORITY.format(root=cf_ds.root, attribute=a, value=minorities[a]["value"], values=present)
+                )
+        with log.stage("counterfactual data"):
+            cf_doc = {
+                "root": str(cf_ds.root),
+                "n": len(cf_ds),
+                "attributes": list(cf_attrs),
+                "by_attribute": {a: _counts(_keys(cf_ds, [a])) for a in cf_attrs},
+                "cells": _counts(_keys(cf_ds, [c for c in cols if c in cf_ds.frame.columns])),
+                "n_content": int(cf_ds.frame["content_id"].astype(str).nunique()),
+                "pairing": {a: pairing(cf_ds, a) for a in cf_attrs},
+                "overlap": overlap("counterfactual", cf_ds, "real", real_hashes, real=real_ds),
+            }
+    if oracle_ds is not None:
+        with log.stage("oracle data"):
+            oracle_doc = {
+                "root": str(oracle_ds.root),
+                "n": len(oracle_ds),
+                "by_attribute": {a: _counts(_keys(oracle_ds, [a])) for a in attrs},
+                "cells": _counts(_keys(oracle_ds, cols)),
+                "overlap": {
+                    "real": overlap("oracle", oracle_ds, "real", real_hashes),
+                    "counterfactual": None
+                    if cf_ds is None
+                    else overlap("oracle", oracle_ds, "counterfactual", file_hashes(cf_ds)),
+                },
+            }
+    return cf_doc, oracle_doc
+
+
+def _images(inputs: Inputs, cfg: EvaluationSettings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every real image and, per set id, every synthetic image, each ``(N, size, size, 3)`` uint8 in row order."""
+    from fairsample.evaluation.generative import folder_images
+
+    x_real = folder_images(inputs.real, size=cfg.size)
+    x_sets = {name: folder_images(ds, size=cfg.size) for name, ds in inputs.sets.items()}
+    return x_real, x_sets
+
+
+def _downstream(
+    inputs: Inputs,
+    parts: Mapping[str, np.ndarray],
+    minorities: dict[str, dict[str, Any]],
+    reference: str | None,
+    cfg: EvaluationSettings,
+    log: _Warnings,
+    say: Progress,
     x_real: np.ndarray,
-    sets: Mapping[str, FolderDataset],
     x_sets: Mapping[str, np.ndarray],
-    attrs: Sequence[str],
-    cfg: EvaluationSettings,
-    log: _Warnings,
-    say: Progress,
-) -> dict[str, Any]:
-    """BER of fresh attribute classifiers (real and each set) and of the real-trained one on each set."""
-    from sklearn.metrics import balanced_accuracy_score
+) -> tuple[dict[str, Any], dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
+    """The ``downstream`` section (rows, views, gaps, closures, minority) and the FairnessReports of both views
+    (:func:`~fairsample.evaluation.rows.downstream_stage` on the images already loaded)."""
+    from fairsample.evaluation.rows import downstream_stage
 
-    from fairsample.evaluation.downstream import attribute_classifier_ber
-    from fairsample.evaluation.features import module_hash
-
-    def fresh(x: np.ndarray, s: Sequence[str], where: str) -> tuple[dict[str, Any], Any]:
-        try:
-            res = attribute_classifier_ber(
-                x, s, seed=cfg.seed, epochs=cfg.ber_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate
-            )
-        except DataError as exc:
-            warnings.warn(f"BER is not defined for {where}: {exc}", FairsampleWarning, stacklevel=2)
-            return {"ber": None, "error": str(exc)}, None
-        k = len(res.classes)
-        doc = res.to_dict() | {"ber_max": (k - 1) / k, "classifier_hash": module_hash(res.classifier.model)}
-        return doc, res.classifier
-
-    out: dict[str, Any] = {"real": {}, "sets": {name: {} for name in sets}}
-    for a in attrs:
-        say(f"attribute classifier (BER) for {a!r} on the real images")
-        with log.stage(f"BER {a} (real)"):
-            s_real = real.frame[a].astype(str).tolist()
-            out["real"][a], clf = fresh(x_real, s_real, f"{a!r} on the real data")
-        for name, syn in sets.items():
-            say(f"attribute classifier (BER) for {a!r} on {name!r}")
-            with log.stage(f"BER {a} ({name})"):
-                s_syn = syn.frame[a].astype(str).tolist()
-                doc, _ = fresh(x_sets[name], s_syn, f"{a!r} on set {name!r}")
-                if clf is not None:
-                    bacc = float(balanced_accuracy_score(s_syn, clf.predict(x_sets[name])))
-                    doc["real_trained"] = {"ber": 1.0 - bacc, "balanced_accuracy": bacc, "n": len(s_syn)}
-                else:
-                    doc["real_trained"] = None
-                out["sets"][name][a] = doc
-    return out
+    minority_values = {a: m["value"] for a, m in minorities.items()}
+    downstream, reports, cf_reports = downstream_stage(
+        inputs.real,
+        inputs.sets,
+        inputs.replicates,
+        inputs.oracle,
+        inputs.counterfactual,
+        inputs.cf_attrs,
+        inputs.attrs,
+        parts,
+        minority_values,
+        reference,
+        cfg,
+        log,
+        say,
+        images={"real": x_real, **x_sets},
+    )
+    downstream["minority"] = minorities
+    return downstream, reports, cf_reports
 
 
-def _generative_stage(
-    real: FolderDataset,
-    sets: Mapping[str, FolderDataset],
-    attrs: Sequence[str],
-    cfg: EvaluationSettings,
-    log: _Warnings,
-    say: Progress,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The feature module (once) and the generative report + per-cell FID of every set."""
-    from fairsample.evaluation.features import DomainFeatures
-    from fairsample.evaluation.generative import generative_report, group_fid
-
-    say(f"training the feature module (DomainFeatures, target = cell) on {len(real)} real images")
-    with log.stage("feature module"):
-        features = DomainFeatures.fit_folder(
-            real, target="cell", size=cfg.size, epochs=cfg.feature_epochs, batch_size=cfg.batch_size, seed=cfg.seed
+def _sample_grid(
+    inputs: Inputs, cfg: EvaluationSettings
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, list[str]]]]:
+    """The sample grid of the real data and of each name's first replicate: ``"real"`` or set id → cell → ``(n,
+    size, size, 3)`` uint8 images, and the same keys → their file names."""
+    cols = _cell_columns(inputs.real, inputs.attrs)
+    real_keys = _keys(inputs.real, cols)
+    cells = list(_counts(real_keys))
+    samples: dict[str, dict[str, np.ndarray]] = {}
+    sample_files: dict[str, dict[str, list[str]]] = {}
+    samples["real"], sample_files["real"] = _pick_samples(
+        inputs.real, real_keys, cells, cfg.grid_per_cell, cfg.seed, cfg.size, "\0real"
+    )
+    for ids in inputs.replicates.values():
+        ds = inputs.sets[ids[0]]
+        samples[ids[0]], sample_files[ids[0]] = _pick_samples(
+            ds, _keys(ds, cols), cells, cfg.grid_per_cell, cfg.seed, cfg.size, ids[0]
         )
-    feat_doc = {
-        "kind": type(features).__name__,
-        "hash": features.hash,
-        "num_features": int(features.num_features),
-        "target": features.target,
-        "trained_on": "all real images (the FID reference)",
-        "training": dict(features.training_info),
-        "image_size": cfg.size,
+    return samples, sample_files
+
+
+def _data_doc(inputs: Inputs, cf_doc: dict[str, Any] | None, oracle_doc: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``data`` section: counts of the real data, of every set and of the held-out sets, and the cell columns."""
+    real_ds, attrs, replicates = inputs.real, inputs.attrs, inputs.replicates
+    cols = _cell_columns(real_ds, attrs)
+    name_of = {i: (name, k) for name, ids in replicates.items() for k, i in enumerate(ids, start=1)}
+    return {
+        "real": {
+            "root": str(real_ds.root),
+            "n": len(real_ds),
+            "label": real_ds.spec.label,
+            "groups": list(real_ds.spec.groups),
+            "by_attribute": {a: _counts(_keys(real_ds, [a])) for a in attrs},
+            "cells": _counts(_keys(real_ds, cols)),
+        },
+        "sets": {
+            set_id: {
+                "name": name_of[set_id][0],
+                "replicate": name_of[set_id][1],
+                "root": str(ds.root),
+                "n": len(ds),
+                "by_attribute": {a: _counts(_keys(ds, [a])) for a in attrs},
+                "cells": _counts(_keys(ds, cols)),
+                "generator": _generator_info(ds),
+            }
+            for set_id, ds in inputs.sets.items()
+        },
+        "replicates": replicates,
+        "counterfactual": cf_doc,
+        "oracle": oracle_doc,
+        "cell_columns": list(cols),
     }
-    cols = _cell_columns(real, attrs)
-    real_keys = _keys(real, cols)
-    out: dict[str, Any] = {}
-    for name, syn in sets.items():
-        say(f"generative metrics for {name!r} ({len(syn)} images)")
-        with log.stage(f"generative ({name})"):
-            rep = generative_report(
-                real, syn, group_by=list(attrs), features=features, k=cfg.k, seed=cfg.seed, size=cfg.size
-            )
-            rep["features"]["trained_on_reference"] = True  # trained here, once, on these real images
-            syn_keys = _keys(syn, cols)
-            n_r, n_s = _counts(real_keys), _counts(syn_keys)
-            ok = [c for c in n_r if n_s.get(c, 0) >= 2 and n_r[c] >= 2]
-            few = [c for c in n_r if c not in ok and n_s.get(c, 0) > 0]
-            if few:
-                warnings.warn(
-                    f"cells {few} have < 2 real or < 2 synthetic images and are left out of the per-cell FID",
-                    FairsampleWarning,
-                    stacklevel=2,
-                )
-            cells = None
-            if ok:
-                r_rows = np.flatnonzero(np.isin(real_keys, ok))
-                s_rows = np.flatnonzero(np.isin(syn_keys, ok))
-                cells = group_fid(
-                    real.subset(r_rows),
-                    syn.subset(s_rows),
-                    features=features,
-                    groups="cell",
-                    k=cfg.k,
-                    seed=cfg.seed,
-                    size=cfg.size,
-                )
-                for entry in cells["groups"].values():
-                    entry.pop("fid_draws", None)
-                cells["overall_at_n_star"].pop("fid_draws", None)
-            rep["cells"] = json_safe(cells)
-            rep["cells_missing"] = [c for c in n_r if n_s.get(c, 0) == 0]
-            out[name] = rep
-    return out, feat_doc
+
+
+def _report_doc(
+    cfg: EvaluationSettings,
+    inputs: Inputs,
+    minority: Any,
+    reference: str | None,
+    timing: dict[str, float],
+    log: _Warnings,
+    sections: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``report.json`` document (module docstring): run, settings and versions, then ``sections`` in their order
+    (data ... samples), then the definitions, the warnings and an empty ``plots``."""
+    from fairsample.evaluation.closure import DEFINITIONS as CLOSURE_DEFINITIONS
+    from fairsample.evaluation.generative import DEFINITIONS as GENERATIVE_DEFINITIONS
+
+    fairness_definitions = {}
+    for row in sections["downstream"]["rows"]:
+        for a in inputs.attrs:
+            fairness_definitions[a] = row["fairness"][a]["runs"][0]["report"]["definitions"]
+        break
+    return {
+        "schema": SCHEMA,
+        "run": {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": None,
+            "seconds": timing,
+        },
+        "settings": cfg.to_dict()
+        | {
+            "real": str(inputs.real.root),
+            "synthetic": {n: str(d.root) for n, d in inputs.sets.items()},
+            "counterfactual": None if inputs.counterfactual is None else str(inputs.counterfactual.root),
+            "oracle": None if inputs.oracle is None else str(inputs.oracle.root),
+            "minority": None if minority is None else dict(minority) if isinstance(minority, Mapping) else minority,
+            "reference": reference,
+        },
+        "versions": versions(),
+        **sections,
+        "definitions": {
+            "evaluation": dict(DEFINITIONS),
+            "closure": dict(CLOSURE_DEFINITIONS),
+            "generative": dict(GENERATIVE_DEFINITIONS),
+            "fairness": fairness_definitions,
+            "method_status": {
+                "es_fid": "project-extension (fairsample definition)",
+                "es_is": "project-extension (fairsample definition)",
+                "eopp_gap/eodds_gap multiclass": "project-extension (macro over one-vs-rest classes)",
+            },
+        },
+        "warnings": list(log.items),
+        "plots": {},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate
@@ -940,229 +799,62 @@ def evaluate(
     timing: dict[str, float] = {}
 
     # 1. validate options and data; nothing is trained before this block ends
-    seed = _check_int("seed", seed, 0)
-    cfg = EvaluationSettings(
-        protocols=_check_protocols(protocols),
-        seeds=tuple(check_seeds(seeds, bool(allow_few_seeds))),
-        epochs=_check_int("epochs", epochs, 1),
-        size=_check_int("size", size, 8),
-        k=_check_int("k", k, 1),
-        n_resamples=_check_int("n_resamples", n_resamples, 0),
+    cfg = _settings(
+        protocols=protocols,
+        seeds=seeds,
+        epochs=epochs,
+        size=size,
+        k=k,
+        n_resamples=n_resamples,
         seed=seed,
-        feature_epochs=None if feature_epochs is None else _check_int("feature_epochs", feature_epochs, 1),
-        ber_epochs=_check_int("ber_epochs", ber_epochs, 1),
-        fractions=_check_fractions(fractions),
-        batch_size=_check_int("batch_size", batch_size, 1),
-        learning_rate=float(learning_rate),
-        min_per_class=_check_int("min_per_class", min_per_class, 1),
-        grid_per_cell=_check_int("grid_per_cell", grid_per_cell, 1),
-        allow_few_seeds=bool(allow_few_seeds),
-        closure_resamples=_check_int("closure_resamples", closure_resamples, 1),
+        feature_epochs=feature_epochs,
+        ber_epochs=ber_epochs,
+        fractions=fractions,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        min_per_class=min_per_class,
+        grid_per_cell=grid_per_cell,
+        allow_few_seeds=allow_few_seeds,
+        closure_resamples=closure_resamples,
     )
-    inputs = _normalize_synthetic(synthetic)
-    if reference is not None and reference not in inputs:
-        raise ConfigError(_BAD_REFERENCE.format(value=reference, names=list(inputs)))
-    from fairsample.data.splits import split_indices
-    from fairsample.evaluation.heldout import file_hashes, load_heldout, overlap, pairing
-
-    say("loading and checking the data")
-    with log.stage("real data"):
-        real_ds = _load_real(real)
-    attrs = _attributes(real_ds, attribute)
-    cfg = dataclasses.replace(cfg, attributes=attrs)
-    sets: dict[str, FolderDataset] = {}
-    replicates: dict[str, list[str]] = {}
-    for name, values in inputs.items():
-        replicates[name] = _set_ids(name, len(values))
-        for set_id, value in zip(replicates[name], values, strict=True):
-            with log.stage(f"synthetic data ({set_id})"):
-                sets[set_id] = _load_set(set_id, value, real_ds, attrs)
-            _check_set(set_id, sets[set_id], real_ds, attrs)
-    cf_ds = oracle_ds = None
-    cf_attrs: tuple[str, ...] = ()
-    if counterfactual is not None:
-        with log.stage("counterfactual data"):
-            cf_ds, cf_attrs = load_heldout("counterfactual", counterfactual, real_ds, attrs)
-    if oracle is not None:
-        with log.stage("oracle data"):
-            oracle_ds, _ = load_heldout("oracle", oracle, real_ds, attrs)
-    for a in attrs:
-        values = sorted(set(real_ds.frame[a].astype(str)), key=_natural_key)
-        if len(values) < 2:
-            raise DataError(_FEW_VALUES.format(value=a, values=values, where="data"))
-    parts = split_indices(real_ds, fractions=cfg.fractions, seed=cfg.seed)
-    for split in ("val", "test"):
-        if len(parts[split]) == 0:
-            raise DataError(_EMPTY_SPLIT.format(split=split, n=len(real_ds), fractions=list(cfg.fractions)))
-    for a in attrs:
-        values = sorted(set(real_ds.frame[a].astype(str).to_numpy()[parts["test"]]), key=_natural_key)
-        if len(values) < 2:
-            raise DataError(_FEW_VALUES.format(value=a, values=values, where="test split"))
-    minorities = _resolve_minority(real_ds, parts["train"], attrs, minority)
-    cf_doc: dict[str, Any] | None = None
-    oracle_doc: dict[str, Any] | None = None
-    cols = _cell_columns(real_ds, attrs)
-    if cf_ds is not None or oracle_ds is not None:
-        real_hashes = file_hashes(real_ds)
-    if cf_ds is not None:
-        for a in cf_attrs:
-            present = sorted(set(cf_ds.frame[a].astype(str)), key=_natural_key)
-            if minorities[a]["value"] not in present:
-                raise DataError(
-                    _CF_NO_MINORITY.format(root=cf_ds.root, attribute=a, value=minorities[a]["value"], values=present)
-                )
-        with log.stage("counterfactual data"):
-            cf_doc = {
-                "root": str(cf_ds.root),
-                "n": len(cf_ds),
-                "attributes": list(cf_attrs),
-                "by_attribute": {a: _counts(_keys(cf_ds, [a])) for a in cf_attrs},
-                "cells": _counts(_keys(cf_ds, [c for c in cols if c in cf_ds.frame.columns])),
-                "n_content": int(cf_ds.frame["content_id"].astype(str).nunique()),
-                "pairing": {a: pairing(cf_ds, a) for a in cf_attrs},
-                "overlap": overlap("counterfactual", cf_ds, "real", real_hashes, real=real_ds),
-            }
-    if oracle_ds is not None:
-        with log.stage("oracle data"):
-            oracle_doc = {
-                "root": str(oracle_ds.root),
-                "n": len(oracle_ds),
-                "by_attribute": {a: _counts(_keys(oracle_ds, [a])) for a in attrs},
-                "cells": _counts(_keys(oracle_ds, cols)),
-                "overlap": {
-                    "real": overlap("oracle", oracle_ds, "real", real_hashes),
-                    "counterfactual": None
-                    if cf_ds is None
-                    else overlap("oracle", oracle_ds, "counterfactual", file_hashes(cf_ds)),
-                },
-            }
+    inputs = _load_inputs(real, synthetic, attribute, counterfactual, oracle, reference, log, say)
+    cfg = dataclasses.replace(cfg, attributes=inputs.attrs)
+    parts = _check_splits(inputs, cfg)
+    minorities = _resolve_minority(inputs.real, parts["train"], inputs.attrs, minority)
+    cf_doc, oracle_doc = _heldout_docs(inputs, minorities, log)
     timing["checks"] = time.perf_counter() - t_start
 
     # 2. feature module (once) + generative metrics per replicate
     t = time.perf_counter()
-    generative, feat_doc = _generative_stage(real_ds, sets, attrs, cfg, log, say)
+    generative, feat_doc = _generative_stage(inputs.real, inputs.sets, inputs.attrs, cfg, log, say)
     timing["generative"] = time.perf_counter() - t
 
     # 3. attribute classifiers (BER)
-    from fairsample.evaluation.closure import DEFINITIONS as CLOSURE_DEFINITIONS
-    from fairsample.evaluation.generative import DEFINITIONS as GENERATIVE_DEFINITIONS
-    from fairsample.evaluation.generative import folder_images
-    from fairsample.evaluation.rows import downstream_stage
-
     t = time.perf_counter()
-    x_real = folder_images(real_ds, size=cfg.size)
-    x_sets = {name: folder_images(ds, size=cfg.size) for name, ds in sets.items()}
-    ber = _ber_stage(real_ds, x_real, sets, x_sets, attrs, cfg, log, say)
+    x_real, x_sets = _images(inputs, cfg)
+    ber = _ber_stage(inputs.real, x_real, inputs.sets, x_sets, inputs.attrs, cfg, log, say)
     timing["ber"] = time.perf_counter() - t
-    generative_summary, ber["summary"] = _replicate_summary(replicates, generative, ber, attrs)
+    generative_summary, ber["summary"] = _replicate_summary(inputs.replicates, generative, ber, inputs.attrs)
 
     # 4. downstream rows, views, gaps and closures
     t = time.perf_counter()
-    minority_values = {a: m["value"] for a, m in minorities.items()}
-    downstream, reports, cf_reports = downstream_stage(
-        real_ds,
-        sets,
-        replicates,
-        oracle_ds,
-        cf_ds,
-        cf_attrs,
-        attrs,
-        parts,
-        minority_values,
-        reference,
-        cfg,
-        log,
-        say,
-        images={"real": x_real, **x_sets},
-    )
+    downstream, reports, cf_reports = _downstream(inputs, parts, minorities, reference, cfg, log, say, x_real, x_sets)
     del x_real, x_sets
-    downstream["minority"] = minorities
     timing["downstream"] = time.perf_counter() - t
 
     # 5. sample grid (first replicate of each name) and the document
-    real_keys = _keys(real_ds, cols)
-    cells = list(_counts(real_keys))
-    samples: dict[str, dict[str, np.ndarray]] = {}
-    sample_files: dict[str, dict[str, list[str]]] = {}
-    samples["real"], sample_files["real"] = _pick_samples(
-        real_ds, real_keys, cells, cfg.grid_per_cell, cfg.seed, cfg.size, "\0real"
-    )
-    for ids in replicates.values():
-        ds = sets[ids[0]]
-        samples[ids[0]], sample_files[ids[0]] = _pick_samples(
-            ds, _keys(ds, cols), cells, cfg.grid_per_cell, cfg.seed, cfg.size, ids[0]
-        )
-    name_of = {i: (name, k) for name, ids in replicates.items() for k, i in enumerate(ids, start=1)}
-    data = {
-        "real": {
-            "root": str(real_ds.root),
-            "n": len(real_ds),
-            "label": real_ds.spec.label,
-            "groups": list(real_ds.spec.groups),
-            "by_attribute": {a: _counts(_keys(real_ds, [a])) for a in attrs},
-            "cells": _counts(real_keys),
-        },
-        "sets": {
-            set_id: {
-                "name": name_of[set_id][0],
-                "replicate": name_of[set_id][1],
-                "root": str(ds.root),
-                "n": len(ds),
-                "by_attribute": {a: _counts(_keys(ds, [a])) for a in attrs},
-                "cells": _counts(_keys(ds, cols)),
-                "generator": _generator_info(ds),
-            }
-            for set_id, ds in sets.items()
-        },
-        "replicates": replicates,
-        "counterfactual": cf_doc,
-        "oracle": oracle_doc,
-        "cell_columns": list(cols),
-    }
-    fairness_definitions = {}
-    for row in downstream["rows"]:
-        for a in attrs:
-            fairness_definitions[a] = row["fairness"][a]["runs"][0]["report"]["definitions"]
-        break
-    timing["total"] = time.perf_counter() - t_start
-    report = {
-        "schema": SCHEMA,
-        "run": {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": None,
-            "seconds": timing,
-        },
-        "settings": cfg.to_dict()
-        | {
-            "real": str(real_ds.root),
-            "synthetic": {n: str(d.root) for n, d in sets.items()},
-            "counterfactual": None if cf_ds is None else str(cf_ds.root),
-            "oracle": None if oracle_ds is None else str(oracle_ds.root),
-            "minority": None if minority is None else dict(minority) if isinstance(minority, Mapping) else minority,
-            "reference": reference,
-        },
-        "versions": versions(),
-        "data": data,
+    samples, sample_files = _sample_grid(inputs, cfg)
+    sections = {
+        "data": _data_doc(inputs, cf_doc, oracle_doc),
         "features": feat_doc,
         "generative": generative,
         "generative_summary": generative_summary,
         "ber": ber,
         "downstream": downstream,
         "samples": sample_files,
-        "definitions": {
-            "evaluation": dict(DEFINITIONS),
-            "closure": dict(CLOSURE_DEFINITIONS),
-            "generative": dict(GENERATIVE_DEFINITIONS),
-            "fairness": fairness_definitions,
-            "method_status": {
-                "es_fid": "project-extension (fairsample definition)",
-                "es_is": "project-extension (fairsample definition)",
-                "eopp_gap/eodds_gap multiclass": "project-extension (macro over one-vs-rest classes)",
-            },
-        },
-        "warnings": list(log.items),
-        "plots": {},
     }
+    timing["total"] = time.perf_counter() - t_start
+    report = _report_doc(cfg, inputs, minority, reference, timing, log, sections)
     result = EvaluationResult(json_safe(report), reports, samples, counterfactual_reports=cf_reports)
     log.reissue()
     return result
