@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -404,9 +404,6 @@ def train(
     from fairsample.core.errors import require
 
     require("accelerate", feature="training")  # a missing extra names `pip install 'fairsample[train]'`
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from diffusers.training_utils import EMAModel
 
     t_start = time.time()
     cfg = config or TrainConfig()
@@ -428,49 +425,89 @@ def train(
         what = f"checkpoint-{existing[-1][0]}" if existing else "a model bundle"
         raise ConfigError(_NOT_EMPTY.format(path=out, what=what))
 
-    # -- data ------------------------------------------------------------------------------------------------------
+    # 1. data: the training rows, each image decoded once
     rows = _training_rows(dataset, cfg, progress=progress)
-    all_cells = dataset.cell_ids()
-    train_cells = [all_cells[int(r)] for r in rows]
-
-    # -- model -----------------------------------------------------------------------------------------------------
-    # a new run may use another precision than an earlier train() call in this process; accelerate keeps a
-    # process-wide singleton, so drop its precision state (the distributed PartialState is kept)
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=device == "cpu",
+    # 2. model, optimizer and EMA; the method's one-time setup
+    run, resized_from = _build_run(dataset, cfg, method, rows, out, device, vocabulary, base_source, say)
+    method.setup(_setup_context(run, torch.device(device if device != "auto" else "cpu"), say))
+    # 3. resume from the newest checkpoint, then hand the model to accelerate
+    start_step, resumed_from = _resume(run, existing, resume=resume, say=say)
+    _prepare(run)
+    log_path = _open_log(run, start_step)
+    # 4. the optimizer steps
+    last_loss = _train_steps(run, start_step, log_path, progress=progress)
+    # 5. the bundle: EMA weights, the training record, the method's artifacts and the conditioning guard
+    _write_bundle(run, resized_from, say)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return TrainResult(
+        bundle_path=out,
+        steps=cfg.max_steps,
+        resumed_from=resumed_from,
+        final_loss=last_loss,
+        log_path=log_path,
+        seconds=time.time() - t_start,
     )
-    bundle, image_size = _starting_bundle(dataset, cfg, train_cells, vocabulary, base_source, say)
-    resized_from = _say_resize(dataset, rows, image_size, say)
-    if cfg.gradient_checkpointing:
-        bundle.unet.enable_gradient_checkpointing()
-    noise_sched = bundle.scheduler
-    token_table = isinstance(bundle.conditioner, TokenTableConditioner)
-    denoiser = _Denoiser(bundle.unet, bundle.conditioner)
-    denoiser.requires_grad_(True)  # ModelBundle.load() (--init-from) returns modules in eval mode without gradients
-    denoiser.train()
-    if not token_table:
-        bundle.conditioner.requires_grad_(False).eval()
-    if bundle.vae is not None:
-        bundle.vae.requires_grad_(False).eval()
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
 
-    cond_device = torch.device(device if device != "auto" else "cpu")
 
-    def load_images(paths: Sequence[Any]) -> Tensor:
-        x = _load_paths(dataset.root, paths, image_size)
-        if bundle.vae is not None:  # a fixed posterior draw per file (seeded), so pair losses are reproducible
+@dataclass(eq=False)
+class _Run:
+    """One training run's state, shared by its steps; ``denoiser`` and ``optimizer`` are rebound by accelerate's
+    ``prepare`` (:func:`_prepare`), which also sets the index stream and the null conditioning."""
+
+    cfg: TrainConfig  # the resolved settings
+    method: TrainMethod  # the method's hooks
+    dataset: FolderDataset  # the dataset folder
+    rows: np.ndarray  # dataset rows of the training split
+    all_cells: list[CellKey]  # the cell of every dataset row
+    train_cells: list[CellKey]  # the cell of every training row
+    out: Path  # the bundle folder
+    accelerator: Any  # accelerate.Accelerator
+    bundle: ModelBundle  # the model being trained
+    image_size: int  # training resolution
+    noise_sched: Any  # the bundle's training scheduler (forward diffusion, targets)
+    token_table: bool  # the conditioner is a trainable token table (else a frozen text encoder)
+    denoiser: nn.Module  # U-Net + conditioner (prepared by accelerate after setup)
+    optimizer: Any  # AdamW (prepared by accelerate after setup)
+    ema: Any  # diffusers EMAModel, or None
+    params: list[Tensor]  # the trained parameters
+    stream: _IndexStream = field(init=False)  # training-image positions (set by _prepare)
+    null_cond: Tensor | None = field(init=False)  # the null embedding of a frozen text encoder (set by _prepare)
+
+    @property
+    def dev(self) -> torch.device:
+        """The training device."""
+        return self.accelerator.device
+
+    @property
+    def rank(self) -> int:
+        """This process."""
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        """The number of processes."""
+        return self.accelerator.num_processes
+
+    @property
+    def global_batch(self) -> int:
+        """Images per micro-step over all processes."""
+        return self.cfg.batch_size * self.world
+
+    def load_images(self, paths: Sequence[Any]) -> Tensor:
+        """Image files → model inputs: pixels in [-1, 1], or a fixed (seeded) VAE posterior draw per file, so pair
+        losses are reproducible."""
+        x = _load_paths(self.dataset.root, paths, self.image_size)
+        if self.bundle.vae is not None:
             with torch.no_grad():
-                g = torch.Generator().manual_seed(mix_seed(cfg.seed, 104729))
-                x = bundle.encode(x.to(bundle.vae.device), generator=g)
+                g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 104729))
+                x = self.bundle.encode(x.to(self.bundle.vae.device), generator=g)
         return x
 
-    def make_reference() -> Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]:
-        frozen = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    def make_reference(self) -> Callable[[Tensor, Tensor, Sequence[CellKey | None]], Tensor]:
+        """A frozen copy of the model now (DPO's reference), with the signature of :meth:`denoise`."""
+        frozen = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
+        token_table = self.token_table
 
         def reference(noisy: Tensor, timesteps: Tensor, cells: Sequence[CellKey | None]) -> Tensor:
             frozen.to(noisy.device)
@@ -483,28 +520,118 @@ def train(
 
         return reference
 
-    method.setup(
-        SetupContext(
-            train_cells=train_cells,
-            cell_set=sorted(set(all_cells)),
-            attribute_values=dataset.attribute_values(),
-            label_name=dataset.spec.label,
-            bundle=bundle,
-            device=cond_device,
-            config=cfg,
-            dataset=dataset,
-            load_images=load_images,
-            make_reference=make_reference,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
-            output_dir=out,
-            log=say if accelerator.is_main_process else None,
-            wait_for_everyone=accelerator.wait_for_everyone,
-        )
+    def denoise(self, noisy: Tensor, timesteps: Tensor, cells: Sequence[CellKey | None]) -> Tensor:
+        """The training model's prediction under other cells (a method's extra forward)."""
+        unwrapped = self.accelerator.unwrap_model(self.denoiser)
+        if self.token_table:
+            cond = unwrapped.conditioner.indices(cells).to(self.dev)
+        else:
+            cond = unwrapped.conditioner.cached(cells).to(self.dev)
+        return self.denoiser(noisy, timesteps, cond)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """A per-sample tensor concatenated over processes in rank order (identity on one process)."""
+        return self.accelerator.gather(t.contiguous()) if self.world > 1 else t
+
+    def broadcast(self, t: Tensor) -> Tensor:
+        """Rank 0's value of a tensor on every process (identity on one process)."""
+        if self.world == 1:
+            return t
+        from accelerate.utils import broadcast as _broadcast
+
+        return _broadcast(t.contiguous(), from_process=0)
+
+
+def _build_run(
+    dataset: FolderDataset,
+    cfg: TrainConfig,
+    method: TrainMethod,
+    rows: np.ndarray,
+    out: Path,
+    device: str,
+    vocabulary: tuple[Mapping[str, Sequence[str]], Sequence[str]] | None,
+    base_source: ModelSource | None,
+    say: Callable[[str], None],
+) -> tuple[_Run, list[str]]:
+    """Step 2: the accelerator, the starting model (:func:`_starting_bundle`), AdamW over its trainable parameters and
+    the EMA; returns the run and the sizes the training images are resized from."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from diffusers.training_utils import EMAModel
+
+    all_cells = dataset.cell_ids()
+    train_cells = [all_cells[int(r)] for r in rows]
+    # a new run may use another precision than an earlier train() call in this process; accelerate keeps a
+    # process-wide singleton, so drop its precision state (the distributed PartialState is kept)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=device == "cpu",
+    )
+    bundle, image_size = _starting_bundle(dataset, cfg, train_cells, vocabulary, base_source, say)
+    resized_from = _say_resize(dataset, rows, image_size, say)
+    if cfg.gradient_checkpointing:
+        bundle.unet.enable_gradient_checkpointing()
+    token_table = isinstance(bundle.conditioner, TokenTableConditioner)
+    denoiser = _Denoiser(bundle.unet, bundle.conditioner)
+    denoiser.requires_grad_(True)  # ModelBundle.load() (--init-from) returns modules in eval mode without gradients
+    denoiser.train()
+    if not token_table:
+        bundle.conditioner.requires_grad_(False).eval()
+    if bundle.vae is not None:
+        bundle.vae.requires_grad_(False).eval()
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+    run = _Run(
+        cfg=cfg,
+        method=method,
+        dataset=dataset,
+        rows=rows,
+        all_cells=all_cells,
+        train_cells=train_cells,
+        out=out,
+        accelerator=accelerator,
+        bundle=bundle,
+        image_size=image_size,
+        noise_sched=bundle.scheduler,
+        token_table=token_table,
+        denoiser=denoiser,
+        optimizer=optimizer,
+        ema=ema,
+        params=params,
+    )
+    return run, resized_from
+
+
+def _setup_context(run: _Run, cond_device: torch.device, say: Callable[[str], None]) -> SetupContext:
+    """What the method sees once, before the first step (:meth:`TrainMethod.setup`)."""
+    return SetupContext(
+        train_cells=run.train_cells,
+        cell_set=sorted(set(run.all_cells)),
+        attribute_values=run.dataset.attribute_values(),
+        label_name=run.dataset.spec.label,
+        bundle=run.bundle,
+        device=cond_device,
+        config=run.cfg,
+        dataset=run.dataset,
+        load_images=run.load_images,
+        make_reference=run.make_reference,
+        rank=run.accelerator.process_index,
+        world=run.accelerator.num_processes,
+        output_dir=run.out,
+        log=say if run.accelerator.is_main_process else None,
+        wait_for_everyone=run.accelerator.wait_for_everyone,
     )
 
-    # -- resume ----------------------------------------------------------------------------------------------------
-    start_step, resumed_from = 0, None
+
+def _resume(
+    run: _Run, existing: Sequence[tuple[int, Path]], *, resume: bool, say: Callable[[str], None]
+) -> tuple[int, int | None]:
+    """Step 3: with ``resume``, load the newest checkpoint (model, optimizer, EMA, method state) after checking that
+    only resumable settings changed; returns (start step, step resumed from or None)."""
+    cfg = run.cfg
     if resume and existing:
         ck_step, ck_path = existing[-1]
         ck = load_checkpoint(ck_path)
@@ -513,242 +640,325 @@ def train(
         for key in sorted(set(old_cfg) | set(new_cfg)):
             if key not in _RESUMABLE_KEYS and old_cfg.get(key) != new_cfg.get(key):
                 raise ConfigError(_RESUME_MISMATCH.format(key=key, new=new_cfg.get(key), old=old_cfg.get(key)))
-        denoiser.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if ema is not None and ck["ema"] is not None:
-            ema.load_state_dict(ck["ema"])
-        method.load_state_dict(ck["state"].get("method", {}))
-        start_step, resumed_from = ck_step, ck_step
+        run.denoiser.load_state_dict(ck["model"])
+        run.optimizer.load_state_dict(ck["optimizer"])
+        if run.ema is not None and ck["ema"] is not None:
+            run.ema.load_state_dict(ck["ema"])
+        run.method.load_state_dict(ck["state"].get("method", {}))
         say(f"resuming from {ck_path} (step {ck_step} of {cfg.max_steps})")
-    elif resume:
-        say(f"no checkpoint in {out}/checkpoints: starting a new run")
+        return ck_step, ck_step
+    if resume:
+        say(f"no checkpoint in {run.out}/checkpoints: starting a new run")
+    return 0, None
 
-    denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
-    if ema is not None:
-        ema.to(accelerator.device)
-    dev = accelerator.device
-    rank, world = accelerator.process_index, accelerator.num_processes
 
-    stream = _IndexStream(len(rows), cfg.seed, method.sample_weights(train_cells))
-    null_cond = None if token_table else bundle.conditioner.cached([None]).to(dev)
-    num_t = int(noise_sched.config.num_train_timesteps)
+def _prepare(run: _Run) -> None:
+    """Hand model and optimizer to accelerate, move the EMA, start the index stream (the method's sampling weights)
+    and embed the null conditioning of a frozen text encoder."""
+    run.denoiser, run.optimizer = run.accelerator.prepare(run.denoiser, run.optimizer)
+    if run.ema is not None:
+        run.ema.to(run.accelerator.device)
+    run.stream = _IndexStream(len(run.rows), run.cfg.seed, run.method.sample_weights(run.train_cells))
+    run.null_cond = None if run.token_table else run.bundle.conditioner.cached([None]).to(run.dev)
 
-    log_dir = out / "logs"
+
+def _open_log(run: _Run, start_step: int) -> Path:
+    """``logs/train_log.jsonl``; a resumed run drops the lines after its checkpoint (main process)."""
+    log_dir = run.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "train_log.jsonl"
-    if accelerator.is_main_process:
+    if run.accelerator.is_main_process:
         _truncate_log(log_path, start_step)
+    return log_path
 
-    def denoise(noisy: Tensor, timesteps: Tensor, cells: Sequence[CellKey | None]) -> Tensor:
-        unwrapped = accelerator.unwrap_model(denoiser)
-        if token_table:
-            cond = unwrapped.conditioner.indices(cells).to(dev)
-        else:
-            cond = unwrapped.conditioner.cached(cells).to(dev)
-        return denoiser(noisy, timesteps, cond)
 
-    # -- loop ------------------------------------------------------------------------------------------------------
+@dataclass
+class _EpochTally:
+    """Training rows drawn in the current epoch (effective unique images, METHODS.md §3.2)."""
+
+    epoch: int  # the epoch being counted
+    seen: set[int] = field(default_factory=set)  # training rows drawn in it
+
+    def observe(self, epoch: int, batch_rows: Sequence[int], run: _Run) -> dict[str, Any]:
+        """Count a micro-batch's rows; returns the finished epoch's report when ``epoch`` is a new one, else ``{}``."""
+        report: dict[str, Any] = {}
+        if epoch != self.epoch:
+            report = _unique_report(self.seen, self.epoch, len(run.rows), run.train_cells, run.dataset.spec.label)
+            self.seen, self.epoch = set(), epoch
+        self.seen.update(batch_rows)
+        return report
+
+
+@dataclass
+class _StepRecord:
+    """What one optimizer step logs."""
+
+    lr: float  # the step's learning rate
+    losses: list[float] = field(default_factory=list)  # total loss of each micro-step
+    extras: dict[str, Any] = field(default_factory=dict)  # epoch reports, gradient norms, method fields
+    epoch: int = 0  # epoch of the last micro-batch
+    grad_norm: float | None = None  # gradient norm before clipping (None when not clipped)
+
+
+@dataclass
+class _MicroBatch:
+    """Step (1): this rank's share of one micro-batch and its generator."""
+
+    ds_rows: list[int]  # dataset rows on this rank
+    cells: list[CellKey]  # their cells
+    global_cells: list[CellKey]  # the cells of the whole micro-batch over all processes
+    generator: torch.Generator  # the micro-step's CPU generator, seeded with (seed, micro-step, rank)
+    flip: Tensor | None  # per-image horizontal flips (``hflip``)
+
+
+def _train_steps(run: _Run, start_step: int, log_path: Path, *, progress: bool) -> float:
+    """Step 4: optimizer steps ``start_step .. max_steps - 1``, each logged and checkpointed; returns the last loss."""
+    cfg = run.cfg
     bar = tqdm(
         total=cfg.max_steps,
         initial=start_step,
         desc="train",
         unit="step",
         file=sys.stderr,
-        disable=not (progress and accelerator.is_main_process and sys.stderr.isatty()),
+        disable=not (progress and run.accelerator.is_main_process and sys.stderr.isatty()),
     )
     last_loss = float("nan")
-    global_batch = cfg.batch_size * world
-
-    def gather(t: Tensor) -> Tensor:
-        return accelerator.gather(t.contiguous()) if world > 1 else t
-
-    def broadcast(t: Tensor) -> Tensor:
-        if world == 1:
-            return t
-        from accelerate.utils import broadcast as _broadcast
-
-        return _broadcast(t.contiguous(), from_process=0)
-
-    seen: set[int] = set()  # training rows drawn in the current epoch (effective unique images, METHODS.md §3.2)
-    seen_epoch = (start_step * cfg.gradient_accumulation_steps * global_batch) // len(rows)
+    tally = _EpochTally((start_step * cfg.gradient_accumulation_steps * run.global_batch) // len(run.rows))
     for step in range(start_step, cfg.max_steps):
         t0 = time.time()
-        refreshed = method.sample_weights_at(step)
-        if refreshed is not None:
-            stream.set_weights(refreshed)
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_losses: list[float] = []
-        extras: dict[str, Any] = {}
-        want_norms = bool(cfg.grad_norm_every) and step % cfg.grad_norm_every == 0
-        epoch = 0
-        for k in range(cfg.gradient_accumulation_steps):
-            micro = step * cfg.gradient_accumulation_steps + k
-            batch_rows, epoch = stream.take(micro * global_batch, global_batch)
-            if epoch != seen_epoch:
-                extras.update(_unique_report(seen, seen_epoch, len(rows), train_cells, dataset.spec.label))
-                seen, seen_epoch = set(), epoch
-            seen.update(batch_rows)
-            global_cells = [train_cells[i] for i in batch_rows]
-            mine = batch_rows[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-            ds_rows = [int(rows[i]) for i in mine]
-            cells = [all_cells[r] for r in ds_rows]
-            g = torch.Generator().manual_seed(mix_seed(cfg.seed, micro, rank))
-            flip = torch.rand(len(ds_rows), generator=g) < 0.5 if cfg.hflip else None
-            # 1. clean inputs (pixels in [-1, 1], or VAE latents)
-            with torch.no_grad():
-                x0 = _load_batch(dataset, ds_rows, image_size, flip).to(dev)
-                if bundle.vae is not None:
-                    x0 = bundle.encode(x0, generator=g)
-            # 2. forward diffusion
-            noise = torch.randn(x0.shape, generator=g).to(dev)
-            timesteps = torch.randint(0, num_t, (len(ds_rows),), generator=g).to(dev)
-            noisy = noise_sched.add_noise(x0, noise, timesteps)
-            # 3. conditioning with CFG dropout
-            unwrapped = accelerator.unwrap_model(denoiser)
-            if token_table:
-                idx = unwrapped.conditioner.indices(cells)
-                dropped_idx = unwrapped.conditioner.drop(idx, p_uncond=cfg.p_uncond, p_slot=cfg.p_slot, generator=g)
-                dropped = (dropped_idx == unwrapped.conditioner.null_indices(len(cells))).all(dim=1).to(dev)
-                cond = dropped_idx.to(dev)
-            else:
-                dropped = (torch.rand(len(cells), generator=g) < cfg.p_uncond).to(dev)
-                cond = unwrapped.conditioner.cached(cells).to(dev)
-                cond = torch.where(dropped[:, None, None], null_cond.expand_as(cond), cond)
-            # 4. prediction and target
-            with accelerator.accumulate(denoiser):
-                with accelerator.autocast():
-                    pred = denoiser(noisy, timesteps.float(), cond).float()
-                if noise_sched.config.prediction_type == "v_prediction":
-                    target = noise_sched.get_velocity(x0, noise, timesteps)
-                else:
-                    target = noise
-                # 5. per-sample loss
-                losses = (pred - target).pow(2).mean(dim=(1, 2, 3))
-                ctx = StepContext(
-                    step=step,
-                    cells=cells,
-                    latents=x0,
-                    noise=noise,
-                    timesteps=timesteps,
-                    noisy=noisy,
-                    cond=cond,
-                    dropped=dropped,
-                    pred=pred,
-                    target=target,
-                    losses=losses.detach(),
-                    denoise=denoise,
-                    generator=g,
-                    global_cells=global_cells,
-                    gather=gather,
-                    broadcast=broadcast,
-                    rank=rank,
-                    world=world,
-                )
-                # 6. method hooks: per-sample weights and extra terms
-                w = method.loss_weights(ctx)
-                main = (losses * w.to(dev)).mean() if w is not None else losses.mean()
-                terms = method.extra_losses(ctx)
-                if k == 0 and terms and (want_norms or method.wants_grad_norms(step)):
-                    norms = _term_grad_norms({"diffusion": main, **terms}, params)
-                    for name, factor in (method.observe_grad_norms(step, norms) or {}).items():
-                        terms[name] = terms[name] * factor  # a balancing method rescales its term on this step
-                        norms[name] = round(norms[name] * abs(factor), 6)
-                    if want_norms:
-                        extras["grad_norm_terms"] = norms
-                extra = None
-                for term in terms.values():
-                    extra = term if extra is None else extra + term
-                loss = main if extra is None else main + extra
-                accelerator.backward(loss)
-                # 7. clip, optimizer step
-                grad_norm = None
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_losses.append(float(loss.detach()))
-            extras.update(method.after_step(ctx))
-        if ema is not None:
-            ema.step(params)
-        last_loss = float(np.mean(step_losses))
-        if accelerator.is_main_process:
-            rec: dict[str, Any] = {
-                "step": step + 1,
-                "loss": last_loss,
-                "lr": lr,
-                "epoch": epoch,
-                "grad_norm": grad_norm,
-                "seconds": round(time.time() - t0, 4),
-            }
-            rec.update(extras)
-            with log_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec) + "\n")
+        record = _optimizer_step(run, tally, step)
+        last_loss = float(np.mean(record.losses))
+        _log_step(run, log_path, step, last_loss, record, t0)
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4f}")
-        done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    out,
-                    done,
-                    model_state=accelerator.unwrap_model(denoiser).state_dict(),
-                    optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                    ema_state=ema.state_dict() if ema is not None else None,
-                    state={"config": cfg.to_dict(), "method": method.state_dict()},
-                    keep=cfg.checkpoints_total_limit,
-                )
-        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.max_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _write_snapshot(
-                    out / "snapshots" / f"step-{done:06d}",
-                    bundle,
-                    accelerator.unwrap_model(denoiser),
-                    ema,
-                    params,
-                    done,
-                )
+        _maybe_checkpoint(run, step + 1)
     bar.close()
+    return last_loss
 
-    # -- bundle ----------------------------------------------------------------------------------------------------
+
+def _optimizer_step(run: _Run, tally: _EpochTally, step: int) -> _StepRecord:
+    """One optimizer step: refreshed sampling weights, the learning rate, every micro-step (1)-(7), then EMA."""
+    cfg = run.cfg
+    refreshed = run.method.sample_weights_at(step)
+    if refreshed is not None:
+        run.stream.set_weights(refreshed)
+    record = _StepRecord(lr=lr_at(step, cfg))
+    for group in run.optimizer.param_groups:
+        group["lr"] = record.lr
+    want_norms = bool(cfg.grad_norm_every) and step % cfg.grad_norm_every == 0
+    for k in range(cfg.gradient_accumulation_steps):
+        _micro_step(run, tally, step, k, want_norms, record)
+    if run.ema is not None:
+        run.ema.step(run.params)
+    return record
+
+
+def _micro_step(run: _Run, tally: _EpochTally, step: int, k: int, want_norms: bool, record: _StepRecord) -> None:
+    """Micro-step ``k`` of ``step``: steps (1)-(7) of the module docstring, with the method's hooks."""
+    batch, record.epoch = _micro_batch(run, tally, step * run.cfg.gradient_accumulation_steps + k, record.extras)
+    # 1. clean inputs (pixels in [-1, 1], or VAE latents); 2. forward diffusion
+    x0, noise, timesteps, noisy = _forward_diffusion(run, batch)
+    # 3. conditioning with CFG dropout
+    cond, dropped = _conditioning(run, batch.cells, batch.generator)
+    with run.accelerator.accumulate(run.denoiser):
+        # 4. prediction and target
+        pred, target = _prediction_and_target(run, x0, noise, timesteps, noisy, cond)
+        # 5. per-sample loss
+        losses = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        ctx = StepContext(
+            step=step,
+            cells=batch.cells,
+            latents=x0,
+            noise=noise,
+            timesteps=timesteps,
+            noisy=noisy,
+            cond=cond,
+            dropped=dropped,
+            pred=pred,
+            target=target,
+            losses=losses.detach(),
+            denoise=run.denoise,
+            generator=batch.generator,
+            global_cells=batch.global_cells,
+            gather=run.gather,
+            broadcast=run.broadcast,
+            rank=run.rank,
+            world=run.world,
+        )
+        # 6. method hooks: per-sample weights and extra terms
+        loss = _loss(run, ctx, losses, first=k == 0, want_norms=want_norms, extras=record.extras)
+        run.accelerator.backward(loss)
+        # 7. clip, optimizer step
+        record.grad_norm = _clip_and_step(run)
+    record.losses.append(float(loss.detach()))
+    record.extras.update(run.method.after_step(ctx))
+
+
+def _micro_batch(run: _Run, tally: _EpochTally, micro: int, extras: dict[str, Any]) -> tuple[_MicroBatch, int]:
+    """Step (1): the global micro-batch from the index stream (counted for the epoch report), this rank's share, its
+    generator and flips; returns it with the epoch of its first image."""
+    cfg = run.cfg
+    batch_rows, epoch = run.stream.take(micro * run.global_batch, run.global_batch)
+    extras.update(tally.observe(epoch, batch_rows, run))
+    global_cells = [run.train_cells[i] for i in batch_rows]
+    mine = batch_rows[run.rank * cfg.batch_size : (run.rank + 1) * cfg.batch_size]
+    ds_rows = [int(run.rows[i]) for i in mine]
+    cells = [run.all_cells[r] for r in ds_rows]
+    g = torch.Generator().manual_seed(mix_seed(cfg.seed, micro, run.rank))
+    flip = torch.rand(len(ds_rows), generator=g) < 0.5 if cfg.hflip else None
+    return _MicroBatch(ds_rows=ds_rows, cells=cells, global_cells=global_cells, generator=g, flip=flip), epoch
+
+
+def _forward_diffusion(run: _Run, batch: _MicroBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Steps (1)-(2): x_0 (pixels in [-1, 1], or VAE latents), ε, t and x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (DDPM)."""
+    g, dev = batch.generator, run.dev
+    with torch.no_grad():
+        x0 = _load_batch(run.dataset, batch.ds_rows, run.image_size, batch.flip).to(dev)
+        if run.bundle.vae is not None:
+            x0 = run.bundle.encode(x0, generator=g)
+    noise = torch.randn(x0.shape, generator=g).to(dev)
+    num_t = int(run.noise_sched.config.num_train_timesteps)
+    timesteps = torch.randint(0, num_t, (len(batch.ds_rows),), generator=g).to(dev)
+    noisy = run.noise_sched.add_noise(x0, noise, timesteps)
+    return x0, noise, timesteps, noisy
+
+
+def _conditioning(run: _Run, cells: Sequence[CellKey], g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Step (3): the cells' conditioning with CFG dropout (Ho & Salimans, 2022) → (cond, dropped)."""
+    cfg, dev = run.cfg, run.dev
+    unwrapped = run.accelerator.unwrap_model(run.denoiser)
+    if run.token_table:
+        idx = unwrapped.conditioner.indices(cells)
+        dropped_idx = unwrapped.conditioner.drop(idx, p_uncond=cfg.p_uncond, p_slot=cfg.p_slot, generator=g)
+        dropped = (dropped_idx == unwrapped.conditioner.null_indices(len(cells))).all(dim=1).to(dev)
+        cond = dropped_idx.to(dev)
+    else:
+        assert run.null_cond is not None
+        dropped = (torch.rand(len(cells), generator=g) < cfg.p_uncond).to(dev)
+        cond = unwrapped.conditioner.cached(cells).to(dev)
+        cond = torch.where(dropped[:, None, None], run.null_cond.expand_as(cond), cond)
+    return cond, dropped
+
+
+def _prediction_and_target(
+    run: _Run, x0: Tensor, noise: Tensor, timesteps: Tensor, noisy: Tensor, cond: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Step (4): the model's float32 prediction (under autocast) and its target, ε or v."""
+    with run.accelerator.autocast():
+        pred = run.denoiser(noisy, timesteps.float(), cond).float()
+    if run.noise_sched.config.prediction_type == "v_prediction":
+        target = run.noise_sched.get_velocity(x0, noise, timesteps)
+    else:
+        target = noise
+    return pred, target
+
+
+def _loss(
+    run: _Run, ctx: StepContext, losses: Tensor, *, first: bool, want_norms: bool, extras: dict[str, Any]
+) -> Tensor:
+    """Step (6): L = mean_i(w_i ℓ_i) + Σ extra terms; on the step's first micro-batch, the per-term gradient norms
+    (logged every ``grad_norm_every`` steps, and handed to a balancing method that asks for them)."""
+    method, step = run.method, ctx.step
+    w = method.loss_weights(ctx)
+    main = (losses * w.to(run.dev)).mean() if w is not None else losses.mean()
+    terms = method.extra_losses(ctx)
+    if first and terms and (want_norms or method.wants_grad_norms(step)):
+        norms = _term_grad_norms({"diffusion": main, **terms}, run.params)
+        for name, factor in (method.observe_grad_norms(step, norms) or {}).items():
+            terms[name] = terms[name] * factor  # a balancing method rescales its term on this step
+            norms[name] = round(norms[name] * abs(factor), 6)
+        if want_norms:
+            extras["grad_norm_terms"] = norms
+    extra = None
+    for term in terms.values():
+        extra = term if extra is None else extra + term
+    return main if extra is None else main + extra
+
+
+def _clip_and_step(run: _Run) -> float | None:
+    """Step (7): clip the gradient norm (when gradients sync) and take the AdamW step; returns the pre-clip norm."""
+    grad_norm = None
+    if run.accelerator.sync_gradients and run.cfg.max_grad_norm > 0:
+        grad_norm = float(run.accelerator.clip_grad_norm_(run.params, run.cfg.max_grad_norm))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _log_step(run: _Run, log_path: Path, step: int, loss: float, record: _StepRecord, t0: float) -> None:
+    """One JSONL line per optimizer step (main process): step, loss, lr, epoch, grad norm, seconds, then extras."""
+    if run.accelerator.is_main_process:
+        rec: dict[str, Any] = {
+            "step": step + 1,
+            "loss": loss,
+            "lr": record.lr,
+            "epoch": record.epoch,
+            "grad_norm": record.grad_norm,
+            "seconds": round(time.time() - t0, 4),
+        }
+        rec.update(record.extras)
+        with log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def _maybe_checkpoint(run: _Run, done: int) -> None:
+    """After ``done`` steps: a checkpoint every ``checkpoint_every`` and a loadable snapshot every ``snapshot_every``
+    steps (main process, never at the last step: the bundle is written then)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(
+                run.out,
+                done,
+                model_state=accelerator.unwrap_model(run.denoiser).state_dict(),
+                optimizer=run.optimizer.optimizer if hasattr(run.optimizer, "optimizer") else run.optimizer,
+                ema_state=run.ema.state_dict() if run.ema is not None else None,
+                state={"config": cfg.to_dict(), "method": run.method.state_dict()},
+                keep=cfg.checkpoints_total_limit,
+            )
+    if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.max_steps:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_snapshot(
+                run.out / "snapshots" / f"step-{done:06d}",
+                run.bundle,
+                accelerator.unwrap_model(run.denoiser),
+                run.ema,
+                run.params,
+                done,
+            )
+
+
+def _write_bundle(run: _Run, resized_from: list[str], say: Callable[[str], None]) -> None:
+    """Step 5 (main process): the bundle with the EMA weights (the in-memory model keeps its raw weights), its
+    training record (:func:`_record_training`), the method's artifacts, then the conditioning guard."""
+    accelerator, ema, out = run.accelerator, run.ema, run.out
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(denoiser)
+    unwrapped = accelerator.unwrap_model(run.denoiser)
     if accelerator.is_main_process:
         raw_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
         if ema is not None:
-            ema.copy_to(params)
-        bundle.unet, bundle.conditioner = unwrapped.unet, unwrapped.conditioner
+            ema.copy_to(run.params)
+        run.bundle.unet, run.bundle.conditioner = unwrapped.unet, unwrapped.conditioner
         _record_training(
-            bundle,
-            cfg,
-            method,
-            dataset,
-            all_cells,
-            n_train=len(rows),
+            run.bundle,
+            run.cfg,
+            run.method,
+            run.dataset,
+            run.all_cells,
+            n_train=len(run.rows),
             ema=ema is not None,
-            resize={"from": resized_from, "to": image_size} if resized_from else None,
+            resize={"from": resized_from, "to": run.image_size} if resized_from else None,
         )
-        bundle.save(out)
-        for name, doc in method.artifacts().items():
+        run.bundle.save(out)
+        for name, doc in run.method.artifacts().items():
             (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if ema is not None:  # leave the in-memory modules as trained (raw), as callers may keep training
             unwrapped.load_state_dict(raw_state)
         from fairsample.train.guard import guard_after_training  # conditioning guard + recommended sampling settings
 
-        guard_after_training(out, dataset, cfg, device=str(accelerator.device), log=say)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(
-        bundle_path=out,
-        steps=cfg.max_steps,
-        resumed_from=resumed_from,
-        final_loss=last_loss,
-        log_path=log_path,
-        seconds=time.time() - t_start,
-    )
+        guard_after_training(out, run.dataset, run.cfg, device=str(accelerator.device), log=say)
 
 
 def _record_training(
