@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import invoke, run_cli
+from .conftest import invoke
 
 
 def test_demo_then_check_prints_count_table(runner, tmp_path):
@@ -35,7 +35,7 @@ def _copy_demo(src, dst):
 
 
 @pytest.mark.parametrize("damage", ["missing_image", "unknown_group", "malformed_csv"])
-def test_broken_folder_gives_one_line_error(demo_dir, tmp_path, damage):
+def test_broken_folder_gives_one_line_error(runner, demo_dir, tmp_path, damage):
     root = _copy_demo(demo_dir, tmp_path / "broken")
     meta = root / "metadata.csv"
     lines = meta.read_text().splitlines()
@@ -52,19 +52,19 @@ def test_broken_folder_gives_one_line_error(demo_dir, tmp_path, damage):
         lines[4] = lines[4] + ',"unterminated'
         meta.write_text("\n".join(lines) + "\n")
         expect = "metadata.csv"
-    proc = run_cli("data", "check", root)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    err = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], proc.stderr
-    assert proc.stdout == ""
+    res = invoke(runner, "data", "check", root)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.stderr
+    err = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], res.stderr
+    assert res.stdout == ""
 
 
 def test_missing_folder_and_usage_errors(runner, tmp_path):
-    proc = run_cli("data", "check", tmp_path / "nope")
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    proc = run_cli("data", "demo", tmp_path / "x", "--source", "imagenet")
-    assert proc.returncode == 2
+    res = invoke(runner, "data", "check", tmp_path / "nope")
+    assert res.exit_code == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    res = invoke(runner, "data", "demo", tmp_path / "x", "--source", "imagenet")
+    assert res.exit_code == 2
 
 
 def test_info_json(runner):

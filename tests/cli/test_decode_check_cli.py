@@ -59,6 +59,7 @@ def test_check_reports_bad_image(runner, tmp_path, damage):
 
 
 def test_check_subprocess_one_line_no_traceback(tmp_path):
+    # the data family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("data", "check", _dataset(tmp_path / "ds", "truncated"))
     assert proc.returncode == 1 and proc.stdout == ""
     assert f"{BAD} (truncated" in _one_error_line(proc.stderr)

@@ -41,10 +41,11 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, m
     monkeypatch.setenv("FAIRSAMPLE_CACHE_DIR", str(cache))
     assert invoke(runner, *args, "--backend", "onnxruntime", "--output-dir", tmp_path / "o").exit_code == 0
     # no GPU here: tensorrt falls back to onnxruntime (CPU EP, fp32) with one line and the same images
-    proc = run_cli(*args, "--backend", "tensorrt", "--output-dir", tmp_path / "r", "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if "falling back" in ln]
+    res = invoke(runner, *args, "--backend", "tensorrt", "--output-dir", tmp_path / "r", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "falling back" in ln]
     assert len(lines) == 1 and "no CUDA device — falling back to onnxruntime (CPUExecutionProvider)" in lines[0]
+    # the engines/export family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("export", "tensorrt", "--model", tiny_model)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -61,18 +62,19 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, m
     onnx_entry = next(r for r in rows if r["kind"] == "onnx")
     data = next((cache / onnx_entry["key"][:2] / onnx_entry["key"]).glob("*.onnx"))
     data.write_bytes(data.read_bytes()[:-10] + b"0123456789")
-    proc = run_cli("cache", "verify", "--cache-dir", cache)
-    assert proc.returncode == 1 and "cache entries are invalid" in proc.stderr and "Traceback" not in proc.stderr
+    res = invoke(runner, "cache", "verify", "--cache-dir", cache)
+    assert res.exit_code == 1 and "cache entries are invalid" in res.stderr and "Traceback" not in res.stderr
     removed = json.loads(invoke(runner, "cache", "prune", "--cache-dir", cache, "--format", "json").stdout)
     assert [r["key"] for r in removed] == [onnx_entry["key"]]
 
 
-def test_unknown_backend_is_one_line(tiny_model, tmp_path):
+def test_unknown_backend_is_one_line(runner, tiny_model, tmp_path):
+    # the generate family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
     assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime', 'tensorrt']" in proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
     # checked before the model is loaded: a missing bundle is not even looked at
-    proc = run_cli("generate", "--model", tmp_path / "nope", "--backend", "tvm", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and "`backend` must be one of" in proc.stderr and "bundle" not in proc.stderr
-    proc = run_cli("generate", "--backend", "torch", "--strict", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 2 and "--strict only applies to --backend tensorrt" in proc.stderr
+    res = invoke(runner, "generate", "--model", tmp_path / "nope", "--backend", "tvm", "--output-dir", tmp_path / "x")
+    assert res.exit_code == 1 and "`backend` must be one of" in res.stderr and "bundle" not in res.stderr
+    res = invoke(runner, "generate", "--backend", "torch", "--strict", "--output-dir", tmp_path / "x")
+    assert res.exit_code == 2 and "--strict only applies to --backend tensorrt" in res.stderr

@@ -12,6 +12,7 @@ from .conftest import invoke, run_cli
 
 def test_prefs_build_writes_ranked_pairs(tiny_model, demo_dir, tmp_path):
     out = tmp_path / "prefs"
+    # the prefs family's one real subprocess run: console entry point, stdout holds exactly one JSON document
     res = run_cli(
         "prefs",
         "build",

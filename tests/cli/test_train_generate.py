@@ -91,21 +91,22 @@ def test_rerun_after_interruption_completes_the_same_set(runner, tiny_model, tmp
     assert _digests(tmp_path / "g") == full
     assert (tmp_path / "g" / "metadata.csv").is_file()
     # a different plan into the same folder is refused
-    proc = run_cli(
-        "generate", "--model", tiny_model, "--per-cell", "3", "--steps", "3", "--output-dir", tmp_path / "g"
+    res = invoke(
+        runner, "generate", "--model", tiny_model, "--per-cell", "3", "--steps", "3", "--output-dir", tmp_path / "g"
     )
-    assert proc.returncode == 1 and "holds a different generation" in proc.stderr
+    assert res.exit_code == 1 and "holds a different generation" in res.stderr
 
 
-def test_generate_errors(tiny_model, tmp_path):
-    proc = run_cli("generate", "--model", tiny_model, "--cells", "tone=purple,label=1", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "tone='purple'" in proc.stderr
-    proc = run_cli("generate", "--model", tiny_model, "--scheduler", "heun", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 2
-    proc = run_cli("generate", "--model", tiny_model, "--seeds", "9-3", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 2 and "seed list" in proc.stderr
-    proc = run_cli("generate", "--model", tmp_path, "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and "is neither a fairsample bundle" in proc.stderr
+def test_generate_errors(runner, tiny_model, tmp_path):
+    res = invoke(runner, "generate", "--model", tiny_model, "--cells", "tone=purple,label=1", "-o", tmp_path / "x")
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "tone='purple'" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    res = invoke(runner, "generate", "--model", tiny_model, "--scheduler", "heun", "--output-dir", tmp_path / "x")
+    assert res.exit_code == 2
+    res = invoke(runner, "generate", "--model", tiny_model, "--seeds", "9-3", "--output-dir", tmp_path / "x")
+    assert res.exit_code == 2 and "seed list" in res.stderr
+    res = invoke(runner, "generate", "--model", tmp_path, "--output-dir", tmp_path / "x")
+    assert res.exit_code == 1 and "is neither a fairsample bundle" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -171,8 +172,8 @@ def test_train_dry_run_and_config_file(runner, demo_dir, tmp_path):
     doc = json.loads(res.stdout)
     assert doc["max_steps"] == 9 and doc["learning_rate"] == 0.002  # flags beat the file, the file beats defaults
     cfg.write_text("[train]\nmax_stepz = 7\n")
-    proc = run_cli("train", demo_dir, "--output-dir", tmp_path / "m", "--config", cfg, "--dry-run")
-    assert proc.returncode == 1 and "unknown setting(s) ['max_stepz']" in proc.stderr
+    res = invoke(runner, "train", demo_dir, "--output-dir", tmp_path / "m", "--config", cfg, "--dry-run")
+    assert res.exit_code == 1 and "unknown setting(s) ['max_stepz']" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_bundle_sampling_defaults_sit_below_config_file_and_flags(runner, tiny_model, tmp_path):
