@@ -333,16 +333,6 @@ def tune_perturbation(
     """
     from fairsample.evaluation.features import DomainFeatures
     from fairsample.evaluation.generative import folder_images
-    from fairsample.generation.pipeline import to_uint8
-    from fairsample.samplers import (
-        ConditioningPlan,
-        initial_latents,
-        make_generators,
-        make_scheduler,
-        sample_fairdiffusion_perturbed,
-    )
-    from fairsample.samplers.schedulers import init_noise_sigma
-    from fairsample.train.fbp import propose_sigma
 
     values = bundle.attribute_values
     if attribute not in values:
@@ -358,24 +348,117 @@ def tune_perturbation(
     steps = int(steps or defaults.get("steps", 50))
     w0 = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 3.0))
     side = int(size or bundle.image_shape[-1])
+    # 1. the per-group real reference (validation, topped up from train) and the feature network on the rest
     ref_rows, feature_rows, ref_sizes = _reference_rows(
         real, attribute, groups, min_reference=min_reference, seed=seed
     )
     ref = {g: folder_images(real, rows, size=side) for g, rows in ref_rows.items()}
     features = DomainFeatures.fit_folder(real, rows=feature_rows, size=side, seed=seed)
-    labels = sorted({c.label for c in bundle.cells()}, key=lambda v: (len(v), v))
-    proto = bundle.cells()[0]
-    scheduler_name = str(defaults.get("scheduler", "ddim"))
-    uncond = bundle.conditioner.cached([None]).to(engine.device)
     block = len(groups) * n_eval  # seeds per evaluation set
-    base = seed * (held_out_sets + 1) * block  # set j uses seeds base + j·block ... (j = 0: search, 1..K: held out)
+    evaluation = _Evaluation(
+        bundle=bundle,
+        engine=engine,
+        attribute=attribute,
+        groups=groups,
+        labels=sorted({c.label for c in bundle.cells()}, key=lambda v: (len(v), v)),
+        proto=bundle.cells()[0],
+        scheduler_name=str(defaults.get("scheduler", "ddim")),
+        uncond=bundle.conditioner.cached([None]).to(engine.device),
+        steps=steps,
+        w0=w0,
+        guidance_fraction=guidance_fraction,
+        temperature_bound=temperature_bound,
+        n_eval=n_eval,
+        batch_size=batch_size,
+        block=block,
+        base=seed * (held_out_sets + 1) * block,  # set j uses seeds base + j·block ... (0: search, 1..K: held out)
+        ref=ref,
+        features=features,
+        lam=lam,
+        seed=seed,
+    )
+    # 2. search: θ = 0, the Sobol design, then GP-UCB proposals
+    trace = _search(evaluation, iterations=iterations, say=say)
+    # 3. θ*: best GP posterior mean over the evaluated points
+    best, mean = _posterior_best(trace, seed)
+    # 4. guard: θ* and θ = 0 on K held-out seed sets
+    keep, reason, held = _held_out_guard(evaluation, trace, best, mean, held_out_sets=held_out_sets, z=z, say=say)
+    # 5. store: the kept offsets with the whole record in the meta
+    kept = "theta_star" if keep else "zero"
+    meta = _meta(
+        evaluation,
+        min_reference=min_reference,
+        ref_sizes=ref_sizes,
+        feature_train_images=len(feature_rows),
+        kept=kept,
+        reason=reason,
+        best=best,
+        mean=mean,
+        held=held,
+        trace=trace,
+    )
+    star = trace[best]
+    chosen = evaluation.perturbation(star["guidance"], star["temperature"]) if keep else Perturbation()
+    final = Perturbation(guidance=chosen.guidance, temperature=chosen.temperature, guidance_min=1.0, meta=meta)
+    return TuneResult(perturbation=final, kept=kept, trace=trace, held_out=held, reason=reason)
 
-    def generate(cells: list[Any], seeds: list[int], pert: Perturbation) -> np.ndarray:
-        scheduler = make_scheduler(scheduler_name, bundle.scheduler.config)
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """How a θ is scored: the sampling settings, the box θ lives in, the seed layout of the evaluation sets and the
+    per-group real reference of :func:`kid_gap`."""
+
+    bundle: Any  # the model bundle
+    engine: Any  # its engine
+    attribute: str  # the targeted attribute A′
+    groups: list[str]  # its values
+    labels: list[str]  # the model's labels, cycled over the images of a group
+    proto: Any  # a cell of the model, the template of every generated cell
+    scheduler_name: str  # the sampling scheduler
+    uncond: torch.Tensor  # the null conditioning
+    steps: int  # sampling steps
+    w0: float  # base guidance scale
+    guidance_fraction: float  # δw bounds ±fraction·w_0
+    temperature_bound: float  # δκ bounds ±value
+    n_eval: int  # generated images per group and set
+    batch_size: int  # images per engine call
+    block: int  # seeds per evaluation set
+    base: int  # first seed of set 0 (the search); set j starts at base + j·block
+    ref: dict[str, np.ndarray]  # per-group real reference images
+    features: nn.Module  # the feature network of KID
+    lam: float  # λ, the weight of the between-group KID range
+    seed: int  # the run's seed (KID subsets, Sobol design, BO)
+
+    def decode(self, u: np.ndarray) -> tuple[dict, dict]:
+        """[0, 1]^d → (δw by group, δκ by group)."""
+        return _decode(u, self.groups, self.w0, self.guidance_fraction, self.temperature_bound)
+
+    def perturbation(self, dw: dict, dk: dict) -> Perturbation:
+        """Per-group offsets of the targeted attribute as a :class:`Perturbation`."""
+        return Perturbation(guidance={self.attribute: dw}, temperature={self.attribute: dk})
+
+    def seed_range(self, j: int) -> list[int]:
+        """First and last seed of evaluation set ``j``."""
+        return [self.base + j * self.block, self.base + (j + 1) * self.block - 1]
+
+    def generate(self, cells: list[Any], seeds: list[int], pert: Perturbation) -> np.ndarray:
+        """One batch of ``fairdiffusion_perturbed`` images, ``(B, H, W, 3)`` uint8, image k from seed k."""
+        from fairsample.generation.pipeline import to_uint8
+        from fairsample.samplers import (
+            ConditioningPlan,
+            initial_latents,
+            make_generators,
+            make_scheduler,
+            sample_fairdiffusion_perturbed,
+        )
+        from fairsample.samplers.schedulers import init_noise_sigma
+
+        bundle, engine = self.bundle, self.engine
+        scheduler = make_scheduler(self.scheduler_name, bundle.scheduler.config)
         gens = make_generators(seeds)
-        lat = initial_latents(gens, bundle.latent_shape, init_noise_sigma=init_noise_sigma(scheduler, steps))
+        lat = initial_latents(gens, bundle.latent_shape, init_noise_sigma=init_noise_sigma(scheduler, self.steps))
         plan = ConditioningPlan(
-            cond=bundle.conditioner.cached(cells).to(engine.device), uncond=uncond, cells=tuple(cells)
+            cond=bundle.conditioner.cached(cells).to(engine.device), uncond=self.uncond, cells=tuple(cells)
         )
         with torch.no_grad():
             x = sample_fairdiffusion_perturbed(
@@ -384,24 +467,31 @@ def tune_perturbation(
                 lat.to(engine.device),
                 plan,
                 perturbation=pert,
-                num_inference_steps=steps,
-                guidance_scale=w0,
+                num_inference_steps=self.steps,
+                guidance_scale=self.w0,
                 generator=gens,
             )
             return to_uint8(bundle.decode(x))
 
-    def evaluate(pert: Perturbation, sets: list[int]) -> list[dict[str, Any]]:
+    def evaluate(self, pert: Perturbation, sets: list[int]) -> list[dict[str, Any]]:
+        """:func:`kid_gap` of ``pert`` on each evaluation set in ``sets`` (common random numbers across θ)."""
+        groups, n_eval, batch_size = self.groups, self.n_eval, self.batch_size
         # 1. every (set, group, k) image in batches: n_eval per group, labels cycled, seeds fixed by (set, group, k)
         cells = [
-            proto.replace(**{attribute: g}, label=labels[k % len(labels)])
+            self.proto.replace(**{self.attribute: g}, label=self.labels[k % len(self.labels)])
             for _ in sets
             for g in groups
             for k in range(n_eval)
         ]
-        seeds = [base + j * block + gi * n_eval + k for j in sets for gi in range(len(groups)) for k in range(n_eval)]
+        seeds = [
+            self.base + j * self.block + gi * n_eval + k
+            for j in sets
+            for gi in range(len(groups))
+            for k in range(n_eval)
+        ]
         imgs = np.concatenate(
             [
-                generate(cells[i : i + batch_size], seeds[i : i + batch_size], pert)
+                self.generate(cells[i : i + batch_size], seeds[i : i + batch_size], pert)
                 for i in range(0, len(cells), batch_size)
             ]
         )
@@ -412,59 +502,98 @@ def tune_perturbation(
                 g: imgs[(s * len(groups) + gi) * n_eval : (s * len(groups) + gi + 1) * n_eval]
                 for gi, g in enumerate(groups)
             }
-            out.append(kid_gap(ref, gen, features=features, lam=lam, seed=seed))
+            out.append(kid_gap(self.ref, gen, features=self.features, lam=self.lam, seed=self.seed))
         return out
 
-    d = 2 * len(groups)
+
+def _search(evaluation: _Evaluation, *, iterations: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The search on seed set 0: θ = 0, max(4, d) Sobol points, then ``iterations`` GP-UCB proposals (FBP's GP,
+    β = 0.1); returns the trace, one dict per evaluation."""
+    from fairsample.train.fbp import propose_sigma
+
+    seed = evaluation.seed
+    d = 2 * len(evaluation.groups)
     n_init = max(4, d)
     sobol = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed).draw(n_init).double().numpy()
     xs: list[np.ndarray] = [np.full(d, 0.5)]  # θ = 0 is the centre of the box
     xs += list(sobol)
     trace: list[dict[str, Any]] = []
-
-    def as_perturbation(dw: dict, dk: dict) -> Perturbation:
-        return Perturbation(guidance={attribute: dw}, temperature={attribute: dk})
-
-    def run(u: np.ndarray, kind: str) -> None:
-        dw, dk = _decode(u, groups, w0, guidance_fraction, temperature_bound)
-        res = evaluate(as_perturbation(dw, dk), [0])[0]
-        trace.append({"kind": kind, "u": [float(v) for v in u], "guidance": dw, "temperature": dk, **res})
-        by = " ".join(f"{g} {v:.4f}" for g, v in res["kid_by_group"].items())
-        say(f"{len(trace):3d} {kind:7s} reward {res['reward']:+.4f}  KID {by}")
-
     for i, u in enumerate(xs):
-        run(u, "zero" if i == 0 else "sobol")
+        _search_point(evaluation, u, "zero" if i == 0 else "sobol", trace, say)
     for it in range(iterations):
         x_t = torch.tensor(np.stack([t["u"] for t in trace]), dtype=torch.float64)
         y_t = torch.tensor([[t["reward"]] for t in trace], dtype=torch.float64)
         u, _, _ = propose_sigma(
             x_t, y_t, standardize=True, beta=0.1, num_restarts=5, raw_samples=20, seed=seed * 1000 + it
         )
-        run(u.numpy(), "ucb")
-    # θ*: best GP posterior mean over the evaluated points
-    best, mean = _posterior_best(trace, seed)
+        _search_point(evaluation, u.numpy(), "ucb", trace, say)
+    return trace
+
+
+def _search_point(
+    evaluation: _Evaluation, u: np.ndarray, kind: str, trace: list[dict[str, Any]], say: Callable[[str], None]
+) -> None:
+    """Evaluate the point ``u`` of the box on the search seeds; append it to ``trace`` and report one line."""
+    dw, dk = evaluation.decode(u)
+    res = evaluation.evaluate(evaluation.perturbation(dw, dk), [0])[0]
+    trace.append({"kind": kind, "u": [float(v) for v in u], "guidance": dw, "temperature": dk, **res})
+    by = " ".join(f"{g} {v:.4f}" for g, v in res["kid_by_group"].items())
+    say(f"{len(trace):3d} {kind:7s} reward {res['reward']:+.4f}  KID {by}")
+
+
+def _held_out_guard(
+    evaluation: _Evaluation,
+    trace: list[dict[str, Any]],
+    best: int,
+    mean: np.ndarray,
+    *,
+    held_out_sets: int,
+    z: float,
+    say: Callable[[str], None],
+) -> tuple[bool, str, dict[str, Any]]:
+    """Keep θ* only if it beats θ = 0 on K fresh seed sets (:func:`paired_guard`); θ* = 0 skips the re-evaluation.
+    Returns (keep, reason, the guard's record)."""
     star = trace[best]
     sets = list(range(1, held_out_sets + 1))
-    held: dict[str, Any] = {"seed_sets": [[base + j * block, base + (j + 1) * block - 1] for j in sets]}
+    held: dict[str, Any] = {"seed_sets": [evaluation.seed_range(j) for j in sets]}
     if best == 0 or mean[best] <= mean[0]:
-        keep = False
         reason = "kept zero offsets: the search found no offset better than zero (θ* = 0 has the best GP mean)"
         held |= {"decision": "zero", "reason": reason, "evaluated": False}
-    else:
-        say(f"held-out check: θ* (evaluation {best + 1}) and θ = 0 on {held_out_sets} fresh seed sets")
-        h0 = evaluate(Perturbation(), sets)
-        hs = evaluate(as_perturbation(star["guidance"], star["temperature"]), sets)
-        verdict = paired_guard([r["reward"] for r in h0], [r["reward"] for r in hs], z=z)
-        keep, reason = verdict.keep, verdict.reason
-        per_set = {"zero": [r["kid_by_group"] for r in h0], "theta_star": [r["kid_by_group"] for r in hs]}
-        held |= verdict.to_dict() | {"evaluated": True, "kid_by_group": per_set}
-    kept = "theta_star" if keep else "zero"
-    ref_all = np.concatenate(list(ref.values()))
-    meta = {
+        return False, reason, held
+    say(f"held-out check: θ* (evaluation {best + 1}) and θ = 0 on {held_out_sets} fresh seed sets")
+    h0 = evaluation.evaluate(Perturbation(), sets)
+    hs = evaluation.evaluate(evaluation.perturbation(star["guidance"], star["temperature"]), sets)
+    verdict = paired_guard([r["reward"] for r in h0], [r["reward"] for r in hs], z=z)
+    per_set = {"zero": [r["kid_by_group"] for r in h0], "theta_star": [r["kid_by_group"] for r in hs]}
+    held |= verdict.to_dict() | {"evaluated": True, "kid_by_group": per_set}
+    return verdict.keep, verdict.reason, held
+
+
+def _meta(
+    evaluation: _Evaluation,
+    *,
+    min_reference: int,
+    ref_sizes: dict[str, dict[str, int]],
+    feature_train_images: int,
+    kept: str,
+    reason: str,
+    best: int,
+    mean: np.ndarray,
+    held: dict[str, Any],
+    trace: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The meta of ``perturbation.json``: objective, box, sampling settings, seeds, reference, decision and trace."""
+    w0, guidance_fraction, temperature_bound = (
+        evaluation.w0,
+        evaluation.guidance_fraction,
+        evaluation.temperature_bound,
+    )
+    ref_all = np.concatenate(list(evaluation.ref.values()))
+    return {
         "method_status": "project-extension",
         "objective": "kid_gap",
-        "lambda": lam,
-        "attribute": attribute,
+        "lambda": evaluation.lam,
+        "attribute": evaluation.attribute,
         "objective_definition": "-(mean_g KID_g + lambda * (max_g KID_g - min_g KID_g)), KID_g against group g's "
         "own real images",
         "bounds": {
@@ -472,15 +601,15 @@ def tune_perturbation(
             "temperature": [-temperature_bound, temperature_bound],
         },
         "base_guidance": w0,
-        "steps": steps,
-        "n_eval_per_group": n_eval,
-        "seed": seed,
-        "search_seeds": [base, base + block - 1],
+        "steps": evaluation.steps,
+        "n_eval_per_group": evaluation.n_eval,
+        "seed": evaluation.seed,
+        "search_seeds": evaluation.seed_range(0),
         "reference": "per group: validation split",
         "min_reference": min_reference,
         "reference_sizes": ref_sizes,
-        "features": getattr(features, "hash", None),
-        "feature_train_images": len(feature_rows),
+        "features": getattr(evaluation.features, "hash", None),
+        "feature_train_images": feature_train_images,
         "eval_set_sha256": hashlib.sha256(ref_all.tobytes()).hexdigest(),
         "kept": kept,
         "reason": reason,
@@ -489,9 +618,6 @@ def tune_perturbation(
         "held_out": held,
         "trace": trace,
     }
-    chosen = as_perturbation(star["guidance"], star["temperature"]) if keep else Perturbation()
-    final = Perturbation(guidance=chosen.guidance, temperature=chosen.temperature, guidance_min=1.0, meta=meta)
-    return TuneResult(perturbation=final, kept=kept, trace=trace, held_out=held, reason=reason)
 
 
 def _posterior_best(trace: list[dict[str, Any]], seed: int) -> tuple[int, np.ndarray]:
