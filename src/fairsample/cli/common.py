@@ -66,6 +66,9 @@ class SchedulerName(StrEnum):
     pndm = "pndm"
     euler = "euler"
     dpmsolver = "dpmsolver++"
+    dpmsolver3m = "dpmsolver++3m"
+    unipc = "unipc"
+    deis = "deis"
 
 
 class MixedPrecision(StrEnum):

@@ -15,9 +15,11 @@ from typing import Any
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -29,14 +31,22 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "pndm": PNDMScheduler,
     "euler": EulerDiscreteScheduler,
     "dpmsolver++": DPMSolverMultistepScheduler,
+    "dpmsolver++3m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "deis": DEISMultistepScheduler,
 }
-"""Scheduler name -> diffusers class; the names the CLI and configs accept."""
+"""Scheduler name -> diffusers class; the names the CLI and configs accept. ``dpmsolver++`` is DPM-Solver++ 2M
+(second order, multistep), ``dpmsolver++3m`` its third-order form, ``unipc`` UniPC (bh2), ``deis`` DEIS (order 2):
+the few-step solvers the quality-per-second benchmark compares (issue #15)."""
 
 _UNKNOWN_SCHEDULER = "`scheduler` must be one of {names}, got {name!r}."
 _BAD_CONFIG = "`base_config` must be a mapping (the bundle's scheduler config), got {type_name}."
 _BAD_STEPS = "`num_inference_steps` must be a positive int, got {value!r}."
 
-_OVERRIDES: dict[str, dict[str, Any]] = {"dpmsolver++": {"algorithm_type": "dpmsolver++"}}
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dpmsolver++": {"algorithm_type": "dpmsolver++"},
+    "dpmsolver++3m": {"algorithm_type": "dpmsolver++", "solver_order": 3},
+}
 
 _TEMPLATES: dict[tuple[type, str], SchedulerMixin] = {}
 _TEMPLATES_MAX = 64
@@ -82,11 +92,13 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     Keys the target class does not know (e.g. ``clip_sample`` for Euler) are ignored by diffusers' ``from_config``.
 
     Args:
-        name: one of :data:`SCHEDULERS` (``"ddim"``, ``"ddpm"``, ``"pndm"``, ``"euler"``, ``"dpmsolver++"``).
+        name: one of :data:`SCHEDULERS` (``"ddim"``, ``"ddpm"``, ``"pndm"``, ``"euler"``, ``"dpmsolver++"``,
+            ``"dpmsolver++3m"``, ``"unipc"``, ``"deis"``).
         base_config: the bundle's scheduler config (any diffusers scheduler's ``.config`` or its JSON dict).
 
     Returns:
-        A new scheduler instance; ``"dpmsolver++"`` sets ``algorithm_type="dpmsolver++"``.
+        A new scheduler instance; ``"dpmsolver++"`` sets ``algorithm_type="dpmsolver++"``, ``"dpmsolver++3m"``
+        also ``solver_order=3``.
 
     Raises:
         ConfigError: unknown ``name`` (the message lists the names) or a non-mapping ``base_config``.
