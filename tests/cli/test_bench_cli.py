@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-from .conftest import run_cli
+from .conftest import invoke, run_cli
 
 
-def test_bench_json(tiny_model, tmp_path):
+def test_bench_json(runner, tiny_model, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli(
+    res = invoke(
+        runner,
         "bench",
         "--model",
         tiny_model,
@@ -34,8 +35,8 @@ def test_bench_json(tiny_model, tmp_path):
         "--matmul-size",
         256,
     )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
     assert json.loads(out.read_text()) == doc
     rows = {(r["backend"], r["batch"], r["cfg"]) for r in doc["sampling"]}
     assert rows == {(k, b, c) for k in ("torch-eager", "onnxruntime") for b in (1, 2) for c in (True, False)}
@@ -63,6 +64,7 @@ def test_bench_json(tiny_model, tmp_path):
 
 
 def test_bench_unknown_backend_is_one_line(tiny_model):
+    # the bench family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("bench", "--model", tiny_model, "--backend", "tvm", "--batches", "1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: `backends` entries must be among ['torch-eager', 'torch'")

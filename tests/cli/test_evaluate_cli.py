@@ -1,6 +1,6 @@
-"""`fairsample evaluate`: a subprocess run with the counterfactual set and the oracle (files written, --format json is
-one JSON document), every new flag reaching the SDK (in-process, the SDK call stubbed), and bad input as one `error:`
-line with exit code 1 (or a usage error, exit 2) that leaves no output folder behind."""
+"""`fairsample evaluate`: one subprocess run with the counterfactual set and the oracle (files written, --format json
+is one JSON document), every new flag reaching the SDK (in-process, the SDK call stubbed), and bad input (in-process)
+as one `error:` line with exit code 1 (or a usage error, exit 2) that leaves no output folder behind."""
 
 from __future__ import annotations
 
@@ -40,16 +40,18 @@ def synthetic_dir(demo_dir, tmp_path_factory) -> Path:
     return _copy_rows(demo_dir, tmp_path_factory.mktemp("evaluate_cli") / "gen", rows)
 
 
-def _error_line(proc) -> str:
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
+def _error_line(res) -> str:
+    """The one `error:` line of an in-process run (click Result) that exited 1 without a traceback."""
+    assert res.exit_code == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr
     return errors[0]
 
 
-def test_evaluate_json(demo_dir, synthetic_dir, tmp_path):
+def test_evaluate_json(runner, demo_dir, synthetic_dir, tmp_path):
     out = tmp_path / "report"
+    # the evaluate family's one real subprocess run: console entry point, stdout holds exactly one JSON document
     proc = run_cli(
         "evaluate",
         "--real",
@@ -91,32 +93,42 @@ def test_evaluate_json(demo_dir, synthetic_dir, tmp_path):
     text = _human(doc)  # the human format renders the same document
     assert "vanilla" in text and "real+vanilla" in text and files["markdown"] in text and "closure" in text
     # a second run into the same folder is refused without --overwrite; the report stays
-    again = run_cli("evaluate", "--real", demo_dir, "--synthetic", synthetic_dir, "--output-dir", out, *FAST)
+    again = invoke(runner, "evaluate", "--real", demo_dir, "--synthetic", synthetic_dir, "--output-dir", out, *FAST)
     assert "--overwrite" in _error_line(again)
     assert Path(files["json"]).is_file()
 
 
-def test_no_cell_overlap_is_one_line(demo_dir, tmp_path):
+def test_no_cell_overlap_is_one_line(runner, demo_dir, tmp_path):
     meta = pd.read_csv(demo_dir / "metadata.csv", dtype=str)
     real = _copy_rows(demo_dir, tmp_path / "real", meta[meta["tone"] != "dark"][["file_name", "tone", "label"]])
     gen = _copy_rows(demo_dir, tmp_path / "gen", meta[meta["tone"] == "dark"].head(10)[["file_name", "tone", "label"]])
     out = tmp_path / "report"
-    proc = run_cli("evaluate", "--real", real, "--synthetic", gen, "--output-dir", out, *FAST)
-    line = _error_line(proc)
+    res = invoke(runner, "evaluate", "--real", real, "--synthetic", gen, "--output-dir", out, *FAST)
+    line = _error_line(res)
     assert "shares no cell with the real data" in line and "'gen'" in line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_missing_label_column_is_one_line(demo_dir, tmp_path):
+def test_missing_label_column_is_one_line(runner, demo_dir, tmp_path):
     meta = pd.read_csv(demo_dir / "metadata.csv", dtype=str)
     gen = _copy_rows(demo_dir, tmp_path / "gen", meta.head(6)[["file_name", "tone"]])
     out = tmp_path / "report"
-    proc = run_cli(
-        "evaluate", "--real", demo_dir, "--synthetic", f"mine={gen}", "--output-dir", out, *FAST, "--format", "json"
+    res = invoke(
+        runner,
+        "evaluate",
+        "--real",
+        demo_dir,
+        "--synthetic",
+        f"mine={gen}",
+        "--output-dir",
+        out,
+        *FAST,
+        "--format",
+        "json",
     )
-    line = _error_line(proc)
+    line = _error_line(res)
     assert "synthetic set 'mine' has no label column 'label'" in line
-    assert proc.stdout == "" and not out.exists()
+    assert res.stdout == "" and not out.exists()
 
 
 def test_parse_synthetic_names_and_replicates(tmp_path):

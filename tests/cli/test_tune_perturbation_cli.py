@@ -11,12 +11,13 @@ from fairsample.data.folder import load_folder
 from fairsample.data.splits import split_indices
 from fairsample.samplers.perturbed import Perturbation
 
-from .conftest import run_cli
+from .conftest import invoke, run_cli
 
 
-def test_tune_perturbation_writes_a_loadable_file(demo_dir, tmp_path):
+def test_tune_perturbation_writes_a_loadable_file(runner, demo_dir, tmp_path):
     out = tmp_path / "perturbation.json"
-    proc = run_cli(
+    res = invoke(
+        runner,
         "tune-perturbation",
         "--data",
         demo_dir,
@@ -35,8 +36,8 @@ def test_tune_perturbation_writes_a_loadable_file(demo_dir, tmp_path):
         "--format",
         "json",
     )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
     assert doc["output"] == str(out) and doc["kept"] in ("zero", "theta_star") and doc["reason"]
     pert = Perturbation.load(out)
     meta = pert.meta
@@ -76,6 +77,7 @@ def test_tune_perturbation_writes_a_loadable_file(demo_dir, tmp_path):
 
 
 def test_embedded_model_needs_output(demo_dir):
+    # the tau / tune-perturbation family's one real subprocess run: console entry point, usage error, exit code 2
     proc = run_cli("tune-perturbation", "--data", demo_dir, "--attribute", "tone")
     text = " ".join(proc.stderr.replace("│", " ").split())
     assert proc.returncode == 2 and "the embedded model is read-only: pass --output PATH" in text
