@@ -1,9 +1,11 @@
-"""Suite-wide settings: offline, CPU, deterministic. Subpackage fixtures live in tests/<subpackage>/conftest.py."""
+"""Suite-wide settings (offline, CPU, deterministic) and the fixtures several test folders share; fixtures of one
+folder live in tests/<subpackage>/conftest.py."""
 
 import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,6 +24,20 @@ if "FAIRSAMPLE_CACHE_DIR" not in os.environ:
     os.environ["FAIRSAMPLE_CACHE_DIR"] = os.path.join(_cache, "engines")
     atexit.register(shutil.rmtree, _cache, True)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The demo dataset folder (digits source, seed 0; with counterfactual/ and holdout/), built once per worker.
+
+    Read-only: a test that changes files copies it first (``shutil.copytree(demo_dir, tmp_path / ...)``).
+    """
+    from fairsample.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    make_demo_dataset(root, source="digits", seed=0)
+    return root

@@ -1,4 +1,4 @@
-"""CLI fixtures: a demo folder and a tiny trained bundle, built once per session."""
+"""CLI fixtures: a tiny trained bundle (on the shared demo folder of tests/conftest.py), built once per session."""
 
 from __future__ import annotations
 
@@ -36,15 +36,6 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=env,
     )
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    from fairsample.data.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("cli") / "demo"
-    make_demo_dataset(root, source="digits")
-    return root
 
 
 @pytest.fixture(scope="session")

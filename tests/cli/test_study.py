@@ -40,12 +40,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def study_env(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
-    from fairsample.data.demo import make_demo_dataset
-
+def study_env(tmp_path_factory, demo_dir) -> tuple[Path, Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("study")
-    demo = root / "demo"
-    make_demo_dataset(demo, source="digits")
+    demo = demo_dir  # read-only: a study writes only under its --output-dir
     # the conditioning guard is part of the study's protocol (the suite turns it off for other tests)
     env = dict(
         os.environ,

@@ -340,14 +340,12 @@ def test_augment_generates_the_planned_counts(real_dir, tmp_path):
     assert again["n_generated"] == 0 and json.loads((out / "config.json").read_text())["complete"] is True
 
 
-def test_sdk_augment_writes_the_plan_after_the_images(tmp_path):
-    from fairsample.data.demo import make_demo_dataset
+def test_sdk_augment_writes_the_plan_after_the_images(demo_dir, tmp_path):
     from fairsample.data.folder import load_folder
     from fairsample.generation.augment import augment, generation_plan
     from fairsample.generation.pipeline import FairSamplePipeline
 
-    make_demo_dataset(tmp_path / "demo", source="digits")
-    ds = load_folder(tmp_path / "demo")
+    ds = load_folder(demo_dir)
     pipe = FairSamplePipeline()
     plan = augmentation_plan(ds, total=6)
     cfg = pipe.default_config().replace(steps=2)

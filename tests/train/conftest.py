@@ -1,19 +1,10 @@
-"""A small demo dataset (scikit-learn digits source) shared by the training tests."""
+"""The shared demo folder (demo_dir, tests/conftest.py) loaded once, and a tiny training config."""
 
 from __future__ import annotations
 
 import pytest
 
 from fairsample.core.config import TrainConfig
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory):
-    from fairsample.data.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("demo") / "demo"
-    make_demo_dataset(root, source="digits", seed=0)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -110,13 +110,11 @@ def test_guard_needs_two_equal_length_sets(zero, star, n0, n1):
         paired_guard([0.1, float("nan")], [0.2, 0.3])
 
 
-def test_a_small_validation_group_borrows_train_images_the_features_never_see(tmp_path):
-    from fairsample.data.demo import make_demo_dataset
+def test_a_small_validation_group_borrows_train_images_the_features_never_see(demo_dir):
     from fairsample.data.folder import load_folder
     from fairsample.data.splits import split_indices
 
-    make_demo_dataset(tmp_path / "demo", source="digits")
-    ds = load_folder(tmp_path / "demo")
+    ds = load_folder(demo_dir)
     split = split_indices(ds, seed=0)
     tone = ds.frame["tone"].astype(str).to_numpy()
     groups = ["dark", "light", "medium"]
