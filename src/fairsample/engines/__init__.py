@@ -83,7 +83,7 @@ def load_engine(
         **options: backend options: torch ``batch_invariant``, ``check_finite``, ``seq_len``; onnxruntime also
             ``max_batch``, ``max_size``, ``exporters``, ``keep_attention_fp32``, ``intra_op_threads``; tensorrt
             ``max_batch`` (B of the N = B / 2B profiles), ``profiles``, ``strict``, ``rebuild``, ``refit``,
-            ``workspace_bytes``, ``cuda_graphs``, ``progress`` (see ``fairsample.engines._trt_load``).
+            ``workspace_bytes``, ``cuda_graphs``, ``progress`` (see ``fairsample.engines.tensorrt.load``).
 
     Returns:
         An :class:`Engine`.
@@ -110,7 +110,7 @@ def load_engine(
 
         return load_ort_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
     if backend == "tensorrt":
-        from fairsample.engines._trt_load import load_trt_engine
+        from fairsample.engines.tensorrt.load import load_trt_engine
 
         return load_trt_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
     if cache_dir is not None:

@@ -11,21 +11,19 @@ import pytest
 from fairsample.core.engine_spec import EngineSpec, ShapeProfile
 from fairsample.core.errors import ConfigError
 from fairsample.core.gpu_info import TrtTarget
-from fairsample.engines import trt_engine
-from fairsample.engines.trt_engine import (
+from fairsample.engines.tensorrt import fallback
+from fairsample.engines.tensorrt.fallback import (
     ACTION_NOTHING,
     ACTION_ONNXRUNTIME,
     ACTION_REBUILD,
     ACTION_STRICT,
     NO_CUDA_REASON,
     NO_TENSORRT_REASON,
-    NOT_CUDA,
-    check_engine_io,
     check_manifest,
     decide_fallback,
-    engine_capabilities,
     plan_load,
 )
+from fairsample.engines.tensorrt.runtime import NOT_CUDA, TensorRTEngine, check_engine_io, engine_capabilities
 from fairsample.export.trt_build import TrtBuildRecipe
 from fairsample.export.trt_profiles import default_profiles
 
@@ -125,21 +123,21 @@ def test_decision_order() -> None:
 
 
 def test_plan_load_on_this_cpu_machine_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trt_engine.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(trt_engine, "_ort_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(fallback.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(fallback, "_ort_providers", lambda: ["CPUExecutionProvider"])
     d = plan_load(_manifest())
     assert d is not None and d.action == "onnxruntime" and d.message.startswith(NO_CUDA_REASON + " — falling back")
 
 
 def test_plan_load_with_fake_gpu_and_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     here = dataclasses.replace(BUILT, sm="sm_90", tensorrt_version="11.4.0.106")
-    real = trt_engine.importlib.util.find_spec
-    monkeypatch.setattr(trt_engine.torch.cuda, "is_available", lambda: True)
+    real = fallback.importlib.util.find_spec
+    monkeypatch.setattr(fallback.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(
-        trt_engine.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else real(name, *a)
+        fallback.importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else real(name, *a)
     )
-    monkeypatch.setattr(trt_engine, "current_target", lambda *a: here)
-    monkeypatch.setattr(trt_engine, "_ort_providers", lambda: None)
+    monkeypatch.setattr(fallback, "current_target", lambda *a: here)
+    monkeypatch.setattr(fallback, "_ort_providers", lambda: None)
     d = plan_load(_manifest())
     assert d is not None and d.action == "rebuild"
     assert d.message == (
@@ -151,12 +149,12 @@ def test_plan_load_with_fake_gpu_and_tensorrt(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_plan_load_without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = trt_engine.importlib.util.find_spec
-    monkeypatch.setattr(trt_engine.torch.cuda, "is_available", lambda: True)
+    real = fallback.importlib.util.find_spec
+    monkeypatch.setattr(fallback.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(
-        trt_engine.importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a)
+        fallback.importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a)
     )
-    monkeypatch.setattr(trt_engine, "_ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(fallback, "_ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     d = plan_load(_manifest())
     assert d is not None and d.provider == "CUDAExecutionProvider" and d.message.startswith(NO_TENSORRT_REASON)
 
@@ -189,4 +187,4 @@ def test_engine_refuses_cpu_device_before_touching_tensorrt() -> None:
         profiles=default_profiles(8, 1),
     )
     with pytest.raises(ConfigError, match=re.escape(NOT_CUDA.split("{")[0])):
-        trt_engine.TensorRTEngine(b"", spec=spec, manifest=_manifest(), device="cpu")
+        TensorRTEngine(b"", spec=spec, manifest=_manifest(), device="cpu")

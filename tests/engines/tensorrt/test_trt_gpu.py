@@ -68,7 +68,7 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _engine(tmp_path: Path, unet: torch.nn.Module, *, refit: bool) -> Any:
     from fairsample.core.gpu_info import current_target
-    from fairsample.engines.trt_engine import TensorRTEngine
+    from fairsample.engines.tensorrt.runtime import TensorRTEngine
     from fairsample.export.trt_build import TrtBuildRecipe, build_plan
 
     onnx_path = _export(unet, tmp_path / "model.onnx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fairsample.core.errors import ConfigError
-from fairsample.engines.trt_engine import CudaGraphLRU
+from fairsample.engines.tensorrt.graphs import CudaGraphLRU
 
 
 def test_warmup_then_capture_then_replay() -> None:

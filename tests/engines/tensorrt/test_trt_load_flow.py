@@ -18,7 +18,8 @@ import torch
 
 from fairsample.core.errors import EngineLoadError, FairsampleWarning
 from fairsample.core.gpu_info import TrtTarget
-from fairsample.engines import _trt_load, load_engine
+from fairsample.engines import load_engine
+from fairsample.engines.tensorrt import load as _trt_load
 from fairsample.export.cache import ArtifactCache
 from fairsample.export.onnx_export import UNetForward
 from tests.export.shared import ort_store, tiny_bundle

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fairsample.core.errors import ConfigError, ValidationFailed
-from fairsample.engines.trt_engine import (
+from fairsample.engines.tensorrt.refit import (
     REFIT_BAD_DTYPE,
     REFIT_MISSING,
     REFIT_NONFINITE,

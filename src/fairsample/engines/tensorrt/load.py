@@ -40,7 +40,7 @@ def _environment() -> tuple[bool, bool]:
 
 
 def _ort_providers() -> list[str] | None:
-    from fairsample.engines.trt_engine import _ort_providers as providers
+    from fairsample.engines.tensorrt.fallback import _ort_providers as providers
 
     return providers()
 
@@ -58,7 +58,7 @@ def _build_plan(recipe: Any, progress: Callable[[str], None] | None) -> bytes:
 
 
 def _open_engine(path: Path | bytes, **kwargs: Any) -> Any:
-    from fairsample.engines.trt_engine import TensorRTEngine
+    from fairsample.engines.tensorrt.runtime import TensorRTEngine
 
     return TensorRTEngine(path, **kwargs)
 
@@ -107,7 +107,7 @@ def load_trt_engine(
         intra_op_threads: only used by the onnxruntime fallback.
 
     Returns:
-        A :class:`~fairsample.engines.trt_engine.TensorRTEngine`, or an
+        A :class:`~fairsample.engines.tensorrt.runtime.TensorRTEngine`, or an
         :class:`~fairsample.engines.ort_engine.OrtEngine` after a one-line :class:`FairsampleWarning`.
 
     Raises:
@@ -115,7 +115,7 @@ def load_trt_engine(
         ConfigError: an unsupported ``dtype``.
     """
     from fairsample.engines._ort_build import load_ort_engine, prepare_onnx
-    from fairsample.engines.trt_engine import (
+    from fairsample.engines.tensorrt.fallback import (
         NO_CUDA_REASON,
         NO_TENSORRT_REASON,
         FallbackDecision,
