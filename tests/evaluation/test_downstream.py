@@ -14,12 +14,9 @@ import torch
 from fairsample.core.errors import ConfigError, DataError
 from fairsample.data import FolderDataset, split_indices
 from fairsample.evaluation.downstream import (
-    _BAD_SELECT,
     _FEW_SEEDS,
-    _MISSING_ACCURACY,
     _MISSING_COLUMN,
     _NEED_SYNTHETIC,
-    _VAL_MISSING_GROUP,
     Reweighter,
     attribute_classifier_ber,
     inverse_accuracy_coefficients,
@@ -27,6 +24,8 @@ from fairsample.evaluation.downstream import (
     select_epoch,
     train_downstream,
 )
+from fairsample.evaluation.downstream_train import _BAD_SELECT, _VAL_MISSING_GROUP
+from fairsample.evaluation.downstream_weights import _MISSING_ACCURACY
 
 SIZE = 16  # image side used throughout: 4x fewer pixels than the demo's 32, still 2x2 after SmallCNN's pools
 FAST = {"size": SIZE, "epochs": 2, "batch_size": 32}

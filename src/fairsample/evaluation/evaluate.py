@@ -12,7 +12,7 @@
    ± sd
    over each name's replicates;
 3. measures the balanced error rate of attribute classifiers
-   (:func:`~fairsample.evaluation.downstream.attribute_classifier_ber`) on the real data and on each replicate, plus
+   (:func:`~fairsample.evaluation.attribute_ber.attribute_classifier_ber`) on the real data and on each replicate, plus
    the BER
    of the real-trained classifier on each replicate;
 4. runs the downstream rows (:mod:`fairsample.evaluation.rows`): ``real_only`` once (Base), the oracle (real train
@@ -508,8 +508,7 @@ def _settings(
 def _heldout_docs(
     inputs: Inputs, minorities: Mapping[str, Mapping[str, Any]], log: _Warnings
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The ``data.counterfactual`` and ``data.oracle`` sections (None when not given); DataError if the
-    counterfactual set has no image of a minority value."""
+    """The counterfactual and oracle data sections (None if not given); DataError if a cf minority value is missing."""
     from fairsample.evaluation.heldout import file_hashes, overlap, pairing
 
     real_ds, cf_ds, oracle_ds = inputs.real, inputs.counterfactual, inputs.oracle
@@ -574,8 +573,7 @@ def _downstream(
     x_real: np.ndarray,
     x_sets: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
-    """The ``downstream`` section (rows, views, gaps, closures, minority) and the FairnessReports of both views
-    (:func:`~fairsample.evaluation.rows.downstream_stage` on the images already loaded)."""
+    """The ``downstream`` section (rows, views, gaps, closures, minority) and both views' FairnessReports."""
     from fairsample.evaluation.rows import downstream_stage
 
     minority_values = {a: m["value"] for a, m in minorities.items()}
@@ -602,8 +600,7 @@ def _downstream(
 def _sample_grid(
     inputs: Inputs, cfg: EvaluationSettings
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, list[str]]]]:
-    """The sample grid of the real data and of each name's first replicate: ``"real"`` or set id → cell → ``(n,
-    size, size, 3)`` uint8 images, and the same keys → their file names."""
+    """Sample grid: ``"real"`` / each name's first set id → cell → ``(n, size, size, 3)`` uint8, and file names."""
     cols = _cell_columns(inputs.real, inputs.attrs)
     real_keys = _keys(inputs.real, cols)
     cells = list(_counts(real_keys))
@@ -662,8 +659,7 @@ def _report_doc(
     log: _Warnings,
     sections: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The ``report.json`` document (module docstring): run, settings and versions, then ``sections`` in their order
-    (data ... samples), then the definitions, the warnings and an empty ``plots``."""
+    """The ``report.json`` document: run, settings, versions, ``sections`` in order, definitions, warnings, plots."""
     from fairsample.evaluation.closure import DEFINITIONS as CLOSURE_DEFINITIONS
     from fairsample.evaluation.generative import DEFINITIONS as GENERATIVE_DEFINITIONS
 

@@ -282,8 +282,7 @@ def _load_inputs(
     log: _Warnings,
     say: Progress,
 ) -> Inputs:
-    """The real dataset, the reported attributes, every synthetic replicate and the held-out sets, loaded and
-    checked (``reference`` must name a synthetic set)."""
+    """The real data, attributes, synthetic replicates and held-out sets, loaded and checked (and ``reference``)."""
     from fairsample.evaluation.heldout import load_heldout
 
     named = _normalize_synthetic(synthetic)
@@ -313,8 +312,7 @@ def _load_inputs(
 
 
 def _check_splits(inputs: Inputs, cfg: EvaluationSettings) -> dict[str, np.ndarray]:
-    """The real split's row indices (``"train"``, ``"val"``, ``"test"`` → ``(n,)`` int); DataError if an attribute
-    has < 2 values in the real data or its test split, or the val / test split is empty."""
+    """Real split rows (train / val / test → ``(n,)`` int); DataError on an empty split or a one-value attribute."""
     from fairsample.data.splits import split_indices
 
     real_ds = inputs.real

@@ -101,7 +101,7 @@ def _ber_stage(
     """BER of fresh attribute classifiers (real and each set) and of the real-trained one on each set."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from fairsample.evaluation.downstream import attribute_classifier_ber
+    from fairsample.evaluation.attribute_ber import attribute_classifier_ber
     from fairsample.evaluation.features import module_hash
 
     def fresh(x: np.ndarray, s: Sequence[str], where: str) -> tuple[dict[str, Any], Any]:
