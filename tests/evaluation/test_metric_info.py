@@ -18,6 +18,7 @@ RENDERERS = (
     "evaluation/report_plots.py",
     "workflows/study/report.py",
     "cli/evaluate.py",
+    "workflows/quality_bench.py",
 )
 
 

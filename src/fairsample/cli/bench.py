@@ -1,4 +1,5 @@
-"""`fairsample bench`: sampling speed per engine backend, CFG packing and GFLOP/s (JSON for pipelines)."""
+"""`fairsample bench`: sampling speed per engine backend, CFG packing and GFLOP/s (JSON for pipelines); with
+``--quality``, images/s *and* fidelity of every (scheduler, steps, backend) setting against the 50-step anchor."""
 
 from __future__ import annotations
 
@@ -27,16 +28,59 @@ def bench_cmd(
         int, typer.Option(min=64, help="Side of the float32 reference matmul (size x size) @ (size x size).")
     ] = 2048,
     output: Annotated[Path | None, typer.Option(help="Also write the JSON result to this file.")] = None,
+    quality: Annotated[
+        bool, typer.Option("--quality", help="Quality per second: images/s and FID/KID/accuracy per setting.")
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="[--quality] Real data of the model (default for the embedded model: the demo)."),
+    ] = None,
+    schedulers: Annotated[
+        str, typer.Option(help="[--quality] Schedulers, comma-separated.")
+    ] = "ddim,euler,dpmsolver++,dpmsolver++3m,unipc,deis",
+    step_counts: Annotated[str, typer.Option(help="[--quality] Step counts per scheduler, like 5,8,12,20,30,50.")] = (
+        "5,8,12,20,30,50"
+    ),
+    n_images: Annotated[int, typer.Option(min=2, help="[--quality] Images per fidelity measurement.")] = 150,
+    batch: Annotated[int, typer.Option(min=1, help="[--quality] Images per sampling call B.")] = 8,
+    speed_images: Annotated[int, typer.Option(min=1, help="[--quality] Images per timed run.")] = 64,
+    anchor_steps: Annotated[int, typer.Option(min=1, help="[--quality] Steps of the anchor (torch eager).")] = 50,
+    plot: Annotated[
+        Path | None, typer.Option(help="[--quality] Pareto plot PNG (default: next to --output, else none).")
+    ] = None,
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,
 ) -> None:
     """Measure sampling images/s on every available backend in one process, plus U-Net GFLOP/s vs a matmul.
 
+    With --quality: images/s and fidelity (FID, KID, label/attribute accuracy against the real test split) of every
+    (scheduler, steps) setting on every float32 backend, against the anchor (torch eager, the bundle's scheduler,
+    50 steps); the protocol is in docs/decisions.md.
+
     Example: fairsample bench --batches 1,8,32 --steps 10 --output bench.json --format json
+    Example: fairsample bench --quality --output out/quality.json
     """
     from fairsample.cli.common import check_model_path, open_model_option
 
     check_model_path(model)
+    if quality:
+        _quality(
+            model,
+            data,
+            schedulers,
+            step_counts,
+            n_images,
+            batch,
+            speed_images,
+            anchor_steps,
+            repeats,
+            backend,
+            output,
+            plot,
+            cache_dir,
+            fmt,
+        )
+        return
     from fairsample.workflows.bench import format_table, run_bench
 
     bundle = open_model_option(model, need_cells=False)
@@ -56,3 +100,96 @@ def bench_cmd(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(doc, indent=2) + "\n")
     _emit(fmt, doc, lambda: format_table(doc))
+
+
+def _quality(
+    model: Path | None,
+    data: Path | None,
+    schedulers: str,
+    step_counts: str,
+    n_images: int,
+    batch: int,
+    speed_images: int,
+    anchor_steps: int,
+    repeats: int,
+    backend: list[str] | None,
+    output: Path | None,
+    plot: Path | None,
+    cache_dir: Path | None,
+    fmt: Format,
+) -> None:
+    """``bench --quality``: checks first, then :func:`fairsample.workflows.quality_bench.run_quality_bench`."""
+    import tempfile
+
+    from fairsample.cli.common import open_model_option
+    from fairsample.core.errors import ConfigError
+
+    names = [x.strip() for x in schedulers.split(",") if x.strip()]
+    steps = parse_int_list(step_counts)
+    if data is None and model is not None:
+        raise ConfigError(
+            "`--data` is required with --quality and --model: pass the real data the model was trained on."
+        )
+    if data is not None and not data.is_dir():
+        raise ConfigError(f"`--data` {data} is not a folder; pass the model's real dataset folder.")
+    from fairsample.data.folder import load_folder
+    from fairsample.workflows.quality_bench import _check, pareto_plot, run_quality_bench
+
+    _check(names, steps, n_images, batch, speed_images)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if fmt is not Format.json else (lambda line: None)
+    bundle = open_model_option(model, need_cells=True)
+    with tempfile.TemporaryDirectory(prefix="fairsample-quality-") as tmp:
+        if data is None:
+            from fairsample.data.demo import make_demo_dataset
+
+            say("--data not given: building the demo dataset (the embedded model's data) in a temporary folder")
+            data = make_demo_dataset(Path(tmp) / "demo")
+        doc = run_quality_bench(
+            bundle,
+            load_folder(data),
+            schedulers=names,
+            steps=steps,
+            backends=backend,
+            n_images=n_images,
+            batch=batch,
+            speed_images=speed_images,
+            repeats=repeats,
+            anchor_steps=anchor_steps,
+            cache_dir=cache_dir,
+            progress=say,
+        )
+    if plot is None and output is not None:
+        plot = output.with_suffix(".png")
+    if plot is not None:
+        doc["plot"] = str(pareto_plot(doc, plot))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(doc, indent=2) + "\n")
+    _emit(fmt, doc, lambda: format_quality_table(doc))
+
+
+def format_quality_table(doc: dict) -> str:
+    """One line per setting: FID, KID, accuracies, images/s and speed-up per backend, verdict."""
+    a = doc["anchor"]
+    lines = [
+        f"anchor {a['scheduler']} {a['steps']} steps, torch eager: FID {a['noise']['fid']['mean']:.4g} "
+        f"± {a['noise']['fid']['sd']:.2g}, {a['images_per_s']:.2f} img/s"
+    ]
+    for r in doc["rows"]:
+        speed = "  ".join(
+            f"{b} {v['images_per_s']:.2f} img/s ({v['speedup_over_anchor']:.2f}x)" for b, v in r["speed"].items()
+        )
+        acc = " ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+        verdict = "ok" if r["within_noise"]["ok"] else "out (" + "; ".join(r["within_noise"]["failed"]) + ")"
+        head = f"{r['scheduler']:>14s} {r['steps']:>3d}  FID {r['fid']:7.4g}  KID {r['kid']:8.3g}"
+        lines.append(f"{head}  {acc}  {speed}  {verdict}")
+    rec = doc.get("recommended")
+    lines.append(
+        "recommended: none within the anchor's noise"
+        if rec is None
+        else f"recommended: {rec['scheduler']} {rec['steps']} steps "
+        f"({doc['best_speedup_within_noise']:.2f}x the anchor)"
+    )
+    if doc.get("plot"):
+        lines.append(f"plot: {doc['plot']}")
+    return "\n".join(lines)

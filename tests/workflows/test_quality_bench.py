@@ -1,0 +1,145 @@
+"""bench --quality (issue #15): the verdict rule, the Pareto front, the run's document and the CLI's checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fairsample.core.errors import ConfigError
+from fairsample.workflows import quality_bench as qb
+
+NOISE = {
+    "fid": {"mean": 10.0, "sd": 0.5},
+    "kid": {"mean": 0.5, "sd": 0.1},
+    "accuracy": {"label": {"mean": 0.9, "sd": 0.02}, "tone": {"mean": 1.0, "sd": 0.01}},
+}
+
+
+@pytest.mark.parametrize(
+    ("row", "failed"),
+    [
+        ({"fid": 11.0, "kid": 0.7, "accuracy": {"label": 0.86, "tone": 0.98}}, []),  # exactly at every limit
+        ({"fid": 8.0, "kid": 0.1, "accuracy": {"label": 0.99, "tone": 1.0}}, []),  # better is fine (one-sided)
+        ({"fid": 11.01, "kid": 0.7, "accuracy": {"label": 0.9, "tone": 1.0}}, ["FID 11.01 > 11"]),
+        ({"fid": 10.0, "kid": 0.5, "accuracy": {"label": 0.85, "tone": 1.0}}, ["label accuracy 0.850 < 0.860"]),
+        ({"fid": float("nan"), "kid": 0.5, "accuracy": {"label": 0.9, "tone": 1.0}}, ["FID nan > 11"]),
+    ],
+)
+def test_within_noise(row, failed):
+    verdict = qb.within_noise(row, NOISE)
+    assert verdict == {"ok": not failed, "failed": failed}
+
+
+def test_noise_floors_accuracy_sd_at_the_binomial_sd():
+    runs = [{"fid": f, "kid": 0.1, "accuracy": {"label": 0.9}} for f in (10.0, 11.0, 12.0)]
+    noise = qb._noise(runs, n=100)
+    assert noise["fid"]["mean"] == pytest.approx(11.0) and noise["fid"]["sd"] == pytest.approx(1.0)
+    # the three seed sets agree exactly (sd 0), so the binomial sd sqrt(0.9 * 0.1 / 100) = 0.03 is used
+    assert noise["accuracy"]["label"]["sd"] == pytest.approx(0.03) and noise["accuracy"]["label"]["sd_seed_sets"] == 0
+
+
+def test_pareto_front():
+    pts = [(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (4.0, 4.5), (0.5, 3.0)]
+    assert qb.pareto_front(pts) == [4, 1, 3]  # (1, 5) is beaten by (2, 4): faster and lower FID
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"schedulers": ["ddim", "warp"]}, "`schedulers` must be a non-empty list of names among"),
+        ({"steps": [0]}, "`steps` must be a non-empty list of ints >= 1"),
+        ({"n_images": 1}, "`n_images` must be an int >= 2"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    args = {"schedulers": ["ddim"], "steps": [2], "n_images": 4, "batch": 2, "speed_images": 2} | kwargs
+    with pytest.raises(ConfigError, match=match):
+        qb._check(**args)
+
+
+class _Judges:
+    """Judges that recover the requested label always and the tone of every second image."""
+
+    label, targets = "label", ["label", "tone"]
+
+    def __init__(self):
+        self.cells = []
+
+    def predict(self, images):
+        n = len(images)
+        want = [self.cells[i % len(self.cells)] for i in range(n)]
+        return {
+            "label": [c.label for c in want],
+            "tone": [dict(c.groups)["tone"] if i % 2 else "x" for i, c in enumerate(want)],
+        }
+
+
+def test_run_document_and_plot(monkeypatch, tmp_path):
+    """The whole run on the embedded model with a stub reference: every setting gets fidelity, speed per backend,
+    a verdict; the anchor its noise; the plot is written."""
+    from fairsample.evaluation.classifiers import SmallCNN
+    from fairsample.evaluation.features import DomainFeatures
+    from fairsample.models.bundle import ModelBundle
+
+    bundle = ModelBundle.load_default()
+    judges = _Judges()
+    judges.cells = bundle.cells()
+    rng = np.random.default_rng(0)
+    test = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    feats = DomainFeatures(SmallCNN(2, width=2), ["a", "b"])
+    monkeypatch.setattr(qb, "_reference", lambda *a, **k: qb._Reference(test, feats, judges, 12))
+    lines = []
+    doc = qb.run_quality_bench(
+        bundle,
+        dataset=None,
+        schedulers=["ddim", "unipc"],
+        steps=[1, 2],
+        backends=["torch-eager"],
+        n_images=6,
+        batch=3,
+        speed_images=3,
+        repeats=1,
+        anchor_steps=2,
+        anchor_seed_sets=(0, 100),
+        progress=lines.append,
+    )
+    assert doc["schema"] == qb.SCHEMA and doc["config"]["fidelity_backend"] == "torch-eager"
+    assert [(r["scheduler"], r["steps"]) for r in doc["rows"]] == [
+        ("ddim", 1),
+        ("ddim", 2),
+        ("unipc", 1),
+        ("unipc", 2),
+    ]
+    anchor = doc["anchor"]
+    assert (anchor["scheduler"], anchor["steps"], len(anchor["runs"])) == ("ddim", 2, 2)
+    # ddim/2 on the anchor's engine and first seed set *is* the anchor's first run: same images, same numbers
+    ddim2 = doc["rows"][1]
+    assert ddim2["fid"] == anchor["runs"][0]["fid"] and ddim2["accuracy"] == anchor["runs"][0]["accuracy"]
+    assert ddim2["accuracy"]["label"] == 1.0 and ddim2["accuracy"]["tone"] == 0.5  # what the stub judges recover
+    for r in doc["rows"]:
+        assert set(r["speed"]) == {"torch-eager"} and r["speed"]["torch-eager"]["images_per_s"] > 0
+        s = r["speed"]["torch-eager"]
+        assert s["speedup_over_anchor"] == pytest.approx(s["images_per_s"] / anchor["images_per_s"], rel=1e-2)
+        assert r["within_noise"] == qb.within_noise(r, anchor["noise"])
+    assert anchor["images_per_s"] == max(anchor["images_per_s_timings"]) and len(anchor["images_per_s_timings"]) == 3
+    ok = [r for r in doc["rows"] if r["within_noise"]["ok"]]
+    assert ddim2 in ok and doc["recommended"]["scheduler"] in ("ddim", "unipc")
+    json.dumps(doc)  # JSON-safe
+    png = qb.pareto_plot(doc, tmp_path / "q.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(line.startswith("anchor ddim/2 seeds 0..") for line in lines)
+
+
+def test_cli_quality_checks_before_work():
+    from typer.testing import CliRunner
+
+    from fairsample.cli import app
+
+    runner = CliRunner()
+
+    res = runner.invoke(app, ["bench", "--quality", "--schedulers", "ddim,warp"])
+    assert res.exit_code == 1 and "`schedulers` must be a non-empty list of names among" in res.output
+    res = runner.invoke(app, ["bench", "--quality", "--data", "/nope"])
+    assert res.exit_code == 1 and "`--data` /nope is not a folder" in res.output
