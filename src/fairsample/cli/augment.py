@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +36,7 @@ from fairsample.cli.common import (
     handle_errors,
     parse_int_list,
     sample_config,
+    say_backend,
 )
 
 
@@ -107,7 +109,7 @@ def augment_cmd(
     """
     dataset = DatasetOptions.of(label_col, group_col, patient_col, preset, drop_unknown)
     check_folder(data)  # a bad path fails before the heavy imports
-    checked_backend(backend, default=None)
+    checked_backend(backend, default=None, allow_auto=True)
     from fairsample.cli.common import check_model_path
 
     check_model_path(model)
@@ -157,7 +159,11 @@ def augment_cmd(
     if fmt is Format.human and main:
         print(f"{header}\n{plan.format_table()}", file=sys.stderr)
         print(f"generating {plan.total} images into {output_dir}", file=sys.stderr)
-    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device)
+    t_engine = time.perf_counter()
+    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=device if cfg.backend == "auto" else cfg.device)
+    if main:
+        say_backend(pipe, time.perf_counter() - t_engine)
+    cfg = cfg.replace(backend=pipe.backend_choice.backend, device=str(pipe.device))
     result = augment(
         pipe,
         plan,

@@ -111,21 +111,30 @@ SamplerOptionOpt = Annotated[
 BackendOpt = Annotated[
     str | None,
     typer.Option(
-        help="Engine backend: torch, onnxruntime or tensorrt (tensorrt falls back to onnxruntime without a GPU; "
-        "default: the config file's, else torch)."
+        help="Engine backend: auto, torch, onnxruntime or tensorrt. auto = the fastest validated engine here "
+        "(TensorRT or torch on a GPU, onnxruntime on a CPU); the choice and its reason go to stderr and config.json. "
+        "Default: the config file's, else $FAIRSAMPLE_BACKEND, else auto."
     ),
 ]
 """The one ``--backend`` option of the sampling commands; each checks it with :func:`checked_backend` before any
 heavy import."""
 
 
-def checked_backend(backend: str | None, default: str | None = "torch") -> str | None:
+def checked_backend(backend: str | None, default: str | None = "torch", *, allow_auto: bool = False) -> str | None:
     """``--backend`` value checked against the backends this release can load (one-line error, exit 1); ``None``
-    becomes ``default``."""
+    becomes ``default``; ``allow_auto``: the command resolves ``auto`` (generate, augment)."""
     from fairsample.core.config import check_backend
 
     value = backend if backend is not None else default
-    return check_backend(value) if value is not None else None
+    return check_backend(value, allow_auto=allow_auto) if value is not None else None
+
+
+def say_backend(pipe: Any, seconds: float) -> None:
+    """One stderr line: the engine a sampling command uses, why, and how long it took to get ready (the first
+    onnxruntime / TensorRT use exports and validates the model once; later runs load it from the cache)."""
+    choice = pipe.backend_choice
+    if choice is not None:
+        print(f"{choice.line()}; engine ready in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 CacheDirOpt = Annotated[
@@ -182,13 +191,13 @@ def sample_config(
 ) -> Any:
     """The generate-style :class:`~fairsample.core.config.SampleConfig`: bundle defaults < ``[generate]`` file <
     flags."""
-    from fairsample.core.config import SampleConfig, resolve
+    from fairsample.core.config import SampleConfig, default_backend, resolve
 
     return resolve(
         SampleConfig,
         file=config,
         section="generate",
-        base=bundle.sampling_defaults(),
+        base={"backend": default_backend(), **bundle.sampling_defaults()},
         sampler_options=_merged_options(config, "generate", "sampler_options", sampler_option, "--sampler-option"),
         scheduler=scheduler.value if scheduler else None,
         **flags,

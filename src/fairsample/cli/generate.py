@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from fairsample.cli.common import (
     open_model_option,
     parse_int_list,
     sample_config,
+    say_backend,
 )
 
 
@@ -82,7 +84,7 @@ def generate(
         raise typer.BadParameter("give either --per-cell or --balanced, not both", param_hint="--per-cell/--balanced")
     seed_list = parse_int_list(seeds) if seeds else None
     if backend is not None:
-        checked_backend(backend)
+        checked_backend(backend, allow_auto=True)
         if strict and backend != "tensorrt":
             raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
     check_model_path(model)
@@ -136,7 +138,12 @@ def generate(
     engine_options: dict[str, Any] = {"strict": True} if strict else {}
     if strict and cfg.backend != "tensorrt":
         raise typer.BadParameter("--strict only applies to --backend tensorrt", param_hint="--strict")
-    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=cfg.device, engine_options=engine_options)
+    t_engine = time.perf_counter()
+    # auto: no --device lets it pick a GPU; the resolved backend goes into cfg, so a resumed run checks against it
+    pipe_device = device if cfg.backend == "auto" else cfg.device
+    pipe = FairSamplePipeline(bundle, backend=cfg.backend, device=pipe_device, engine_options=engine_options)
+    say_backend(pipe, time.perf_counter() - t_engine)
+    cfg = cfg.replace(backend=pipe.backend_choice.backend, device=str(pipe.device))
     if fmt is Format.human:
         print(f"generating {len(plan)} images over {len(summary_plan)} cells into {output_dir}", file=sys.stderr)
     result = pipe.generate_to_folder(output_dir, plan, cfg, overwrite=overwrite, progress=fmt is Format.human)

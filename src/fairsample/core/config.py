@@ -23,20 +23,40 @@ the heavy modules)."""
 
 UNKNOWN_BACKEND = "`backend` must be one of {supported}, got {backend!r}; use backend='torch'."
 
+BACKEND_ENV = "FAIRSAMPLE_BACKEND"
+"""Sets the sampling commands' default backend (``auto`` when unset); the test suite sets ``torch``."""
 
-def check_backend(backend: str) -> str:
-    """``backend`` itself if it is one of :data:`BACKENDS`.
+
+def check_backend(backend: str, *, allow_auto: bool = False) -> str:
+    """``backend`` itself if it is one of :data:`BACKENDS` (or ``"auto"`` with ``allow_auto``).
 
     Raises:
         ConfigError: any other value (the message lists the backends).
 
     Example:
-        >>> check_backend("onnxruntime")
-        'onnxruntime'
+        >>> check_backend("onnxruntime"), check_backend("auto", allow_auto=True)
+        ('onnxruntime', 'auto')
     """
-    if backend not in BACKENDS:
-        raise ConfigError(UNKNOWN_BACKEND.format(supported=list(BACKENDS), backend=backend))
+    allowed = ("auto", *BACKENDS) if allow_auto else BACKENDS
+    if backend not in allowed:
+        raise ConfigError(UNKNOWN_BACKEND.format(supported=list(allowed), backend=backend))
     return backend
+
+
+def default_backend() -> str:
+    """The sampling commands' default backend: ``$FAIRSAMPLE_BACKEND`` if set, else ``"auto"`` (the fastest
+    validated engine on this machine, :func:`fairsample.engines.choice.choose_backend`).
+
+    Example:
+        >>> default_backend() in ("auto", *BACKENDS)  # "auto" unless $FAIRSAMPLE_BACKEND says otherwise
+        True
+    """
+    value = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise ConfigError(
+            f"${BACKEND_ENV}={value!r} is not a backend; set it to one of {['auto', *BACKENDS]} or unset it."
+        )
+    return value
 
 
 T = TypeVar("T")

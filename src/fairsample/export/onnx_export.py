@@ -10,6 +10,7 @@ Weights always go to one ``model.onnx.data`` file next to ``model.onnx``.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import warnings
@@ -427,42 +428,50 @@ def _run_exporter(
     max_size: int,
     multiple: int,
 ) -> None:
-    """One step of the fallback chain; exporter warnings (training-mode hints, TracerWarnings) are silenced here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(
+    """One step of the fallback chain; exporter warnings (training-mode hints, TracerWarnings) are silenced here, and
+    so are the dynamo exporter's per-op log lines about torchvision ops (``torchvision is not installed. Skipping
+    torchvision::nms``: the U-Net uses none of them)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "legacy":
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=LEGACY_OPSET,
+                    input_names=list(INPUT_NAMES),
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_axes=DYNAMIC_AXES,
+                )
+                return
+            batch = torch.export.Dim("batch", min=1, max=max_batch)
+            height = torch.export.Dim("height", min=multiple, max=max_size)
+            width = torch.export.Dim("width", min=multiple, max=max_size)
+            dynamic_shapes = {
+                "sample": {0: batch, 2: height, 3: width},
+                "timestep": {0: batch},
+                "encoder_hidden_states": {0: batch},
+            }
+            program = torch.onnx.export(
                 wrapper,
                 args,
-                str(path),
-                dynamo=False,
-                opset_version=LEGACY_OPSET,
+                dynamo=True,
+                optimize=exporter == "dynamo",
+                dynamic_shapes=dynamic_shapes,
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
-                dynamic_axes=DYNAMIC_AXES,
+                verbose=False,
             )
-            return
-        batch = torch.export.Dim("batch", min=1, max=max_batch)
-        height = torch.export.Dim("height", min=multiple, max=max_size)
-        width = torch.export.Dim("width", min=multiple, max=max_size)
-        dynamic_shapes = {
-            "sample": {0: batch, 2: height, 3: width},
-            "timestep": {0: batch},
-            "encoder_hidden_states": {0: batch},
-        }
-        program = torch.onnx.export(
-            wrapper,
-            args,
-            dynamo=True,
-            optimize=exporter == "dynamo",
-            dynamic_shapes=dynamic_shapes,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            verbose=False,
-        )
-        if program is None:
-            raise EngineLoadError("torch.onnx.export returned no program")
-        program.save(str(path), external_data=True)
+            if program is None:
+                raise EngineLoadError("torch.onnx.export returned no program")
+            program.save(str(path), external_data=True)
+    finally:
+        registration.setLevel(level)
 
 
 def _check_shape_inference(path: Path) -> None:

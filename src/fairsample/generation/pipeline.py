@@ -237,8 +237,12 @@ class FairSamplePipeline:
     Args:
         bundle: a :class:`~fairsample.models.bundle.ModelBundle` (default: the embedded model).
         engine: a ready engine; default ``load_engine(bundle, backend, device, **engine_options)``.
-        backend: engine backend when ``engine`` is not given.
-        device: torch device for the engine and the sampling loop.
+        backend: engine backend when ``engine`` is not given: ``"torch"`` (default), ``"onnxruntime"``,
+            ``"tensorrt"`` or ``"auto"`` — the fastest validated engine here
+            (:func:`fairsample.engines.choice.choose_backend`); the choice and its reason are in
+            :attr:`backend_choice` and in every output's manifest (``engine.choice``).
+        device: torch device for the engine and the sampling loop (default ``"cpu"``; with ``backend="auto"`` and
+            no device, a CUDA GPU when one is present).
         engine_options: extra :func:`~fairsample.engines.load_engine` options (e.g. ``{"strict": True}`` for
             tensorrt, ``{"intra_op_threads": 2}`` for onnxruntime).
 
@@ -256,10 +260,16 @@ class FairSamplePipeline:
         engine: Engine | None = None,
         *,
         backend: str = "torch",
-        device: str = "cpu",
+        device: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
-        device = _rank_device(device)
+        from fairsample.engines.choice import choose_backend
+
+        #: the engine this pipeline runs and why (``backend="auto"`` resolved, or the backend asked for)
+        self.backend_choice = choose_backend(backend, device) if engine is None else None
+        if self.backend_choice is not None:
+            backend, device = self.backend_choice.backend, self.backend_choice.device
+        device = _rank_device(device or "cpu")
         self.bundle = (bundle or ModelBundle.load_default(device=device)).to(device).eval()
         self.device = torch.device(device)
         self.engine = engine or load_engine(self.bundle, backend=backend, device=device, **dict(engine_options or {}))
@@ -290,7 +300,7 @@ class FairSamplePipeline:
         """
         from fairsample.models.sd_import import open_model
 
-        device = kwargs.get("device", "cpu")
+        device = kwargs.get("device") or "cpu"
         bundle = open_model(path, cells=cells, template=template, device=device)
         return cls(bundle, **kwargs)
 
@@ -409,7 +419,11 @@ class FairSamplePipeline:
             "bundle": self.bundle.bundle_id,
             "bundle_method": self.bundle.config.get("method", {"name": "vanilla"}),
             "prediction_type": self.bundle.prediction_type,
-            "engine": {"backend": self.engine.backend, "manifest": dict(self.engine.manifest)},
+            "engine": {
+                "backend": self.engine.backend,
+                "manifest": dict(self.engine.manifest),
+                **({"choice": self.backend_choice.to_dict()} if self.backend_choice is not None else {}),
+            },
             "versions": library_versions(),
         }
         if cfg.sampler == "attribute_switch":
