@@ -42,6 +42,7 @@ class ProfileName(StrEnum):
 
 
 class StudyBackend(StrEnum):
+    auto = "auto"
     onnxruntime = "onnxruntime"
     torch = "torch"
 
@@ -127,9 +128,10 @@ def study_cmd(
         Path | None,
         typer.Option(help="Real held-out images for the oracle row (default: DATA/holdout when present)."),
     ] = None,
-    backend: Annotated[StudyBackend, typer.Option(help="Sampling engine (exported once per model).")] = (
-        StudyBackend.onnxruntime
-    ),
+    backend: Annotated[
+        StudyBackend,
+        typer.Option(help="Sampling engine: auto = onnxruntime on a CPU (exported once per model), torch on a GPU."),
+    ] = StudyBackend.auto,
     threads: Annotated[
         int | None,
         typer.Option(

@@ -21,7 +21,7 @@ SCHEMA = "fairsample.workflows.study/2"
 
 _BAD_THREADS = "`threads` must be an integer >= 1 or None, got {value!r}."
 _BAD_WORKERS = "`workers` must be an integer >= 1 or None, got {value!r}."
-_BAD_BACKEND = "`backend` must be 'onnxruntime' or 'torch', got {value!r}."
+_BAD_BACKEND = "`backend` must be 'auto', 'onnxruntime' or 'torch', got {value!r}."
 _NO_ATTRIBUTE = (
     "the data folder {root} names no sensitive attribute (its fairsample.toml has no `groups`); pass --attribute "
     "COLUMN with a column of {columns} that holds each image's group."
@@ -143,7 +143,7 @@ def run_study(
     base: str | os.PathLike[str] | None = None,
     counterfactual: str | os.PathLike[str] | None = None,
     holdout: str | os.PathLike[str] | None = None,
-    backend: str = "onnxruntime",
+    backend: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     workers: int | None = None,
@@ -169,7 +169,9 @@ def run_study(
         counterfactual: an attribute-balanced test set folder (default: ``DATA/counterfactual`` when present).
         holdout: real held-out images for the oracle row (default: ``DATA/holdout`` when present; without one the
             study has no oracle row and gap closure is undefined).
-        backend: sampling engine, ``"onnxruntime"`` (exported once per model, cached) or ``"torch"``.
+        backend: sampling engine, ``"auto"`` (onnxruntime on a CPU, torch on a GPU;
+            :func:`fairsample.engines.choice.choose_backend`), ``"onnxruntime"`` (exported once per model, cached) or
+            ``"torch"``; the resolved one is recorded in ``study.json``.
         cache_dir: engine artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or ``~/.cache/fairsample/engines``).
         threads: torch and ONNX Runtime intra-op threads per process (None: the profile's).
         workers: processes running model chains in parallel (None: the profile's).
@@ -188,6 +190,14 @@ def run_study(
     """
     t_start = time.perf_counter()
     say = progress or (lambda _line: None)
+    if backend == "auto":
+        from fairsample.engines.choice import choose_backend
+
+        choice = choose_backend("auto")
+        backend = choice.backend if choice.backend in ("onnxruntime", "torch") else "torch"
+        say(
+            choice.line() + ("" if choice.backend == backend else "; the study samples with torch (no TensorRT stage)")
+        )
     if backend not in ("onnxruntime", "torch"):
         raise ConfigError(_BAD_BACKEND.format(value=backend))
     for _name, value, template in (("threads", threads, _BAD_THREADS), ("workers", workers, _BAD_WORKERS)):
