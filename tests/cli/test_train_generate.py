@@ -56,6 +56,8 @@ def test_train_then_generate_60_images_accepted_by_check(runner, demo_dir, tmp_p
 
 
 def test_same_seeds_any_batch_size_byte_identical(runner, tiny_model, tmp_path):
+    """Batch invariance at the CLI layer (PNG bytes of `generate --batch-size`); the engine and sampler layers have
+    tests/engines/test_engine_batch_invariance.py and tests/samplers/test_sampler_batch_invariance.py."""
     common = [
         "--model",
         tiny_model,
@@ -74,27 +76,6 @@ def test_same_seeds_any_batch_size_byte_identical(runner, tiny_model, tmp_path):
     assert invoke(runner, "generate", *common, "--batch-size", "5", "--output-dir", tmp_path / "b").exit_code == 0
     a, b = _digests(tmp_path / "a"), _digests(tmp_path / "b")
     assert len(a) == 7 and a == b
-
-
-def test_rerun_after_interruption_completes_the_same_set(runner, tiny_model, tmp_path):
-    args = ["generate", "--model", tiny_model, "--per-cell", "2", "--steps", "3", "--output-dir", tmp_path / "g"]
-    assert invoke(runner, *args).exit_code == 0
-    full = _digests(tmp_path / "g")
-    # simulate a kill: some images and the completion files missing, a stray temporary file left behind
-    for name in list(full)[::3]:
-        (tmp_path / "g" / "images" / name).unlink()
-    (tmp_path / "g" / "metadata.csv").unlink()
-    (tmp_path / "g" / "config.json").unlink()
-    (tmp_path / "g" / "images" / ".000001.png.tmp123.png").write_bytes(b"partial")
-    res = invoke(runner, *args, "--format", "json")
-    assert json.loads(res.stdout)["n_generated"] == len(list(full)[::3])
-    assert _digests(tmp_path / "g") == full
-    assert (tmp_path / "g" / "metadata.csv").is_file()
-    # a different plan into the same folder is refused
-    res = invoke(
-        runner, "generate", "--model", tiny_model, "--per-cell", "3", "--steps", "3", "--output-dir", tmp_path / "g"
-    )
-    assert res.exit_code == 1 and "holds a different generation" in res.stderr
 
 
 def test_generate_errors(runner, tiny_model, tmp_path):
@@ -117,6 +98,8 @@ def test_generate_dry_run_prints_plan(runner, tiny_model):
 
 
 def test_train_kill_then_resume_continues_from_checkpoint(demo_dir, tmp_path):
+    """Resume at the CLI layer: a real SIGKILL of `fairsample train`, then `--resume` from its last checkpoint. The
+    training-loop layer (weights equal to an uninterrupted run) is tests/train/test_loop.py."""
     out = tmp_path / "m"
     cmd = [
         sys.executable,

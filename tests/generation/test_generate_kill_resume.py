@@ -1,5 +1,6 @@
 """`fairsample generate` killed with SIGKILL mid-run, then re-run with the same command: the folder ends byte-identical
-to an uninterrupted run — no duplicate, no missing image, no leftover temporary file."""
+to an uninterrupted run — no duplicate, no missing image, no leftover temporary file — and a different plan into the
+same folder is refused. The one home of generation's resume test (sharded re-runs: test_sharding.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def test_sigkill_then_rerun_is_byte_identical_to_an_uninterrupted_run(tmp_path):
     assert not (killed / "metadata.csv").exists() and not (killed / "config.json").exists()
     assert (killed / "plan.json").is_file()
 
+    # a stray temporary file of a write in flight when the process died is cleaned up by the re-run
+    stray = killed / "images" / f".{pngs(killed)[0].name}.tmp123.png"
+    stray.write_bytes(b"partial")
+
     runner = CliRunner()
     res = runner.invoke(app, [*ARGS, "--output-dir", str(killed), "--format", "json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -58,4 +63,10 @@ def test_sigkill_then_rerun_is_byte_identical_to_an_uninterrupted_run(tmp_path):
     assert res.exit_code == 0, res.output
     whole, resumed = snapshot(tmp_path / "whole"), snapshot(killed)
     assert len(pngs(killed)) == 30 and not [k for k in resumed if "/." in k or k.startswith(".")]
-    assert resumed.keys() == whole.keys() and resumed == whole
+    assert resumed.keys() == whole.keys() and resumed == whole and not stray.exists()
+
+    # a different plan into the same folder is refused (one line, exit 1) and leaves the folder as it was
+    other = ["200-229" if a == "100-129" else a for a in ARGS]  # the same command with other seeds
+    res = runner.invoke(app, [*other, "--output-dir", str(killed)], catch_exceptions=False)
+    assert res.exit_code == 1 and "holds a different generation" in res.stderr and "Traceback" not in res.stderr
+    assert snapshot(killed) == whole

@@ -77,3 +77,12 @@ def make_plan(cell_embeddings: tuple[torch.Tensor, torch.Tensor]) -> Callable[[S
         return ConditioningPlan(cond=cond[idx], uncond=uncond, cells=tuple(f"cell{i}" for i in idx))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def engines() -> dict[str, Any]:
+    """``{"torch", "onnxruntime"}`` engines over the shared tiny bundle (tests/export/shared.py; D = 16, S = 4)."""
+    from fairsample.engines import load_engine
+    from tests.export.shared import load_ort, tiny_bundle
+
+    return {"torch": load_engine(tiny_bundle()), "onnxruntime": load_ort()}

@@ -1,4 +1,10 @@
-"""Same seed -> same image whatever the batch: final latents are bitwise equal across batch sizes 1, 3 and 8.
+"""Same seed -> same image whatever the batch, at the sampler layer (the one home of this property for samplers):
+final latents are bitwise equal across batch sizes, for the conditional sampler under every scheduler and for every
+registered sampler on the torch and onnxruntime engines.
+
+Other layers have their own home: the engine layer (one U-Net call, rows bitwise equal across batch sizes) is
+tests/engines/test_engine_batch_invariance.py; the CLI layer (PNG bytes of `fairsample generate --batch-size`) is
+tests/cli/test_train_generate.py.
 
 This is the product promise behind ``{seed:06d}.png`` (STYLE.md rule 3). It holds because (a) x_T and every step's
 noise come from the sample's own generator, (b) CFG rows of a sample do not depend on other rows, and (c) the torch
@@ -13,6 +19,7 @@ import torch
 
 from fairsample.engines import TorchEngine
 from fairsample.samplers import (
+    SAMPLERS,
     SCHEDULERS,
     init_noise_sigma,
     initial_latents,
@@ -20,6 +27,8 @@ from fairsample.samplers import (
     make_scheduler,
     sample_conditional,
 )
+
+from . import every_sampler
 
 SEEDS = list(range(8))
 STEPS = 4
@@ -58,3 +67,12 @@ def test_final_latents_are_bitwise_equal_across_batch_sizes(engine, scheduler_co
 def test_unguided_path_is_batch_invariant_too(engine, scheduler_config, make_plan) -> None:
     alone = _generate(engine, "ddpm", scheduler_config, make_plan, batch_size=1, guidance_scale=1.0)
     assert torch.equal(_generate(engine, "ddpm", scheduler_config, make_plan, batch_size=8, guidance_scale=1.0), alone)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_is_batch_invariant_on_torch_and_onnxruntime(engines, name: str) -> None:
+    n = len(every_sampler.SEEDS)
+    for backend, sizes in (("torch", (1, 4)), ("onnxruntime", (1,))):  # 4: chunks of 4 and 2
+        ref = every_sampler.generate(engines[backend], name, batch_size=n)
+        for bs in sizes:
+            assert torch.equal(every_sampler.generate(engines[backend], name, batch_size=bs), ref), (name, backend, bs)
