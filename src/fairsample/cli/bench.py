@@ -143,7 +143,8 @@ def _quality(
             from fairsample.data.demo import make_demo_dataset
 
             say("--data not given: building the demo dataset (the embedded model's data) in a temporary folder")
-            data = make_demo_dataset(Path(tmp) / "demo")
+            data = Path(tmp) / "demo"
+            make_demo_dataset(data)
         doc = run_quality_bench(
             bundle,
             load_folder(data),
