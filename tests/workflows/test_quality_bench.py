@@ -143,3 +143,39 @@ def test_cli_quality_checks_before_work():
     assert res.exit_code == 1 and "`schedulers` must be a non-empty list of names among" in res.output
     res = runner.invoke(app, ["bench", "--quality", "--data", "/nope"])
     assert res.exit_code == 1 and "`--data` /nope is not a folder" in res.output
+
+
+def test_apply_recommendation_writes_the_setting_and_the_table(tmp_path):
+    import shutil
+
+    from fairsample.models.bundle import ModelBundle, default_model_path
+
+    bundle_dir = tmp_path / "m"
+    shutil.copytree(default_model_path(), bundle_dir)
+    before = ModelBundle.load(bundle_dir).sampling_defaults()
+    row = {
+        "scheduler": "unipc",
+        "steps": 12,
+        "fid": 1.0,
+        "kid": 0.01,
+        "accuracy": {"label": 0.95},
+        "speed": {"onnxruntime": {"images_per_s": 40.0, "speedup_over_anchor": 8.0}},
+        "within_noise": {"ok": True, "failed": []},
+    }
+    doc = {
+        "config": {"protocol": "p"},
+        "anchor": {"scheduler": "ddim", "steps": 50, "backend": "torch-eager", "images_per_s": 5.0, "noise": {}},
+        "rows": [row],
+        "recommended": {"scheduler": "unipc", "steps": 12, "speed": row["speed"]},
+        "best_speedup_within_noise": 8.0,
+        "machine": {"cpu_bf16": True},
+    }
+    sampling = qb.apply_recommendation(bundle_dir, doc, command="fairsample bench --quality")
+    after = ModelBundle.load(bundle_dir)
+    assert sampling == after.sampling_defaults() == {**before, "scheduler": "unipc", "steps": 12}
+    record = after.config["sampling_speed"]
+    assert record["command"] == "fairsample bench --quality" and record["table"][0]["images_per_s"] == {
+        "onnxruntime": 40.0
+    }
+    with pytest.raises(ConfigError, match="no setting was within the anchor's noise"):
+        qb.apply_recommendation(bundle_dir, doc | {"recommended": None})

@@ -48,6 +48,12 @@ def bench_cmd(
     plot: Annotated[
         Path | None, typer.Option(help="[--quality] Pareto plot PNG (default: next to --output, else none).")
     ] = None,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply", help="[--quality] Write the recommended scheduler/steps and the table into the --model bundle."
+        ),
+    ] = False,
     cache_dir: CacheDirOpt = None,
     fmt: FormatOpt = Format.human,
 ) -> None:
@@ -79,6 +85,7 @@ def bench_cmd(
             plot,
             cache_dir,
             fmt,
+            apply,
         )
         return
     from fairsample.workflows.bench import format_table, run_bench
@@ -117,8 +124,10 @@ def _quality(
     plot: Path | None,
     cache_dir: Path | None,
     fmt: Format,
+    apply: bool = False,
 ) -> None:
-    """``bench --quality``: checks first, then :func:`fairsample.workflows.quality_bench.run_quality_bench`."""
+    """``bench --quality``: checks first, then :func:`fairsample.workflows.quality_bench.run_quality_bench`;
+    ``apply`` writes the recommendation into the ``--model`` bundle."""
     import tempfile
 
     from fairsample.cli.common import open_model_option
@@ -130,6 +139,8 @@ def _quality(
         raise ConfigError(
             "`--data` is required with --quality and --model: pass the real data the model was trained on."
         )
+    if apply and model is None:
+        raise ConfigError("`--apply` writes into a bundle folder: pass it with --model BUNDLE.")
     if data is not None and not data.is_dir():
         raise ConfigError(f"`--data` {data} is not a folder; pass the model's real dataset folder.")
     from fairsample.data.folder import load_folder
@@ -163,6 +174,13 @@ def _quality(
         plot = output.with_suffix(".png")
     if plot is not None:
         doc["plot"] = str(pareto_plot(doc, plot))
+    if apply and doc["recommended"] is not None:
+        from fairsample.workflows.quality_bench import apply_recommendation
+
+        doc["applied"] = apply_recommendation(model, doc, command=" ".join(["fairsample", *sys.argv[1:]]))
+        say(f"wrote sampling {doc['applied']} and the table (sampling_speed) into {model}")
+    elif apply:
+        say(f"--apply: no setting was within the anchor's noise; {model} keeps its sampling settings")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(doc, indent=2) + "\n")

@@ -38,7 +38,14 @@ import numpy as np
 from fairsample.core.errors import ConfigError
 from fairsample.evaluation.metric_info import METRICS
 
-__all__ = ["QualitySetting", "pareto_plot", "run_quality_bench", "within_noise"]
+__all__ = [
+    "QualitySetting",
+    "apply_recommendation",
+    "pareto_plot",
+    "run_quality_bench",
+    "speed_record",
+    "within_noise",
+]
 
 SCHEMA = "fairsample.workflows.quality_bench/1"
 #: the solvers compared by default (issue #15 §2), all diffusers schedulers built from the bundle's config
@@ -484,3 +491,67 @@ def pareto_plot(doc: dict[str, Any], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ 5. the choice
+
+
+def speed_record(doc: dict[str, Any], command: str | None = None) -> dict[str, Any]:
+    """The ``sampling_speed`` entry a bundle keeps: the anchor, the table (one row per setting: FID, KID,
+    accuracies, images/s per backend, verdict), the recommended setting and the command that reproduces it."""
+    table = [
+        {
+            "scheduler": r["scheduler"],
+            "steps": r["steps"],
+            "fid": round(r["fid"], 4),
+            "kid": round(r["kid"], 5),
+            "accuracy": {k: round(v, 4) for k, v in r["accuracy"].items()},
+            "images_per_s": {b: v["images_per_s"] for b, v in r["speed"].items()},
+            "within_noise": r["within_noise"]["ok"],
+        }
+        for r in doc["rows"]
+    ]
+    a = doc["anchor"]
+    return {
+        "schema": SCHEMA,
+        "protocol": doc["config"]["protocol"],
+        "command": command or "fairsample bench --quality --output quality.json",
+        "anchor": {
+            "scheduler": a["scheduler"],
+            "steps": a["steps"],
+            "backend": a["backend"],
+            "images_per_s": a["images_per_s"],
+            "noise": a["noise"],
+        },
+        "recommended": doc["recommended"],
+        "best_speedup_within_noise": doc["best_speedup_within_noise"],
+        "machine": doc["machine"],
+        "table": table,
+    }
+
+
+def apply_recommendation(bundle_dir: str | Path, doc: dict[str, Any], command: str | None = None) -> dict[str, Any]:
+    """Write the recommended (scheduler, steps) into a bundle's ``sampling`` (guidance and the rest kept) and the
+    whole measurement as ``sampling_speed``; nothing is changed when no setting was within the anchor's noise.
+
+    The within-noise rule keeps every accuracy within 2 sd of the anchor's, which is stricter than the conditioning
+    guard's "no drop over 0.15", so a recommended setting keeps the guard's verdict.
+
+    Returns:
+        The bundle's new ``sampling`` table.
+
+    Raises:
+        ConfigError: ``doc`` recommends nothing, or ``bundle_dir`` is not a bundle.
+    """
+    from fairsample.models.bundle import update_bundle_config
+
+    rec = doc.get("recommended")
+    if rec is None:
+        raise ConfigError("no setting was within the anchor's noise; nothing to write (the bundle keeps its settings)")
+    import json
+
+    cfg_path = Path(bundle_dir) / "fairsample_config.json"
+    current = json.loads(cfg_path.read_text(encoding="utf-8")).get("sampling", {}) if cfg_path.is_file() else {}
+    sampling = {**current, "scheduler": rec["scheduler"], "steps": int(rec["steps"])}
+    update_bundle_config(bundle_dir, {"sampling": sampling, "sampling_speed": speed_record(doc, command)})
+    return sampling
