@@ -1,4 +1,5 @@
-"""`fairsample bench`: one JSON document with rates, ratios, GFLOP/s and target verdicts; bad input is one line."""
+"""`fairsample bench`: the command runs and writes one JSON document with this schema (rates, ratios, GFLOP/s,
+target verdicts; their arithmetic: tests/workflows/test_bench.py); bad input is one line."""
 
 from __future__ import annotations
 
@@ -38,29 +39,37 @@ def test_bench_json(runner, tiny_model, tmp_path):
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert json.loads(out.read_text()) == doc
+    # the schema; the ratios, ceilings, fractions and the human table are unit-tested on made-up measurements in
+    # tests/workflows/test_bench.py
+    assert set(doc) >= {"schema", "machine", "config", "sampling", "unet", "unet_flops_per_call", "cfg_packing"}
+    assert set(doc) >= {"matmul_gflops", "ratios", "targets"} and doc["config"]["matmul_size"] == 256
     rows = {(r["backend"], r["batch"], r["cfg"]) for r in doc["sampling"]}
     assert rows == {(k, b, c) for k in ("torch-eager", "onnxruntime") for b in (1, 2) for c in (True, False)}
     assert all(r["images_per_s"] > 0 and r["seconds"] > 0 for r in doc["sampling"])
-    ratio = doc["ratios"]["onnxruntime_over_torch_eager"]
-    assert set(ratio) == {"B=1,cfg=on", "B=1,cfg=off", "B=2,cfg=on", "B=2,cfg=off"}
-    eager = {(r["batch"], r["cfg"]): r["images_per_s"] for r in doc["sampling"] if r["backend"] == "torch-eager"}
-    ort = {(r["batch"], r["cfg"]): r["images_per_s"] for r in doc["sampling"] if r["backend"] == "onnxruntime"}
-    assert abs(ratio["B=1,cfg=on"] - ort[(1, True)] / eager[(1, True)]) < 1e-2
+    assert set(doc["ratios"]) == {"onnxruntime_over_torch_eager"}
+    assert set(doc["ratios"]["onnxruntime_over_torch_eager"]) == {
+        "B=1,cfg=on",
+        "B=1,cfg=off",
+        "B=2,cfg=on",
+        "B=2,cfg=off",
+    }
     assert doc["matmul_gflops"] > 0 and set(doc["unet_flops_per_call"]) == {"1", "2", "4"}
+    assert {(r["backend"], r["n"]) for r in doc["unet"]} == {
+        (k, n) for k in ("torch-eager", "onnxruntime") for n in (1, 2)
+    }
+    # achieved GFLOP/s per U-Net row is computed inside the measuring loop (no function to call on made-up rows)
     flops = doc["unet_flops_per_call"]
-    assert flops["1"] > 0 and flops["2"] == 2 * flops["1"] and flops["4"] == 4 * flops["1"]  # FLOPs scale with N
     row = next(r for r in doc["unet"] if r["backend"] == "onnxruntime" and r["n"] == 2)
     assert abs(row["gflops"] - flops["2"] / (row["ms"] / 1e3) / 1e9) < 0.02 * row["gflops"] + 0.01
     assert {p["backend"] for p in doc["cfg_packing"]} == {"torch-eager", "onnxruntime"}
     assert set(doc["targets"]) == {"onnxruntime_over_torch_eager_B1", "gflops_fraction_of_matmul_N2"}
-    assert doc["config"]["matmul_size"] == 256
-    b1 = doc["targets"]["onnxruntime_over_torch_eager_B1"]
-    # ceiling: ORT's U-Net at the matmul rate, nothing else costing time, against the measured eager rate
-    ceiling = min(
-        1 / (flops[str(n)] / (doc["matmul_gflops"] * 1e9)) / eager[(1, cfg)] for n, cfg in ((2, True), (1, False))
-    )
-    assert abs(b1["ceiling_at_matmul_rate"] - ceiling) < 0.01 * ceiling + 1e-3
-    assert b1["reachable_here"] == (b1["ceiling_at_matmul_rate"] >= b1["target"])
+    assert set(doc["targets"]["onnxruntime_over_torch_eager_B1"]) == {
+        "target",
+        "worst_of_cfg_on_off",
+        "met",
+        "ceiling_at_matmul_rate",
+        "reachable_here",
+    }
 
 
 def test_bench_unknown_backend_is_one_line(tiny_model):

@@ -2,15 +2,15 @@
 
 The tiny profile trains an 8x8 'test' U-Net for a few steps, so its numbers are meaningless; these tests check the
 machinery: the grid runs through the public SDK (shared base → every model → sets → one evaluation with the oracle
-and the counterfactual view), every number of RESULTS.md is in results.json, a dataset whose cells differ from the
-embedded model's runs from a folder without fairsample.toml, and a killed study continues without recomputing
+and the counterfactual view) and writes results.json / RESULTS.md / plots with their schema (the Markdown text is
+unit-tested in tests/workflows/test_study_report.py), a dataset whose cells differ from the embedded model's runs
+from a folder without fairsample.toml, and a killed study continues without recomputing
 completed cells. The engine is the torch backend (no ONNX export) to keep the suite fast.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 
 from fairsample.workflows.study import _BAD_METHOD, _NO_ATTRIBUTE, _UNKNOWN_ATTRIBUTE, METHODS
-from fairsample.workflows.study.report import table_numbers
 
 from .conftest import invoke
 
@@ -85,32 +84,6 @@ def full_run(study_env) -> tuple[Path, dict[str, Any]]:
     return out, json.loads((out / "results.json").read_text())
 
 
-def _numbers(obj: Any) -> list[float]:
-    if isinstance(obj, dict):
-        return [x for v in obj.values() for x in _numbers(v)]
-    if isinstance(obj, list):
-        return [x for v in obj for x in _numbers(v)]
-    if isinstance(obj, bool):
-        return []
-    if isinstance(obj, int | float) and math.isfinite(obj):
-        return [float(obj)]
-    return []
-
-
-def _section_rows(markdown: str, heading: str) -> list[str]:
-    """First-column labels of the first table after ``heading``."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
-    rows, seen_table = [], False
-    for line in lines[start + 1 :]:
-        if line.startswith("|"):
-            seen_table = True
-            rows.append([c.strip() for c in line.strip("|").split("|")][0])
-        elif seen_table:
-            break
-    return rows[2:]  # header and separator
-
-
 def test_tiny_study_end_to_end(full_run) -> None:
     out, results = full_run
     for rel in (
@@ -126,18 +99,15 @@ def test_tiny_study_end_to_end(full_run) -> None:
         "cells/generate/vanilla@1/set/metadata.csv",
     ):
         assert (out / rel).is_file(), rel
+    # RESULTS.md is written, one gap-closure section per view; its text (rows, cells, every number from
+    # results.json) is unit-tested on a hand-made document in tests/workflows/test_study_report.py
     md = (out / "RESULTS.md").read_text()
-    assert _section_rows(md, "## Gap closure — counterfactual") == ROWS
-    assert _section_rows(md, "## Gap closure — real test split") == ROWS
-    assert "fairsample study --data" in md and results["command"].startswith("fairsample study --data")
-    # every decimal number of every Markdown table is a value of results.json (at the shown precision)
-    values = _numbers(results)
-    shown = table_numbers(md)
-    assert len(shown) > 150
-    for token in shown:
-        x, decimals = float(token), len(token.split(".")[1])
-        tol = 0.5 * 10**-decimals + 1e-12
-        assert any(abs(v - x) <= tol for v in values), f"{token} in RESULTS.md is not in results.json"
+    assert md.startswith("# fairsample study") and results["command"].startswith("fairsample study --data")
+    assert [line for line in md.splitlines() if line.startswith("## Gap closure — ")] == [
+        "## Gap closure — counterfactual test set (paired content)",
+        "## Gap closure — real test split",
+    ]
+    assert [r["label"] for r in results["rows"]] == ROWS
     # protocol: a shared base without the minority, two generator seeds per method, the oracle in the plan's numbers
     base = results["base"]
     assert base["minority"] == "dark" and base["minority_images"] == 0 and base["minority_in_train_split"] > 0
