@@ -354,6 +354,23 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ConfigError(_BAD_SPEC_INT.format(name=name, value=value))
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same place: ``cuda`` without an index is the current CUDA device, so a tensor on
+    ``cuda:0`` is on an engine's ``cuda`` (``torch.device("cuda:0") != torch.device("cuda")`` in torch).
+
+    Example:
+        >>> cpu, cuda0, cuda1 = torch.device("cpu"), torch.device("cuda:0"), torch.device("cuda:1")
+        >>> same_device(cpu, cpu), same_device(cuda1, cuda0), same_device(cpu, cuda0)
+        (True, False, False)
+    """
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
 def _to_tensor(name: str, value: Any, device: torch.device) -> Tensor:
     """One boundary input to a float32 tensor on ``device`` (numpy only on CPU; never a silent device move)."""
     if isinstance(value, np.ndarray):
@@ -365,7 +382,7 @@ def _to_tensor(name: str, value: Any, device: torch.device) -> Tensor:
     elif not isinstance(value, Tensor):
         numpy = " (or numpy array)" if device.type == "cpu" else ""
         raise ConfigError(_BAD_INPUT_TYPE.format(name=name, numpy=numpy, type_name=type(value).__name__))
-    if value.device != device:
+    if not same_device(value.device, device):
         raise ConfigError(_WRONG_DEVICE.format(name=name, got=value.device, device=device, device_str=str(device)))
     if value.dtype == torch.bool or value.is_complex():
         raise ConfigError(_BAD_INPUT_DTYPE.format(name=name, dtype=value.dtype))
