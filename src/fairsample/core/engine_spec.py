@@ -367,6 +367,8 @@ def same_device(a: torch.device, b: torch.device) -> bool:
         return False
     if a.index == b.index or a.type == "cpu":
         return True
+    if a.index is not None and b.index is not None:
+        return False
     current = torch.cuda.current_device() if a.type == "cuda" else 0
     return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
