@@ -11,8 +11,9 @@ What it does, in order:
 
 1. Machine facts (GPU name and capability, torch / CUDA / cuDNN versions, TF32 flags), and one probe
    (``probes.torch_engine_device_cuda``): does a torch engine built with ``device="cuda"`` — the string
-   ``--backend auto`` passes — accept tensors on ``cuda:0``? Its boundary compares ``torch.device`` objects and
-   ``cuda:0 != cuda``, so this script itself runs on ``cuda:<current index>``.
+   ``--backend auto`` passes — accept tensors on ``cuda:0``? (``torch.device("cuda:0") != torch.device("cuda")``;
+   the engines' boundary now compares with ``core.engine_spec.same_device``, untested on a GPU until this runs.) The
+   script itself runs on ``cuda:<current index>`` either way.
 2. The reference: the embedded model (:meth:`ModelBundle.load_default`) sampled by ``FairSamplePipeline`` with the
    torch engine on the CPU in float32 — one plan of ``--images`` (cell, seed) items (cells round-robin over the
    model's cells, seeds 0..N-1), the bundle's sampling defaults (DDIM, 25 steps, its guidance scale) unless
