@@ -179,3 +179,40 @@ def test_apply_recommendation_writes_the_setting_and_the_table(tmp_path):
     }
     with pytest.raises(ConfigError, match="no setting was within the anchor's noise"):
         qb.apply_recommendation(bundle_dir, doc | {"recommended": None})
+
+
+def _row(scheduler, steps, ok, speeds, bf16_ok=None):
+    row = {
+        "scheduler": scheduler,
+        "steps": steps,
+        "within_noise": {"ok": ok, "failed": []},
+        "speed": {b: {"images_per_s": v, "speedup_over_anchor": v / 2} for b, v in speeds.items()},
+    }
+    if bf16_ok is not None:
+        row["reduced_precision"] = {"openvino-bf16": {"within_noise": {"ok": bf16_ok, "failed": []}}}
+    return row
+
+
+def test_choose_fastest_float32_and_fastest_any_precision():
+    fp32, reduced = ["torch-eager", "onnxruntime"], ["openvino-bf16"]
+    rows = [
+        _row("ddim", 20, True, {"torch-eager": 4.0, "onnxruntime": 6.0, "openvino-bf16": 7.0}, bf16_ok=True),
+        _row("unipc", 8, True, {"torch-eager": 9.0, "onnxruntime": 12.0, "openvino-bf16": 15.0}, bf16_ok=False),
+        _row("unipc", 5, False, {"torch-eager": 14.0, "onnxruntime": 18.0, "openvino-bf16": 22.0}, bf16_ok=True),
+    ]
+    fastest, best = qb._choose(rows, fp32, reduced)
+    assert (fastest["scheduler"], fastest["steps"]) == ("unipc", 8)
+    # unipc/5 is out in float32 but its bf16 images are within noise: the fastest of all (a row's verdicts are per
+    # precision); unipc/8 bf16 failed its own check so it cannot win with 15 img/s
+    assert best == {
+        "scheduler": "unipc",
+        "steps": 5,
+        "backend": "openvino-bf16",
+        "precision": "bf16",
+        "images_per_s": 22.0,
+        "speedup_over_anchor": 11.0,
+    }
+    assert qb._choose([rows[2]], fp32, []) == (None, None)
+    # ties go to fewer steps
+    tie = [_row("a", 12, True, {"onnxruntime": 5.0}), _row("b", 8, True, {"onnxruntime": 5.0})]
+    assert qb._choose(tie, ["onnxruntime"], [])[0]["steps"] == 8

@@ -18,7 +18,11 @@ from fairsample.cli.common import CacheDirOpt, Format, FormatOpt, _emit, app, ha
 def bench_cmd(
     model: Annotated[Path | None, typer.Option(help="Model bundle (default: the embedded model).")] = None,
     backend: Annotated[
-        list[str] | None, typer.Option(help="Backend to include (repeat): torch-eager, torch, onnxruntime, tensorrt.")
+        list[str] | None,
+        typer.Option(
+            help="Backend to include (repeat): torch-eager, torch, onnxruntime, tensorrt; with --quality: "
+            "torch-eager, onnxruntime, openvino-bf16 (default: those installed; bf16 only on a CPU with native bf16)."
+        ),
     ] = None,
     batches: Annotated[str, typer.Option(help="Images per sampling call, like 1,8,32.")] = "1,8,32",
     steps: Annotated[int, typer.Option(min=1, help="Scheduler steps per image.")] = 10,
@@ -202,6 +206,9 @@ def format_quality_table(doc: dict) -> str:
         verdict = "ok" if r["within_noise"]["ok"] else "out (" + "; ".join(r["within_noise"]["failed"]) + ")"
         head = f"{r['scheduler']:>14s} {r['steps']:>3d}  FID {r['fid']:7.4g}  KID {r['kid']:8.3g}"
         lines.append(f"{head}  {acc}  {speed}  {verdict}")
+        for b, own in (r.get("reduced_precision") or {}).items():
+            ok = "ok" if own["within_noise"]["ok"] else "out (" + "; ".join(own["within_noise"]["failed"]) + ")"
+            lines.append(f"{'':>18s}  {b}: FID {own['fid']:7.4g}  KID {own['kid']:8.3g}  {ok}")
     rec = doc.get("recommended")
     lines.append(
         "recommended: none within the anchor's noise"
@@ -209,6 +216,12 @@ def format_quality_table(doc: dict) -> str:
         else f"recommended: {rec['scheduler']} {rec['steps']} steps "
         f"({doc['best_speedup_within_noise']:.2f}x the anchor)"
     )
+    best = doc.get("fastest_within_noise_any_precision")
+    if best is not None:
+        lines.append(
+            f"fastest within noise at any precision: {best['scheduler']} {best['steps']} steps on {best['backend']} "
+            f"({best['images_per_s']:.2f} img/s, {best['speedup_over_anchor']:.2f}x the anchor)"
+        )
     if doc.get("plot"):
         lines.append(f"plot: {doc['plot']}")
     return "\n".join(lines)

@@ -217,8 +217,15 @@ def _images_per_s(
 # ------------------------------------------------------------------------------------------------ the run
 
 
+#: backends whose images differ from float32 (reduced precision): each gets its own fidelity row per setting
+REDUCED_PRECISION = {"openvino-bf16": "bf16"}
+BACKEND_NAMES = ("torch-eager", "onnxruntime", *REDUCED_PRECISION)
+
+
 def _pipelines(bundle: Any, backends: Sequence[str], cache_dir: Any) -> dict[str, Any]:
-    """``{backend: FairSamplePipeline}``: ``torch-eager`` (batched, the anchor's engine) and ``onnxruntime``."""
+    """``{backend: FairSamplePipeline}``: ``torch-eager`` (batched, the anchor's engine), ``onnxruntime`` and
+    ``openvino-bf16`` (:func:`fairsample.engines.openvino_engine.load_bf16_engine`: refused without CPU bf16, and
+    only after its image gate passes)."""
     from fairsample.engines import load_engine
     from fairsample.generation.pipeline import FairSamplePipeline
 
@@ -228,8 +235,12 @@ def _pipelines(bundle: Any, backends: Sequence[str], cache_dir: Any) -> dict[str
             engine = load_engine(bundle, "torch", batch_invariant=False)
         elif name == "onnxruntime":
             engine = load_engine(bundle, "onnxruntime", cache_dir=cache_dir)
+        elif name == "openvino-bf16":
+            from fairsample.engines.openvino_engine import load_bf16_engine
+
+            engine = load_bf16_engine(bundle, cache_dir=cache_dir)
         else:
-            raise ConfigError(f"`backends` entries must be torch-eager or onnxruntime, got {name!r}.")
+            raise ConfigError(f"`backends` entries must be among {list(BACKEND_NAMES)}, got {name!r}.")
         out[name] = FairSamplePipeline(bundle, engine=engine)
     return out
 
@@ -284,7 +295,6 @@ def run_quality_bench(
         >>> doc = run_quality_bench(bundle, load_folder("demo"), schedulers=["unipc"], steps=[10])  # doctest: +SKIP
         >>> doc["recommended"]  # doctest: +SKIP
     """
-    import importlib.util
 
     import torch
 
@@ -294,9 +304,11 @@ def run_quality_bench(
             f"`anchor_seed_sets` needs at least 2 first seeds for the anchor's noise, got {list(anchor_seed_sets)}."
         )
     say = progress or (lambda _line: None)
-    names = list(backends or ["torch-eager"] + (["onnxruntime"] if importlib.util.find_spec("onnxruntime") else []))
+    names = list(backends or default_backends())
     if "torch-eager" not in names:
         names.insert(0, "torch-eager")
+    reduced = [b for b in names if b in REDUCED_PRECISION]
+    fp32 = [b for b in names if b not in REDUCED_PRECISION]
     t_start = time.perf_counter()
     size = int(bundle.image_shape[-1])
     defaults = bundle.sampling_defaults()
@@ -306,7 +318,7 @@ def run_quality_bench(
 
     ref = _reference(dataset, size, seed, feature_epochs, say)
     pipes = _pipelines(bundle, names, cache_dir)
-    fidelity_backend = names[-1]
+    fidelity_backend = fp32[-1]
 
     # 2. the anchor on its seed sets (its noise)
     anchor_runs = []
@@ -341,9 +353,11 @@ def run_quality_bench(
                 ips = _images_per_s(pipe, cells, setting, batch, guidance, speed_images, repeats)
                 speed[backend] = {"images_per_s": round(ips, 3)}
             verdict = within_noise(fidelity, noise)
-            rows.append(
-                {"scheduler": name, "steps": int(n_steps), **fidelity, "within_noise": verdict, "speed": speed}
-            )
+            row = {"scheduler": name, "steps": int(n_steps), **fidelity, "within_noise": verdict, "speed": speed}
+            for backend in reduced:  # reduced precision changes the images: its own fidelity and verdict
+                own = _fidelity(_sample(pipes[backend], c, s, setting, batch, guidance), c, ref, seed)
+                row.setdefault("reduced_precision", {})[backend] = {**own, "within_noise": within_noise(own, noise)}
+            rows.append(row)
             best = max(v["images_per_s"] for v in speed.values())
             anchor_ips = max(anchor_timings)
             say(
@@ -360,8 +374,7 @@ def run_quality_bench(
             v["speedup_over_anchor"] = round(v["images_per_s"] / anchor_ips, 3)
     for p in pipes.values():
         p.engine.close()
-    ok = [r for r in rows if r["within_noise"]["ok"]]
-    fastest = max(ok, key=lambda r: (max(v["images_per_s"] for v in r["speed"].values()), -r["steps"])) if ok else None
+    fastest, best_any = _choose(rows, fp32, reduced)
     return {
         "schema": SCHEMA,
         "machine": _machine(torch),
@@ -379,7 +392,7 @@ def run_quality_bench(
             "z": Z,
             "backends": names,
             "fidelity_backend": fidelity_backend,
-            "precision": "float32",
+            "precision": {b: REDUCED_PRECISION.get(b, "float32") for b in names},
             "protocol": "docs/decisions.md, 'Quality per second (issue #15)'",
         },
         "anchor": {
@@ -395,12 +408,60 @@ def run_quality_bench(
         "rows": rows,
         "recommended": None
         if fastest is None
-        else {"scheduler": fastest["scheduler"], "steps": fastest["steps"], "speed": fastest["speed"]},
+        else {
+            "scheduler": fastest["scheduler"],
+            "steps": fastest["steps"],
+            "backend": max(fp32, key=lambda b: fastest["speed"][b]["images_per_s"]),
+            "speed": fastest["speed"],
+        },
         "best_speedup_within_noise": None
         if fastest is None
-        else max(v["speedup_over_anchor"] for v in fastest["speed"].values()),
+        else max(fastest["speed"][b]["speedup_over_anchor"] for b in fp32),
+        "fastest_within_noise_any_precision": best_any,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+
+
+def default_backends() -> list[str]:
+    """``torch-eager``, plus ``onnxruntime`` where installed, plus ``openvino-bf16`` where openvino is installed and
+    the CPU has native bf16 (:func:`fairsample.engines.openvino_engine.bf16_supported`)."""
+    import importlib.util
+
+    names = ["torch-eager"]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        names.append("onnxruntime")
+    if importlib.util.find_spec("openvino") is not None:
+        from fairsample.engines.openvino_engine import bf16_supported
+
+        if bf16_supported()[0]:
+            names.append("openvino-bf16")
+    return names
+
+
+def _choose(rows: list[dict[str, Any]], fp32: list[str], reduced: list[str]) -> tuple[Any, Any]:
+    """(the fastest float32 row within noise — ties: fewer steps — or None; the fastest (setting, backend) within
+    noise at any precision: ``{"scheduler", "steps", "backend", "precision", "images_per_s", "speedup_over_anchor"}``
+    or None)."""
+    ok = [r for r in rows if r["within_noise"]["ok"]]
+    fastest = max(ok, key=lambda r: (max(r["speed"][b]["images_per_s"] for b in fp32), -r["steps"])) if ok else None
+    candidates = []
+    for r in rows:
+        for b in fp32 if r["within_noise"]["ok"] else []:
+            candidates.append((r, b))
+        for b in reduced:
+            if r["reduced_precision"][b]["within_noise"]["ok"]:
+                candidates.append((r, b))
+    if not candidates:
+        return fastest, None
+    r, b = max(candidates, key=lambda rb: (rb[0]["speed"][rb[1]]["images_per_s"], -rb[0]["steps"]))
+    best = {
+        "scheduler": r["scheduler"],
+        "steps": r["steps"],
+        "backend": b,
+        "precision": REDUCED_PRECISION.get(b, "float32"),
+        **r["speed"][b],
+    }
+    return fastest, best
 
 
 def _machine(torch: Any) -> dict[str, Any]:
@@ -453,7 +514,9 @@ def pareto_plot(doc: dict[str, Any], path: str | Path) -> Path:
     ax = fig.subplots()
     colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
     schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
-    pts = [(max(v["images_per_s"] for v in r["speed"].values()), r["fid"]) for r in rows]
+    pts = [
+        (max(v["images_per_s"] for b, v in r["speed"].items() if b not in REDUCED_PRECISION), r["fid"]) for r in rows
+    ]
     for k, name in enumerate(schedulers):
         idx = [i for i, r in enumerate(rows) if r["scheduler"] == name]
         col = colors[k % len(colors)]
@@ -464,6 +527,13 @@ def pareto_plot(doc: dict[str, Any], path: str | Path) -> Path:
                 str(rows[i]["steps"]), pts[i], xytext=(4, 3), textcoords="offset points", fontsize=7, color=col
             )
         ax.plot([pts[i][0] for i in idx], [pts[i][1] for i in idx], color=col, linewidth=0.8, alpha=0.6, label=name)
+    for b in REDUCED_PRECISION:  # reduced precision: its own images, so its own FID; diamonds
+        extra = [(r["speed"][b]["images_per_s"], r["reduced_precision"][b]) for r in rows if b in r["speed"]]
+        for x, own in extra:
+            col = "#555555" if own["within_noise"]["ok"] else "white"
+            ax.scatter(x, own["fid"], marker="D", s=30, color=col, edgecolor="#555555", linewidth=1.2, zorder=3)
+        if extra:
+            ax.scatter([], [], marker="D", s=30, color="#555555", label=f"{b} (own images)")
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", linewidth=0.8, label="Pareto front")
     noise = anchor["noise"]["fid"]
