@@ -71,7 +71,9 @@ def test_export_cache_and_onnxruntime_generation(runner, tiny_model, tmp_path, m
 def test_unknown_backend_is_one_line(runner, tiny_model, tmp_path):
     # the generate family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
-    assert proc.returncode == 1 and "`backend` must be one of ['torch', 'onnxruntime', 'tensorrt']" in proc.stderr
+    assert (
+        proc.returncode == 1 and "`backend` must be one of ['auto', 'torch', 'onnxruntime', 'tensorrt']" in proc.stderr
+    )
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
     # checked before the model is loaded: a missing bundle is not even looked at
     res = invoke(runner, "generate", "--model", tmp_path / "nope", "--backend", "tvm", "--output-dir", tmp_path / "x")

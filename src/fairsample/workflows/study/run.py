@@ -190,15 +190,7 @@ def run_study(
     """
     t_start = time.perf_counter()
     say = progress or (lambda _line: None)
-    if backend == "auto":
-        from fairsample.engines.choice import choose_backend
-
-        choice = choose_backend("auto")
-        backend = choice.backend if choice.backend in ("onnxruntime", "torch") else "torch"
-        say(
-            choice.line() + ("" if choice.backend == backend else "; the study samples with torch (no TensorRT stage)")
-        )
-    if backend not in ("onnxruntime", "torch"):
+    if backend not in ("auto", "onnxruntime", "torch"):
         raise ConfigError(_BAD_BACKEND.format(value=backend))
     for _name, value, template in (("threads", threads, _BAD_THREADS), ("workers", workers, _BAD_WORKERS)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -238,6 +230,14 @@ def run_study(
     prof = plan.profile
     minority_value = _minority(ds, attr, minority)
 
+    if backend == "auto":  # resolved after every check, so a bad argument stays the only line on stderr
+        from fairsample.engines.choice import choose_backend
+
+        choice = choose_backend("auto")
+        backend = choice.backend if choice.backend in ("onnxruntime", "torch") else "torch"
+        say(
+            choice.line() + ("" if choice.backend == backend else "; the study samples with torch (no TensorRT stage)")
+        )
     root = Path(output_dir).expanduser().absolute()
     identity = {
         "profile": prof.name,
