@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # tests that train tiny models opt out through its default, and the guard's own tests turn it on explicitly.
 os.environ.setdefault("FAIRSAMPLE_GUARD", "0")
 # The sampling commands default to `--backend auto` (onnxruntime on a CPU: an ONNX export per new model). Tests that
-# do not name a backend get the torch engine, as before; the auto choice has its own tests (tests/engines/test_choice.py).
+# do not name a backend get the torch engine, as before; the auto choice has its own tests (engines/test_choice.py).
 os.environ.setdefault("FAIRSAMPLE_BACKEND", "torch")
 # Engines built by the tests go to a per-session cache, never the user's ~/.cache/fairsample (so a run on a developer
 # machine neither reuses nor pollutes real artifacts, and every run pays the same exports a fresh CI machine does).
