@@ -17,7 +17,10 @@ NAMES = sorted(SCHEDULERS)
 
 
 def test_registry_names() -> None:
-    assert NAMES == ["ddim", "ddpm", "dpmsolver++", "euler", "pndm"]
+    assert NAMES == ["ddim", "ddpm", "deis", "dpmsolver++", "dpmsolver++3m", "euler", "pndm", "unipc"]
+    multistep = make_scheduler("dpmsolver++3m", {"num_train_timesteps": 1000})
+    assert (multistep.config.algorithm_type, multistep.config.solver_order) == ("dpmsolver++", 3)
+    assert make_scheduler("dpmsolver++", {"num_train_timesteps": 1000}).config.solver_order == 2
 
 
 @pytest.mark.parametrize("name", NAMES)
