@@ -16,7 +16,7 @@ What it does, in order:
    script itself runs on ``cuda:<current index>`` either way.
 2. The reference: the embedded model (:meth:`ModelBundle.load_default`) sampled by ``FairSamplePipeline`` with the
    torch engine on the CPU in float32 — one plan of ``--images`` (cell, seed) items (cells round-robin over the
-   model's cells, seeds 0..N-1), the bundle's sampling defaults (DDIM, 25 steps, its guidance scale) unless
+   model's cells, seeds 0..N-1), the bundle's sampling defaults (its scheduler, steps and guidance scale) unless
    ``--steps`` / ``--guidance-scale`` say otherwise.
 3. Per precision (float32, float16, bfloat16 on CUDA): a fresh bundle, ``load_engine(bundle, "torch",
    device="cuda:<i>", dtype=...)``, the same plan, and the gate below against the reference; then the same plan

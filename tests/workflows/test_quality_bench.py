@@ -83,6 +83,7 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     from fairsample.models.bundle import ModelBundle
 
     bundle = ModelBundle.load_default()
+    monkeypatch.setattr(bundle, "sampling_defaults", lambda: {"scheduler": "ddim", "steps": 2, "guidance_scale": 1.0})
     judges = _Judges()
     judges.cells = bundle.cells()
     rng = np.random.default_rng(0)
