@@ -12,6 +12,7 @@ import torch
 from fairsample.core.errors import ConfigError
 from fairsample.engines import TorchEngine
 from fairsample.samplers import (
+    SCHEDULER_NAMES,
     SCHEDULERS,
     init_noise_sigma,
     initial_latents,
@@ -56,7 +57,7 @@ def _snapshot(obj: object) -> dict[str, Any]:
     return {k: conv(v) for k, v in vars(obj).items()}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, *(n for n in SCHEDULER_NAMES if n not in SCHEDULERS)])
 def test_shape_dtype_finite(engine: TorchEngine, scheduler_config, make_plan, name: str) -> None:
     out = _run(engine, make_scheduler(name, scheduler_config), make_plan)
     assert out.shape == (2, 3, 8, 8)

@@ -10,7 +10,15 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from fairsample.core.errors import ConfigError
-from fairsample.samplers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
+from fairsample.samplers import (
+    SCHEDULER_NAMES,
+    SCHEDULERS,
+    SPACINGS,
+    fresh_scheduler,
+    init_noise_sigma,
+    make_scheduler,
+    split_scheduler_name,
+)
 from fairsample.samplers.schedulers import _UNKNOWN_SCHEDULER
 
 NAMES = sorted(SCHEDULERS)
@@ -47,7 +55,9 @@ def test_accepts_another_schedulers_config() -> None:
 
 
 def test_unknown_name_lists_the_names() -> None:
-    with pytest.raises(ConfigError, match=re.escape(_UNKNOWN_SCHEDULER.format(names=NAMES, name="heun"))):
+    with pytest.raises(
+        ConfigError, match=re.escape(_UNKNOWN_SCHEDULER.format(names=list(SCHEDULER_NAMES), name="heun"))
+    ):
         make_scheduler("heun", {})
 
 
@@ -82,3 +92,39 @@ def test_cached_instances_are_fresh_and_independent(name: str) -> None:
     fresh.set_timesteps(7)
     kw = {"generator": torch.Generator().manual_seed(1)} if kw else {}
     assert torch.equal(fresh.step(x, t, x, **kw).prev_sample, stepped)  # a's step state did not leak into the copy
+
+
+VARIANTS = [n for n in SCHEDULER_NAMES if n not in SCHEDULERS]
+
+
+def test_spacing_variants_are_the_supported_pairs() -> None:
+    """Every base name with each spacing its diffusers class has; DDIM has no Karras sigmas, DDPM/PNDM no variants."""
+    assert len(VARIANTS) == 11
+    assert {split_scheduler_name(n)[1] for n in VARIANTS} == set(SPACINGS)
+    for bad in ("ddim-karras", "ddpm-trailing", "pndm-karras", "deis-linspace", "deis-"):
+        with pytest.raises(ConfigError, match=re.escape(f"got {bad!r}")):
+            make_scheduler(bad, {})
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_overrides_only_its_spacing(name: str) -> None:
+    base, spacing = split_scheduler_name(name)
+    config = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
+    plain, spaced = make_scheduler(base, config), make_scheduler(name, config)
+    assert type(spaced) is type(plain) is SCHEDULERS[base]
+    assert spaced.config.prediction_type == "v_prediction"
+    for key, value in SPACINGS[spacing].items():
+        assert spaced.config[key] == value
+    diff = {k for k in spaced.config if not k.startswith("_") and spaced.config[k] != plain.config.get(k)}
+    assert diff == set(SPACINGS[spacing])
+    spaced.set_timesteps(8)
+    plain.set_timesteps(8)
+    assert not torch.equal(spaced.timesteps, plain.timesteps)  # other time points, same update rule
+    if spacing == "trailing":
+        assert int(spaced.timesteps[0]) == 999  # leading (the default here) starts at 1000 - 1000/8 = 875
+
+
+def test_cli_scheduler_choices_are_the_registry() -> None:
+    from fairsample.cli.common import SchedulerName
+
+    assert [m.value for m in SchedulerName] == list(SCHEDULER_NAMES)

@@ -69,6 +69,17 @@ class SchedulerName(StrEnum):
     dpmsolver3m = "dpmsolver++3m"
     unipc = "unipc"
     deis = "deis"
+    ddim_trailing = "ddim-trailing"
+    euler_trailing = "euler-trailing"
+    dpmsolver_trailing = "dpmsolver++-trailing"
+    dpmsolver3m_trailing = "dpmsolver++3m-trailing"
+    unipc_trailing = "unipc-trailing"
+    deis_trailing = "deis-trailing"
+    euler_karras = "euler-karras"
+    dpmsolver_karras = "dpmsolver++-karras"
+    dpmsolver3m_karras = "dpmsolver++3m-karras"
+    unipc_karras = "unipc-karras"
+    deis_karras = "deis-karras"
 
 
 class MixedPrecision(StrEnum):

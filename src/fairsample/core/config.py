@@ -153,7 +153,7 @@ class SampleConfig:
     # defaults below are the fallbacks; a bundle's fairsample_config.json "sampling" table overrides them
     sampler: str = "conditional"  # sampler name (fairsample.samplers.SAMPLERS)
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # attribute, to, tau, perturbation
-    scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | dpmsolver++ | dpmsolver++3m | unipc | deis
+    scheduler: str = "ddim"  # samplers.SCHEDULER_NAMES: ddim | ... | deis, optionally -trailing / -karras
     steps: int = 50  # inference steps
     guidance_scale: float = 3.0  # CFG scale w (diffusers convention: 1 = no guidance)
     guidance_rescale: float = 0.0  # guidance rescale φ in [0, 1] (Lin et al. 2024; 0 = off), for over-guided v-models

@@ -17,13 +17,23 @@ from fairsample.samplers.base import (
 from fairsample.samplers.conditional import sample_conditional
 from fairsample.samplers.guidance import GuidanceScale, guided_prediction
 from fairsample.samplers.perturbed import Perturbation, sample_fairdiffusion_perturbed
-from fairsample.samplers.schedulers import SCHEDULERS, fresh_scheduler, init_noise_sigma, make_scheduler
+from fairsample.samplers.schedulers import (
+    SCHEDULER_NAMES,
+    SCHEDULERS,
+    SPACINGS,
+    fresh_scheduler,
+    init_noise_sigma,
+    make_scheduler,
+    split_scheduler_name,
+)
 from fairsample.samplers.switch import sample_attribute_switch, sample_mixing, switch_index, switched_cells
 from fairsample.samplers.tau import TauResult, search_tau
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "SPACINGS",
     "ConditioningPlan",
     "GuidanceScale",
     "Perturbation",
@@ -38,6 +48,7 @@ __all__ = [
     "initial_latents",
     "make_generators",
     "make_scheduler",
+    "split_scheduler_name",
     "sample_attribute_switch",
     "sample_conditional",
     "sample_fairdiffusion_perturbed",

@@ -39,6 +39,26 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 (second order, multistep), ``dpmsolver++3m`` its third-order form, ``unipc`` UniPC (bh2), ``deis`` DEIS (order 2):
 the few-step solvers the quality-per-second benchmark compares (issue #15)."""
 
+SPACINGS: dict[str, dict[str, Any]] = {
+    "trailing": {"timestep_spacing": "trailing"},
+    "karras": {"use_karras_sigmas": True},
+}
+"""Spacing suffix -> diffusers config overrides. ``-trailing`` starts sampling at the last training timestep (t = 999)
+instead of ``leading``'s 1000 − 1000/S (Lin et al. 2024, §3.3); ``-karras`` spaces the solver's noise levels as Karras
+et al. (2022) do. Same update rule, other time points (issue #15, second round)."""
+
+_SPACED: dict[str, tuple[str, ...]] = {
+    "trailing": ("ddim", "euler", "dpmsolver++", "dpmsolver++3m", "unipc", "deis"),
+    "karras": ("euler", "dpmsolver++", "dpmsolver++3m", "unipc", "deis"),
+}
+
+SCHEDULER_NAMES: tuple[str, ...] = (
+    *SCHEDULERS,
+    *(f"{base}-{spacing}" for spacing, bases in _SPACED.items() for base in bases),
+)
+"""Every name :func:`make_scheduler` accepts: the :data:`SCHEDULERS` and ``<name>-trailing`` / ``<name>-karras``
+where the diffusers class has the option (DDIM has no Karras sigmas; DDPM and PNDM take neither here)."""
+
 _UNKNOWN_SCHEDULER = "`scheduler` must be one of {names}, got {name!r}."
 _BAD_CONFIG = "`base_config` must be a mapping (the bundle's scheduler config), got {type_name}."
 _BAD_STEPS = "`num_inference_steps` must be a positive int, got {value!r}."
@@ -86,19 +106,38 @@ def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     return _from_template(type(scheduler), scheduler.config)
 
 
+def split_scheduler_name(name: str) -> tuple[str, str | None]:
+    """``"deis-trailing"`` -> ``("deis", "trailing")``; a plain name -> ``(name, None)``.
+
+    Raises:
+        ConfigError: ``name`` is not in :data:`SCHEDULER_NAMES` (the message lists them).
+
+    Example:
+        >>> split_scheduler_name("dpmsolver++3m-karras"), split_scheduler_name("ddim")
+        (('dpmsolver++3m', 'karras'), ('ddim', None))
+    """
+    if name not in SCHEDULER_NAMES:
+        raise ConfigError(_UNKNOWN_SCHEDULER.format(names=list(SCHEDULER_NAMES), name=name))
+    base, _, spacing = name.rpartition("-")
+    return (base, spacing) if base and spacing in SPACINGS else (name, None)
+
+
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     """Build the named scheduler from a bundle's scheduler config, keeping its schedule and ``prediction_type``.
 
     Keys the target class does not know (e.g. ``clip_sample`` for Euler) are ignored by diffusers' ``from_config``.
 
     Args:
-        name: one of :data:`SCHEDULERS` (``"ddim"``, ``"ddpm"``, ``"pndm"``, ``"euler"``, ``"dpmsolver++"``,
-            ``"dpmsolver++3m"``, ``"unipc"``, ``"deis"``).
+        name: one of :data:`SCHEDULER_NAMES`: a :data:`SCHEDULERS` name (``"ddim"``, ``"ddpm"``, ``"pndm"``,
+            ``"euler"``, ``"dpmsolver++"``, ``"dpmsolver++3m"``, ``"unipc"``, ``"deis"``), optionally with a
+            :data:`SPACINGS` suffix (``"deis-trailing"``, ``"dpmsolver++-karras"``) that overrides the bundle's
+            timestep spacing.
         base_config: the bundle's scheduler config (any diffusers scheduler's ``.config`` or its JSON dict).
 
     Returns:
         A new scheduler instance; ``"dpmsolver++"`` sets ``algorithm_type="dpmsolver++"``, ``"dpmsolver++3m"``
-        also ``solver_order=3``.
+        also ``solver_order=3``; ``-trailing`` sets ``timestep_spacing="trailing"``, ``-karras``
+        ``use_karras_sigmas=True``.
 
     Raises:
         ConfigError: unknown ``name`` (the message lists the names) or a non-mapping ``base_config``.
@@ -107,13 +146,17 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
         >>> s = make_scheduler("dpmsolver++", {"num_train_timesteps": 1000, "prediction_type": "v_prediction"})
         >>> type(s).__name__, s.config.algorithm_type, s.config.prediction_type
         ('DPMSolverMultistepScheduler', 'dpmsolver++', 'v_prediction')
+        >>> t = make_scheduler("ddim-trailing", {"num_train_timesteps": 1000})
+        >>> t.set_timesteps(4)
+        >>> t.timesteps.tolist()
+        [999, 749, 499, 249]
     """
-    if name not in SCHEDULERS:
-        raise ConfigError(_UNKNOWN_SCHEDULER.format(names=sorted(SCHEDULERS), name=name))
+    base, spacing = split_scheduler_name(name)
     if not isinstance(base_config, Mapping):
         raise ConfigError(_BAD_CONFIG.format(type_name=type(base_config).__name__))
     config = {k: v for k, v in base_config.items() if k not in ("_class_name", "_diffusers_version")}
-    return _from_template(SCHEDULERS[name], {**config, **_OVERRIDES.get(name, {})})
+    overrides = {**_OVERRIDES.get(base, {}), **SPACINGS.get(spacing or "", {})}
+    return _from_template(SCHEDULERS[base], {**config, **overrides})
 
 
 def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> float:

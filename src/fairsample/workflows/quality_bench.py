@@ -71,11 +71,11 @@ class QualitySetting:
 
 def _check(schedulers: Sequence[str], steps: Sequence[int], n_images: int, batch: int, speed_images: int) -> None:
     """Option checks before any model or data work (the messages name the option and the fix)."""
-    from fairsample.samplers.schedulers import SCHEDULERS
+    from fairsample.samplers.schedulers import SCHEDULER_NAMES
 
-    if not schedulers or any(s not in SCHEDULERS for s in schedulers):
+    if not schedulers or any(s not in SCHEDULER_NAMES for s in schedulers):
         raise ConfigError(
-            _BAD_LIST.format(name="schedulers", what=f"names among {sorted(SCHEDULERS)}", value=schedulers)
+            _BAD_LIST.format(name="schedulers", what=f"names among {list(SCHEDULER_NAMES)}", value=schedulers)
         )
     if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
         raise ConfigError(_BAD_LIST.format(name="steps", what="ints >= 1", value=steps))
@@ -269,7 +269,7 @@ def run_quality_bench(
         bundle: a model bundle (:class:`~fairsample.models.bundle.ModelBundle`).
         dataset: the real data the model was trained on (a :class:`~fairsample.data.folder.FolderDataset` with the
             model's label and attribute columns); its test split is the reference.
-        schedulers: scheduler names (:data:`fairsample.samplers.SCHEDULERS`).
+        schedulers: scheduler names (:data:`fairsample.samplers.SCHEDULER_NAMES`).
         steps: step counts per scheduler.
         backends: float32 backends timed (default: ``torch-eager`` and, when installed, ``onnxruntime``); fidelity is
             measured on the last of them.
