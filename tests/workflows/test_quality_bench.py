@@ -50,6 +50,8 @@ def test_pareto_front():
         ({"schedulers": ["ddim", "warp"]}, "`schedulers` must be a non-empty list of names among"),
         ({"steps": [0]}, "`steps` must be a non-empty list of ints >= 1"),
         ({"n_images": 1}, "`n_images` must be an int >= 2"),
+        ({"anchor_scheduler": "ddim-karras"}, "`anchor_scheduler` must be one of .* got 'ddim-karras'"),
+        ({"schedulers": ["deis-trailing", "ddim-karras"]}, "`schedulers` must be a non-empty list of names among"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -144,6 +146,8 @@ def test_cli_quality_checks_before_work():
     assert res.exit_code == 1 and "`schedulers` must be a non-empty list of names among" in res.output
     res = runner.invoke(app, ["bench", "--quality", "--data", "/nope"])
     assert res.exit_code == 1 and "`--data` /nope is not a folder" in res.output
+    res = runner.invoke(app, ["bench", "--quality", "--anchor-scheduler", "heun"])
+    assert res.exit_code == 1 and "`anchor_scheduler` must be one of" in res.output
 
 
 def test_apply_recommendation_writes_the_setting_and_the_table(tmp_path):

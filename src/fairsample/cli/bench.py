@@ -49,6 +49,9 @@ def bench_cmd(
     batch: Annotated[int, typer.Option(min=1, help="[--quality] Images per sampling call B.")] = 8,
     speed_images: Annotated[int, typer.Option(min=1, help="[--quality] Images per timed run.")] = 64,
     anchor_steps: Annotated[int, typer.Option(min=1, help="[--quality] Steps of the anchor (torch eager).")] = 50,
+    anchor_scheduler: Annotated[
+        str, typer.Option(help="[--quality] Scheduler of the anchor (fixed, not the bundle's recommended one).")
+    ] = "ddim",
     plot: Annotated[
         Path | None, typer.Option(help="[--quality] Pareto plot PNG (default: next to --output, else none).")
     ] = None,
@@ -83,6 +86,7 @@ def bench_cmd(
             batch,
             speed_images,
             anchor_steps,
+            anchor_scheduler,
             repeats,
             backend,
             output,
@@ -122,6 +126,7 @@ def _quality(
     batch: int,
     speed_images: int,
     anchor_steps: int,
+    anchor_scheduler: str,
     repeats: int,
     backend: list[str] | None,
     output: Path | None,
@@ -150,7 +155,7 @@ def _quality(
     from fairsample.data.folder import load_folder
     from fairsample.workflows.quality_bench import _check, pareto_plot, run_quality_bench
 
-    _check(names, steps, n_images, batch, speed_images)
+    _check(names, steps, n_images, batch, speed_images, anchor_scheduler)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if fmt is not Format.json else (lambda line: None)
     bundle = open_model_option(model, need_cells=True)
     with tempfile.TemporaryDirectory(prefix="fairsample-quality-") as tmp:
@@ -171,6 +176,7 @@ def _quality(
             speed_images=speed_images,
             repeats=repeats,
             anchor_steps=anchor_steps,
+            anchor_scheduler=anchor_scheduler,
             cache_dir=cache_dir,
             progress=say,
         )

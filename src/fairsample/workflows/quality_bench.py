@@ -5,9 +5,9 @@ The protocol is fixed in ``docs/decisions.md`` ("Quality per second (issue #15)"
 1. *Reference.* The real test split of ``dataset``; a DomainFeatures module trained once on its train split (the
    evaluation module's feature space) and the conditioning judges (:func:`fairsample.evaluation.conditioning.
    train_judges`, trained on the train split).
-2. *Anchor.* The plain loop a user writes: torch eager (batched), the bundle's scheduler, ``anchor_steps`` steps, the
-   bundle's guidance. It is sampled on ``len(anchor_seed_sets)`` disjoint seed sets; the sd over them is the sampling
-   noise of every fidelity number.
+2. *Anchor.* The plain loop a user writes: torch eager (batched), DDIM (``anchor_scheduler``; not the bundle's
+   recommended scheduler, which ``--apply`` changes), ``anchor_steps`` steps, the bundle's guidance. It is sampled
+   on ``len(anchor_seed_sets)`` disjoint seed sets; the sd over them is the sampling noise of every fidelity number.
 3. *Fidelity per setting.* ``n_images`` images (the model's cells in turn, seeds ``0..n_images-1``, the same for
    every setting: paired noise) on the first float32 fidelity backend (onnxruntime where installed: its images match
    torch within the engines' validation tolerance); FID and KID against the real test split, label and attribute
@@ -69,9 +69,22 @@ class QualitySetting:
         return f"{self.scheduler}/{self.steps}"
 
 
-def _check(schedulers: Sequence[str], steps: Sequence[int], n_images: int, batch: int, speed_images: int) -> None:
+def _check(
+    schedulers: Sequence[str],
+    steps: Sequence[int],
+    n_images: int,
+    batch: int,
+    speed_images: int,
+    anchor_scheduler: str = "ddim",
+) -> None:
     """Option checks before any model or data work (the messages name the option and the fix)."""
     from fairsample.samplers.schedulers import SCHEDULER_NAMES
+
+    if anchor_scheduler not in SCHEDULER_NAMES:
+        raise ConfigError(
+            f"`anchor_scheduler` must be one of {list(SCHEDULER_NAMES)}, got {anchor_scheduler!r}; the protocol's "
+            "anchor is 'ddim'."
+        )
 
     if not schedulers or any(s not in SCHEDULER_NAMES for s in schedulers):
         raise ConfigError(
@@ -257,6 +270,7 @@ def run_quality_bench(
     speed_images: int = 64,
     repeats: int = 2,
     anchor_steps: int = 50,
+    anchor_scheduler: str = "ddim",
     anchor_seed_sets: Sequence[int] = (0, 10_000, 20_000),
     seed: int = 0,
     feature_epochs: int | None = None,
@@ -276,7 +290,9 @@ def run_quality_bench(
         n_images: images per fidelity measurement (the cells in turn).
         batch: images per sampling call B.
         speed_images: images per timed run; repeats: timed runs (best kept).
-        anchor_steps: the anchor's steps (the bundle's scheduler, torch eager).
+        anchor_steps: the anchor's steps (torch eager).
+        anchor_scheduler: the anchor's scheduler; fixed (DDIM, the plain loop) rather than the bundle's recommended
+            one, so that applying a recommendation (``--apply``) does not move the anchor of the next run.
         anchor_seed_sets: first seeds of the anchor's disjoint seed sets (its noise); at least 2.
         seed: feature module, judges, data split and KID subsets.
         feature_epochs: DomainFeatures epochs (None: the evaluation module's default).
@@ -298,7 +314,7 @@ def run_quality_bench(
 
     import torch
 
-    _check(schedulers, steps, n_images, batch, speed_images)
+    _check(schedulers, steps, n_images, batch, speed_images, anchor_scheduler)
     if len(anchor_seed_sets) < 2:
         raise ConfigError(
             f"`anchor_seed_sets` needs at least 2 first seeds for the anchor's noise, got {list(anchor_seed_sets)}."
@@ -313,7 +329,7 @@ def run_quality_bench(
     size = int(bundle.image_shape[-1])
     defaults = bundle.sampling_defaults()
     guidance = float(defaults.get("guidance_scale", 1.0))
-    anchor = QualitySetting(str(defaults.get("scheduler", "ddim")), int(anchor_steps))
+    anchor = QualitySetting(anchor_scheduler, int(anchor_steps))
     cells = bundle.cells()
 
     ref = _reference(dataset, size, seed, feature_epochs, say)
