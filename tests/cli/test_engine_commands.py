@@ -72,7 +72,8 @@ def test_unknown_backend_is_one_line(runner, tiny_model, tmp_path):
     # the generate family's one real subprocess run: console entry point, real streams, exit code
     proc = run_cli("generate", "--model", tiny_model, "--backend", "tvm", "--output-dir", tmp_path / "x")
     assert (
-        proc.returncode == 1 and "`backend` must be one of ['auto', 'torch', 'onnxruntime', 'tensorrt']" in proc.stderr
+        proc.returncode == 1
+        and "`backend` must be one of ['auto', 'torch', 'onnxruntime', 'tensorrt', 'openvino']" in proc.stderr
     )
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
     # checked before the model is loaded: a missing bundle is not even looked at

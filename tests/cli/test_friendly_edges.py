@@ -136,4 +136,4 @@ def test_every_sampling_command_checks_backend_first(tmp_path, args):
     assert res.exit_code == 1
     # generate and augment also accept "auto" (their list says so); tau and prefs build take an engine backend only
     choices = "'auto', 'torch'" if args[0] in ("generate", "augment") else "'torch'"
-    assert f"`backend` must be one of [{choices}, 'onnxruntime', 'tensorrt'], got 'tvm'" in res.stderr
+    assert f"`backend` must be one of [{choices}, 'onnxruntime', 'tensorrt', 'openvino'], got 'tvm'" in res.stderr

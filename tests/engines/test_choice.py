@@ -7,9 +7,13 @@ from fairsample.core.errors import ConfigError
 from fairsample.engines import choice
 
 
-def _machine(monkeypatch, *, cuda: bool, installed: set[str]):
+def _machine(monkeypatch, *, cuda: bool, installed: set[str], bf16: bool = False):
+    from fairsample.engines import openvino_engine
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(choice, "_installed", lambda name: name in installed)
+    why = "the CPU reports avx512_bf16" if bf16 else "the CPU reports neither avx512_bf16 nor amx_bf16"
+    monkeypatch.setattr(openvino_engine, "bf16_supported", lambda *a, **k: (bf16, why))
 
 
 @pytest.mark.parametrize(
@@ -21,10 +25,15 @@ def _machine(monkeypatch, *, cuda: bool, installed: set[str]):
         (True, {"tensorrt", "onnxruntime"}, "cpu", "onnxruntime", "cpu", "fastest validated CPU engine"),
         (False, {"onnxruntime"}, None, "onnxruntime", "cpu", "fastest validated CPU engine"),
         (False, set(), None, "torch", "cpu", "pip install 'fairsample[ort]'"),
+        (False, {"openvino", "onnxruntime", "bf16"}, None, "openvino", "cpu", "avx512_bf16 and OpenVINO is installed"),
+        (True, {"openvino", "onnxruntime", "bf16"}, "cpu", "openvino", "cpu", "used after it passes the image gate"),
+        (True, {"openvino", "onnxruntime", "bf16"}, None, "torch", "cuda", "TensorRT is not installed"),
+        (False, {"openvino", "onnxruntime"}, None, "onnxruntime", "cpu", "fastest validated CPU engine"),
+        (False, {"openvino", "bf16"}, None, "openvino", "cpu", "bf16 engine"),
     ],
 )
 def test_auto_order(monkeypatch, cuda, installed, device, backend, where, why):
-    _machine(monkeypatch, cuda=cuda, installed=installed)
+    _machine(monkeypatch, cuda=cuda, installed=installed - {"bf16"}, bf16="bf16" in installed)
     c = choice.choose_backend("auto", device)
     assert (c.requested, c.backend, c.device) == ("auto", backend, where)
     assert why in c.reason and c.line().startswith(f"backend: {backend} on {where} (auto: ")
@@ -56,6 +65,32 @@ def test_pipeline_records_the_choice(monkeypatch):
         "device": "cpu",
         "reason": pipe.backend_choice.reason,
     }
+
+
+def test_pipeline_falls_back_when_the_bf16_gate_fails(monkeypatch):
+    """auto picked OpenVINO bf16, its image gate failed: the float32 engine runs, and the reason says why."""
+    from fairsample.core.errors import ValidationFailed
+    from fairsample.generation import pipeline as pl
+
+    _machine(monkeypatch, cuda=False, installed={"openvino"}, bf16=True)  # no onnxruntime: the fallback is torch
+    real, asked = pl.load_engine, []
+
+    def load(bundle, backend="torch", **kw):
+        asked.append(backend)
+        if backend == "openvino":
+            raise ValidationFailed("the bf16 openvino engine failed its image gate: mean |d| 0.91 levels (max 0.5)")
+        return real(bundle, backend=backend, **kw)
+
+    monkeypatch.setattr(pl, "load_engine", load)
+    pipe = pl.FairSamplePipeline(backend="auto")
+    assert asked == ["openvino", "torch"] and pipe.engine.backend == "torch"
+    c = pipe.backend_choice
+    assert (c.requested, c.backend, c.device) == ("auto", "torch", "cpu")
+    assert "bf16 OpenVINO engine was not used (the bf16 openvino engine failed its image gate: mean" in c.reason
+    assert pipe.manifest(pipe.default_config())["engine"]["choice"]["reason"] == c.reason
+    # asked for by name, a failing gate is the caller's error, not a silent switch
+    with pytest.raises(ValidationFailed, match="failed its image gate"):
+        pl.FairSamplePipeline(backend="openvino")
 
 
 def test_default_backend_env(monkeypatch):

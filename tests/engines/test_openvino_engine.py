@@ -133,3 +133,31 @@ def test_failed_gate_raises_with_the_numbers(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(ove, "GATE_MEAN_ABS_MAX", -1.0)
     with pytest.raises(ValidationFailed, match=r"failed its image gate .* mean abs diff \d+\.\d{3} uint8 levels"):
         ove.load_bf16_engine(tiny_bundle(), cache_dir=_store()[0], **_gate_options())
+
+
+def test_load_engine_openvino_is_cpu_float32_only() -> None:
+    """``load_engine(..., "openvino")`` refuses a GPU device or another boundary dtype before importing openvino."""
+    from fairsample.engines import load_engine
+
+    for kwargs in ({"device": "cuda"}, {"dtype": torch.float16}):
+        with pytest.raises(ConfigError, match="backend 'openvino' runs on the CPU with a float32 boundary"):
+            load_engine(tiny_bundle(), "openvino", **kwargs)  # type: ignore[arg-type]
+
+
+@needs_bf16
+def test_load_engine_openvino_is_the_gated_bf16_engine_and_batch_invariant() -> None:
+    """The ``openvino`` backend name gives the gated bf16 engine; rows are bitwise the same whatever the batch split
+    (the determinism rule auto relies on when it picks this engine)."""
+    pytest.importorskip("openvino", reason="openvino not installed (pip install 'fairsample[openvino]')")
+    from fairsample.engines import load_engine
+
+    engine = load_engine(tiny_bundle(), "openvino", cache_dir=_store()[0], **_gate_options())
+    assert engine.backend == "openvino" and engine.spec.precision == "bf16" and engine.manifest["gate"]["passed"]
+    g = torch.Generator().manual_seed(3)
+    x, e = torch.randn(6, 3, 8, 8, generator=g), torch.randn(6, SEQ_LEN, HIDDEN_DIM, generator=g)
+    t = torch.tensor([999.0, 700.0, 500.0, 300.0, 100.0, 1.0])
+    full = engine(x, t, e)
+    rows = torch.cat([engine(x[i : i + 1], t[i : i + 1], e[i : i + 1]) for i in range(6)])
+    split = torch.cat([engine(x[:4], t[:4], e[:4]), engine(x[4:], t[4:], e[4:])])
+    assert torch.equal(rows, full) and torch.equal(split, full)
+    engine.close()

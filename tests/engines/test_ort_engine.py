@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 
 def test_backends_and_default() -> None:
-    assert BACKENDS == ("torch", "onnxruntime", "tensorrt")
+    assert BACKENDS == ("torch", "onnxruntime", "tensorrt", "openvino")
     assert load_engine(tiny_bundle()).backend == "torch"
 
 

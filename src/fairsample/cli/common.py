@@ -122,8 +122,10 @@ SamplerOptionOpt = Annotated[
 BackendOpt = Annotated[
     str | None,
     typer.Option(
-        help="Engine backend: auto, torch, onnxruntime or tensorrt. auto = the fastest validated engine here "
-        "(TensorRT or torch on a GPU, onnxruntime on a CPU); the choice and its reason go to stderr and config.json. "
+        help="Engine backend: auto, torch, onnxruntime, tensorrt or openvino (bf16, gated). auto = the fastest "
+        "validated engine here (TensorRT or torch on a GPU; on a CPU OpenVINO bf16 where the CPU has native bf16, "
+        "[openvino] is installed and the bundle passes the image gate, else onnxruntime); the choice and its reason "
+        "go to stderr and config.json. "
         "Default: the config file's, else $FAIRSAMPLE_BACKEND, else auto."
     ),
 ]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from fairsample.core.errors import ConfigError
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt", "openvino")
 """Engine backends this release can load (defined here, without torch, so the CLI can check them before importing
 the heavy modules)."""
 

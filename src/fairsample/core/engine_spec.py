@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fairsample.core.errors import ConfigError
 
-Backend = Literal["torch", "onnxruntime", "tensorrt"]
+Backend = Literal["torch", "onnxruntime", "tensorrt", "openvino"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Precision = Literal["fp32", "fp16", "bf16"]
 Capability = Literal["dynamic_shapes", "cuda_graphs", "refit", "io_binding"]

@@ -52,6 +52,10 @@ __all__ = [
 ]
 
 _UNKNOWN_BACKEND = UNKNOWN_BACKEND
+_OPENVINO_CPU = (
+    "backend 'openvino' runs on the CPU with a float32 boundary (precision=... picks bf16 or f32 inside), got "
+    "device={device!r}, dtype={dtype}; use device='cpu' and the default dtype."
+)
 _TORCH_ONLY_OPTIONS = "`{name}` only applies to the compiled backends; drop it for backend='torch'."
 
 
@@ -73,9 +77,11 @@ def load_engine(
     Args:
         bundle: a model bundle with ``.unet`` (diffusers ``UNet2DConditionModel``) and ``.prediction_type``; the
             onnxruntime backend also needs S from ``.conditioner.seq_len`` (or ``seq_len=`` in ``options``).
-        backend: one of :data:`BACKENDS`: ``"torch"`` (default), ``"onnxruntime"`` or ``"tensorrt"`` (built and
+        backend: one of :data:`BACKENDS`: ``"torch"`` (default), ``"onnxruntime"``, ``"tensorrt"`` (built and
             validated on first use; without a CUDA device or tensorrt it falls back to onnxruntime with one
-            :class:`~fairsample.core.errors.FairsampleWarning` line, unless ``strict=True``).
+            :class:`~fairsample.core.errors.FairsampleWarning` line, unless ``strict=True``) or ``"openvino"`` (the
+            same validated ONNX compiled by OpenVINO in bf16 on a CPU with native bf16, after an image gate on the
+            bundle: :func:`fairsample.engines.openvino_engine.load_openvino_engine`; extra ``[openvino]``).
         device: where to run, e.g. ``"cpu"``.
         dtype: compute dtype inside the engine (the boundary is float32 regardless).
         cache_dir: compiled backends only: the artifact store (default ``$FAIRSAMPLE_CACHE_DIR`` or
@@ -83,7 +89,8 @@ def load_engine(
         **options: backend options: torch ``batch_invariant``, ``check_finite``, ``seq_len``; onnxruntime also
             ``max_batch``, ``max_size``, ``exporters``, ``keep_attention_fp32``, ``intra_op_threads``; tensorrt
             ``max_batch`` (B of the N = B / 2B profiles), ``profiles``, ``strict``, ``rebuild``, ``refit``,
-            ``workspace_bytes``, ``cuda_graphs``, ``progress`` (see ``fairsample.engines.tensorrt.load``).
+            ``workspace_bytes``, ``cuda_graphs``, ``progress`` (see ``fairsample.engines.tensorrt.load``); openvino
+            ``precision`` (``"bf16"`` default, ``"f32"``), ``threads``, ``max_batch``, ``max_size``, ``seq_len``.
 
     Returns:
         An :class:`Engine`.
@@ -109,6 +116,12 @@ def load_engine(
         from fairsample.engines._ort_build import load_ort_engine
 
         return load_ort_engine(bundle, device=device, dtype=dtype, cache_dir=cache_dir, **options)
+    if backend == "openvino":
+        if torch.device(device).type != "cpu" or dtype != torch.float32:
+            raise ConfigError(_OPENVINO_CPU.format(device=str(device), dtype=dtype))
+        from fairsample.engines.openvino_engine import load_openvino_engine
+
+        return load_openvino_engine(bundle, cache_dir=cache_dir, **options)
     if backend == "tensorrt":
         from fairsample.engines.tensorrt.load import load_trt_engine
 

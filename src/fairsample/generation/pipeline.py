@@ -272,9 +272,24 @@ class FairSamplePipeline:
         device = _rank_device(device or "cpu")
         self.bundle = (bundle or ModelBundle.load_default(device=device)).to(device).eval()
         self.device = torch.device(device)
-        self.engine = engine or load_engine(self.bundle, backend=backend, device=device, **dict(engine_options or {}))
+        self.engine = engine or self._load_engine(backend, device, dict(engine_options or {}))
         self._options_cache: tuple[SampleConfig, dict[str, Any]] | None = None
         self._tau_cache: tuple[SampleConfig, dict[str, Any]] | None = None  # attribute_switch: τ resolved + origin
+
+    def _load_engine(self, backend: str, device: str, options: dict[str, Any]) -> Engine:
+        """``load_engine``; when ``auto`` chose the OpenVINO bf16 engine and it fails its image gate (or cannot
+        load), the float32 engine instead, with the reason in :attr:`backend_choice` (printed and recorded)."""
+        choice = self.backend_choice
+        if choice is None or choice.requested != "auto" or backend != "openvino":
+            return load_engine(self.bundle, backend=backend, device=device, **options)
+        from fairsample.core.errors import EngineLoadError, ValidationFailed
+        from fairsample.engines.choice import gate_fallback
+
+        try:
+            return load_engine(self.bundle, backend=backend, device=device, **options)
+        except (ValidationFailed, EngineLoadError, ConfigError) as err:
+            self.backend_choice = gate_fallback(choice, err)
+            return load_engine(self.bundle, backend=self.backend_choice.backend, device=device, **options)
 
     @classmethod
     def from_pretrained(

@@ -234,10 +234,17 @@ def run_study(
         from fairsample.engines.choice import choose_backend
 
         choice = choose_backend("auto")
-        backend = choice.backend if choice.backend in ("onnxruntime", "torch") else "torch"
-        say(
-            choice.line() + ("" if choice.backend == backend else "; the study samples with torch (no TensorRT stage)")
-        )
+        # the study compares methods on float32 engines: bf16 (openvino) would add its own rounding to every arm
+        import importlib.util
+
+        cpu_fp32 = "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+        fp32 = {"onnxruntime": "onnxruntime", "torch": "torch", "openvino": cpu_fp32}
+        backend = fp32.get(choice.backend, "torch")
+        if choice.backend != backend:
+            why = "no TensorRT stage" if choice.backend == "tensorrt" else "float32 engines only, so no arm gets bf16"
+            say(f"{choice.line()}; the study samples with {backend} ({why})")
+        else:
+            say(choice.line())
     root = Path(output_dir).expanduser().absolute()
     identity = {
         "profile": prof.name,
