@@ -11,7 +11,8 @@ import torch
 
 from fairsample.core.errors import ConfigError, EngineLoadError
 from fairsample.engines import BACKENDS, load_engine, ort_engine
-from fairsample.engines.ort_engine import _NO_REFIT, _SPATIAL, ORT_EXTRA_HINT, OrtEngine
+from fairsample.engines.onnx_graph import _SPATIAL
+from fairsample.engines.ort_engine import _NO_REFIT, ORT_EXTRA_HINT, OrtEngine
 from fairsample.export.validate import GATES, compare
 from tests.export.shared import HIDDEN_DIM, SEQ_LEN, load_ort, tiny_bundle
 

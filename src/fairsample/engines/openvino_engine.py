@@ -49,16 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairsample.core.engine_spec import (
-    EngineLifetime,
-    EngineSpec,
-    MemoryReport,
-    ValidationReport,
-    check_inputs,
-    check_out,
-    is_finite,
-)
+from fairsample.core.engine_spec import EngineSpec
 from fairsample.core.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.engines.onnx_graph import OnnxGraphEngine, file_bytes, graph_feeds
 from fairsample.export.ort_session import physical_cores
 
 GATE_MEAN_ABS_MAX = 0.5
@@ -81,7 +74,6 @@ Precision = Literal["bf16", "f32"]
 PRECISIONS: tuple[str, ...] = ("bf16", "f32")
 
 _BAD_PRECISION = "`precision` must be 'bf16' or 'f32', got {value!r}."
-_SPATIAL = "`sample` has H={h}, W={w}; this ONNX engine needs H and W to be multiples of {m}; pad or resize the input."
 _CLOSED = "this OpenVinoEngine was closed; load a new engine with load_openvino_engine(bundle, ...)."
 _NO_REFIT = "OpenVINO engines cannot refit weights; load the new checkpoint with load_openvino_engine(bundle, ...)."
 _NONFINITE_OUTPUT = "the OpenVINO engine produced NaN/Inf at timestep(s) {timesteps}; check the artifact."
@@ -154,7 +146,7 @@ def _cpu_name(cpuinfo: str | None = None) -> str:
     return platform.processor() or platform.machine()
 
 
-class OpenVinoEngine(EngineLifetime):
+class OpenVinoEngine(OnnxGraphEngine):
     """An ONNX model compiled by OpenVINO for the CPU, behind the :class:`~fairsample.engines.Engine` API.
 
     Usually built by :func:`load_openvino_engine` / :func:`load_bf16_engine` (export + validation + cache + image
@@ -181,6 +173,9 @@ class OpenVinoEngine(EngineLifetime):
     """
 
     backend: Literal["openvino"] = "openvino"
+    _closed_msg = _CLOSED
+    _no_refit_msg = _NO_REFIT
+    _nonfinite_msg = _NONFINITE_OUTPUT
 
     def __init__(
         self,
@@ -204,8 +199,7 @@ class OpenVinoEngine(EngineLifetime):
         self.spatial_multiple = int(spatial_multiple)
         self.check_finite = check_finite
         self.capabilities: frozenset[str] = frozenset({"dynamic_shapes"})
-        files = [self.path, self.path.with_name(self.path.name + ".data")]
-        self._weights_bytes = sum(f.stat().st_size for f in files if f.exists())
+        self._weights_bytes = file_bytes(self.path)
         cores = int(threads) if threads is not None else physical_cores()
         streams = cores if batch_parallel is None or batch_parallel else 1
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
@@ -237,48 +231,13 @@ class OpenVinoEngine(EngineLifetime):
             }
         )
 
-    def supports(self, n: int, height: int, width: int) -> bool:
-        """True when ``(n, height, width)`` is inside the spec's profiles and H, W are multiples of the U-Net's
-        downsampling factor."""
-        m = self.spatial_multiple
-        return self.spec.supports(n, height, width) and height % m == 0 and width % m == 0
+    def _is_open(self) -> bool:
+        return self._request is not None
 
-    def __call__(
-        self,
-        sample: Tensor,
-        timestep: Tensor,
-        encoder_hidden_states: Tensor,
-        *,
-        out: Tensor | None = None,
-    ) -> Tensor:
-        """Run the U-Net graph.
-
-        Args:
-            sample: (N, C, H, W) noisy input; torch or numpy on the CPU, any real dtype (cast to float32 once).
-            timestep: (N,), (1,), () or a Python number.
-            encoder_hidden_states: (N, S, D) conditioning rows (S static, as exported).
-            out: optional float32 (N, C_out, H, W) CPU tensor; may alias ``sample``.
-
-        Returns:
-            (N, C_out, H, W) float32 prediction; ``out`` itself when given.
-
-        Raises:
-            ConfigError: wrong input type, device, dtype or shape (including H, W not multiples of the factor).
-            ValidationFailed: ``check_finite`` is on and the output has NaN/Inf.
-            EngineLoadError: the engine was closed.
-        """
-        if self._request is None:
-            raise EngineLoadError(_CLOSED)
-        x, t, e = check_inputs(sample, timestep, encoder_hidden_states, spec=self.spec, device=self.device)
-        n, _, h, w = x.shape
-        if h % self.spatial_multiple or w % self.spatial_multiple:
-            raise ConfigError(_SPATIAL.format(h=h, w=w, m=self.spatial_multiple))
-        check_out(out, (n, self.spec.out_channels, h, w), self.device)
-        feeds = {
-            "sample": np.ascontiguousarray(x.numpy()),
-            "timestep": np.ascontiguousarray(t.numpy()),
-            "encoder_hidden_states": np.ascontiguousarray(e.numpy()),
-        }
+    def _run(self, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
+        """The checked batch: contiguous parts on the streams' infer requests concurrently, or one request."""
+        n = x.shape[0]
+        feeds = graph_feeds(x, t, e)
         if len(self._requests) > 1 and n > 1:
             k = min(len(self._requests), n)
             bounds = [round(i * n / k) for i in range(k + 1)]
@@ -287,40 +246,15 @@ class OpenVinoEngine(EngineLifetime):
                 request.start_async({name: v[a:b] for name, v in feeds.items()})
             for request, _, _ in jobs:
                 request.wait()
-            pred = torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request, _, _ in jobs]))
-        else:
-            result = self._request.infer(feeds)
-            pred = torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
-        if self.check_finite and not is_finite(pred):
-            bad = sorted({float(v) for v in t[~torch.isfinite(pred).flatten(1).all(dim=1)].tolist()})
-            raise ValidationFailed(_NONFINITE_OUTPUT.format(timesteps=bad))
-        if out is None:
-            return pred
-        return out.copy_(pred)
-
-    def refit(self, state_dict: Mapping[str, Tensor]) -> ValidationReport:
-        """Not supported (no ``"refit"`` capability): always raises.
-
-        Raises:
-            EngineLoadError: compiled OpenVINO models have immutable weights; reload the bundle.
-        """
-        raise EngineLoadError(_NO_REFIT)
-
-    def memory(self) -> MemoryReport:
-        """The ONNX file + external-data bytes as weights; OpenVINO allocates activations per shape (0 reported)."""
-        if self._request is None:
-            raise EngineLoadError(_CLOSED)
-        return MemoryReport(weights_bytes=int(self._weights_bytes), activations_bytes=0, device="cpu")
+            return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request, _, _ in jobs]))
+        result = self._request.infer(feeds)
+        return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
 
     def close(self) -> None:
         """Release the compiled model and its infer request; idempotent."""
         self._request = None
         self._requests = []
         self._compiled = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self._request is None else f"{self.precision} on cpu"
-        return f"OpenVinoEngine({self.path.name}, {self.spec.prediction_type}, {state})"
 
 
 EngineFn = Callable[..., Tensor]

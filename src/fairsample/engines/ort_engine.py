@@ -41,16 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fairsample.core.engine_spec import (
-    EngineLifetime,
-    EngineSpec,
-    MemoryReport,
-    ValidationReport,
-    check_inputs,
-    check_out,
-    is_finite,
-)
-from fairsample.core.errors import ConfigError, EngineLoadError, ValidationFailed
+from fairsample.core.engine_spec import EngineSpec
+from fairsample.core.errors import EngineLoadError
+from fairsample.engines.onnx_graph import OnnxGraphEngine, file_bytes, graph_feeds
 from fairsample.export.ort_session import (  # noqa: F401  (re-exported)
     ORT_EXTRA_HINT,
     create_session,
@@ -65,7 +58,6 @@ CHUNK_PIXELS = 4096
 """Batch-parallel chunk size in rows x H x W: each single-thread session runs its part in chunks of
 ``max(1, CHUNK_PIXELS // (H * W))`` rows (module docstring)."""
 
-_SPATIAL = "`sample` has H={h}, W={w}; this ONNX engine needs H and W to be multiples of {m}; pad or resize the input."
 _CLOSED = "this OrtEngine was closed; load a new engine with fairsample.engines.load_engine(bundle, backend=...)."
 _NO_REFIT = "onnxruntime engines cannot refit weights; load the new checkpoint with load_engine(bundle, backend=...)."
 _NONFINITE_OUTPUT = "the onnxruntime engine produced NaN/Inf at timestep(s) {timesteps}; check the artifact."
@@ -77,7 +69,7 @@ def _chunks(a: int, b: int, rows: int) -> list[tuple[int, int]]:
     return [(a + i * (b - a) // count, a + (i + 1) * (b - a) // count) for i in range(count)]
 
 
-class OrtEngine(EngineLifetime):
+class OrtEngine(OnnxGraphEngine):
     """An ONNX model run by onnxruntime behind the :class:`~fairsample.engines.Engine` API (ENGINES.md §2).
 
     Usually built by :func:`fairsample.engines.load_engine` (export + validation + cache). The boundary rules are
@@ -117,6 +109,9 @@ class OrtEngine(EngineLifetime):
     """
 
     backend: Literal["onnxruntime"] = "onnxruntime"
+    _closed_msg = _CLOSED
+    _no_refit_msg = _NO_REFIT
+    _nonfinite_msg = _NONFINITE_OUTPUT
 
     def __init__(
         self,
@@ -137,8 +132,7 @@ class OrtEngine(EngineLifetime):
         self.spatial_multiple = int(spatial_multiple)
         self.batch_invariant = batch_invariant
         self.check_finite = check_finite
-        files = [self.path, self.path.with_name(self.path.name + ".data")]
-        self._weights_bytes = sum(f.stat().st_size for f in files if f.exists())
+        self._weights_bytes = file_bytes(self.path)
         threads = intra_op_threads if isinstance(intra_op_threads, int) and intra_op_threads > 0 else physical_cores()
         if batch_parallel is None:
             batch_parallel = threads > 1 and self._weights_bytes <= PARALLEL_MAX_BYTES
@@ -176,66 +170,26 @@ class OrtEngine(EngineLifetime):
             raise EngineLoadError(_CLOSED)
         return self._session
 
-    def supports(self, n: int, height: int, width: int) -> bool:
-        """True when ``(n, height, width)`` is inside the spec's profiles and H, W are multiples of the U-Net's
-        downsampling factor."""
-        m = self.spatial_multiple
-        return self.spec.supports(n, height, width) and height % m == 0 and width % m == 0
+    def _is_open(self) -> bool:
+        return self._session is not None
 
-    def __call__(
-        self,
-        sample: Tensor,
-        timestep: Tensor,
-        encoder_hidden_states: Tensor,
-        *,
-        out: Tensor | None = None,
-    ) -> Tensor:
-        """Run the U-Net graph.
-
-        Args:
-            sample: (N, C, H, W) noisy input; torch or numpy on the CPU, any real dtype (cast to float32 once).
-            timestep: (N,), (1,), () or a Python number.
-            encoder_hidden_states: (N, S, D) conditioning rows (S static, as exported).
-            out: optional float32 (N, C_out, H, W) tensor on the engine's device; may alias ``sample``.
-
-        Returns:
-            (N, C_out, H, W) float32 prediction; ``out`` itself when given.
-
-        Raises:
-            ConfigError: wrong input type, device, dtype or shape (including H, W not multiples of the factor).
-            ValidationFailed: ``check_finite`` is on and the output has NaN/Inf.
-            EngineLoadError: the engine was closed.
-        """
+    def _run(self, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
+        """The checked batch on the CUDA EP, row by row (``batch_invariant``), on the parallel single-thread
+        sessions, or in one call."""
         session = self.session
-        x, t, e = check_inputs(sample, timestep, encoder_hidden_states, spec=self.spec, device=self.device)
-        n, _, h, w = x.shape
-        if h % self.spatial_multiple or w % self.spatial_multiple:
-            raise ConfigError(_SPATIAL.format(h=h, w=w, m=self.spatial_multiple))
-        check_out(out, (n, self.spec.out_channels, h, w), self.device)
+        n = x.shape[0]
         if self.device.type == "cuda":
-            pred = self._run_cuda(session, x, t, e)
-        elif self.batch_invariant and n > 1:
-            pred = torch.cat([self._run_cpu(session, x[i : i + 1], t[i : i + 1], e[i : i + 1]) for i in range(n)])
-        elif self._narrow and n >= 2:
-            pred = self._run_parallel(x, t, e)
-        else:
-            pred = self._run_cpu(session, x, t, e)
-        if self.check_finite and not is_finite(pred):
-            bad = sorted({float(v) for v in t[~torch.isfinite(pred).flatten(1).all(dim=1)].tolist()})
-            raise ValidationFailed(_NONFINITE_OUTPUT.format(timesteps=bad))
-        if out is None:
-            return pred
-        return out.copy_(pred)
+            return self._run_cuda(session, x, t, e)
+        if self.batch_invariant and n > 1:
+            return torch.cat([self._run_cpu(session, x[i : i + 1], t[i : i + 1], e[i : i + 1]) for i in range(n)])
+        if self._narrow and n >= 2:
+            return self._run_parallel(x, t, e)
+        return self._run_cpu(session, x, t, e)
 
     @staticmethod
     def _run_cpu(session: Any, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
         """CPU EP call on contiguous numpy views (no copy for contiguous float32 inputs)."""
-        feeds = {
-            "sample": np.ascontiguousarray(x.numpy()),
-            "timestep": np.ascontiguousarray(t.numpy()),
-            "encoder_hidden_states": np.ascontiguousarray(e.numpy()),
-        }
-        return torch.from_numpy(session.run(["out_sample"], feeds)[0])
+        return torch.from_numpy(session.run(["out_sample"], graph_feeds(x, t, e))[0])
 
     def _run_parallel(self, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
         """Contiguous parts of the batch on the single-thread sessions, concurrently, each run in cache-sized chunks
@@ -269,19 +223,6 @@ class OrtEngine(EngineLifetime):
         session.run_with_iobinding(binding)
         return result
 
-    def refit(self, state_dict: Mapping[str, Tensor]) -> ValidationReport:
-        """Not supported (no ``"refit"`` capability): always raises.
-
-        Raises:
-            EngineLoadError: onnxruntime sessions have immutable weights; reload with :func:`load_engine`.
-        """
-        raise EngineLoadError(_NO_REFIT)
-
-    def memory(self) -> MemoryReport:
-        """The ONNX file + external-data bytes as weights; ORT allocates activations per call (0 reserved)."""
-        self.session  # noqa: B018 - raises after close()
-        return MemoryReport(weights_bytes=int(self._weights_bytes), activations_bytes=0, device=str(self.device))
-
     def close(self) -> None:
         """Release the onnxruntime sessions; idempotent."""
         self._session = None
@@ -289,7 +230,3 @@ class OrtEngine(EngineLifetime):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self._session is None else f"{self.spec.precision} on {self.device}"
-        return f"OrtEngine({self.path.name}, {self.spec.prediction_type}, {state})"
