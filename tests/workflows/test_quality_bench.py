@@ -129,6 +129,11 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     assert anchor["images_per_s"] == max(anchor["images_per_s_timings"]) and len(anchor["images_per_s_timings"]) == 3
     ok = [r for r in doc["rows"] if r["within_noise"]["ok"]]
     assert ddim2 in ok and doc["recommended"]["scheduler"] in ("ddim", "unipc")
+    # the confirmation step re-sampled the recommendation on the anchor's second seed set
+    tries = doc["confirmation"]["float32"]
+    assert tries and len(tries[0]["runs"]) == 2 and tries[0]["backend"] == "torch-eager"
+    assert doc["unconfirmed"]["recommended"]["scheduler"] == tries[0]["scheduler"]
+    assert (doc["recommended"] is None) == (not any(t["within_noise"]["ok"] for t in tries))
     json.dumps(doc)  # JSON-safe
     png = qb.pareto_plot(doc, tmp_path / "q.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -221,3 +226,40 @@ def test_choose_fastest_float32_and_fastest_any_precision():
     # ties go to fewer steps
     tie = [_row("a", 12, True, {"onnxruntime": 5.0}), _row("b", 8, True, {"onnxruntime": 5.0})]
     assert qb._choose(tie, ["onnxruntime"], [])[0]["steps"] == 8
+
+
+def test_confirmation_takes_the_first_candidate_whose_mean_is_within_noise():
+    """Fastest first; a candidate lucky on seed set 0 but out on average is passed over (and recorded)."""
+    noise = {
+        "fid": {"mean": 10.0, "sd": 0.5},
+        "kid": {"mean": 1.0, "sd": 0.1},
+        "accuracy": {"label": {"mean": 0.9, "sd": 0.02}},
+    }
+
+    def row(name, steps, fid, ips):
+        return {
+            "scheduler": name,
+            "steps": steps,
+            "fid": fid,
+            "kid": 1.0,
+            "accuracy": {"label": 0.9},
+            "within_noise": {"ok": True, "failed": []},
+            "speed": {"onnxruntime": {"images_per_s": ips, "speedup_over_anchor": ips / 2}},
+        }
+
+    lucky, solid, slow = row("a", 4, 10.9, 40.0), row("b", 6, 10.5, 30.0), row("c", 8, 10.0, 20.0)
+    later = {("a", 4): 12.0, ("b", 6): 10.6, ("c", 8): 10.0}  # FID on the other seed sets
+    calls = []
+
+    def sample_fidelity(backend, setting, first):
+        calls.append((setting.key, first))
+        return {"fid": later[(setting.scheduler, setting.steps)], "kid": 1.0, "accuracy": {"label": 0.9}}
+
+    float32, anyp = qb._ranked([slow, lucky, solid], ["onnxruntime"], [])
+    assert [r["scheduler"] for r, _ in float32] == ["a", "b", "c"] and anyp == float32
+    got, tried = qb._confirm(float32, sample_fidelity, noise, [0, 10, 20], 4, lambda _l: None)
+    assert got == (solid, "onnxruntime")
+    assert calls == [("a/4", 10), ("a/4", 20), ("b/6", 10), ("b/6", 20)]
+    assert tried[0]["mean"]["fid"] == pytest.approx((10.9 + 12.0 + 12.0) / 3) and not tried[0]["within_noise"]["ok"]
+    assert tried[1]["within_noise"]["ok"] and len(tried) == 2
+    assert qb._confirm(float32[:1], sample_fidelity, noise, [0, 10, 20], 4, lambda _l: None)[0] is None
