@@ -128,3 +128,19 @@ def test_cli_scheduler_choices_are_the_registry() -> None:
     from fairsample.cli.common import SchedulerName
 
     assert [m.value for m in SchedulerName] == list(SCHEDULER_NAMES)
+
+
+def test_karras_sigmas_on_a_cosine_schedule_are_refused_before_sampling():
+    """σ_max of the cosine schedule is ~10^3: Karras spacing repeats integer timesteps and diffusers' multistep
+    solvers would index past their σ table (IndexError mid-run); a one-line ConfigError comes first instead."""
+    from fairsample.samplers.schedulers import set_timesteps_checked
+
+    config = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
+    for name in ("dpmsolver++-karras", "unipc-karras", "deis-karras"):
+        with pytest.raises(ConfigError, match=r"with Karras sigmas gives repeated timesteps at 6 steps .*-trailing"):
+            init_noise_sigma(make_scheduler(name, config), 6)
+    ok = make_scheduler("dpmsolver++-karras", {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"})
+    set_timesteps_checked(ok, 6)  # SD's schedule (σ_max ≈ 14.6): distinct timesteps, accepted
+    assert len(set(ok.timesteps.tolist())) == 6
+    pndm = make_scheduler("pndm", config)
+    set_timesteps_checked(pndm, 4)  # PNDM repeats timesteps by design and is not refused

@@ -135,6 +135,24 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     assert doc["unconfirmed"]["recommended"]["scheduler"] == tries[0]["scheduler"]
     assert (doc["recommended"] is None) == (not any(t["within_noise"]["ok"] for t in tries))
     json.dumps(doc)  # JSON-safe
+
+    # a setting the model's schedule cannot run (Karras sigmas repeat timesteps at 6 steps) is recorded, not fatal
+    doc = qb.run_quality_bench(
+        bundle,
+        dataset=None,
+        schedulers=["dpmsolver++-karras"],
+        steps=[6],
+        backends=["torch-eager"],
+        n_images=6,
+        batch=3,
+        speed_images=3,
+        repeats=1,
+        anchor_steps=2,
+        anchor_seed_sets=(0, 100),
+    )
+    assert doc["rows"] == [] and doc["recommended"] is None
+    assert [(k["scheduler"], k["steps"]) for k in doc["skipped"]] == [("dpmsolver++-karras", 6)]
+    assert "gives repeated timesteps at 6 steps" in doc["skipped"][0]["error"]
     png = qb.pareto_plot(doc, tmp_path / "q.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(line.startswith("anchor ddim/2 seeds 0..") for line in lines)

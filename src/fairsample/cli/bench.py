@@ -215,6 +215,21 @@ def format_quality_table(doc: dict) -> str:
         for b, own in (r.get("reduced_precision") or {}).items():
             ok = "ok" if own["within_noise"]["ok"] else "out (" + "; ".join(own["within_noise"]["failed"]) + ")"
             lines.append(f"{'':>18s}  {b}: FID {own['fid']:7.4g}  KID {own['kid']:8.3g}  {ok}")
+    for k in doc.get("skipped") or []:
+        lines.append(f"{k['scheduler']:>14s} {k['steps']:>3d}  skipped: {k['error']}")
+    if doc.get("confirmation"):
+        tried = doc["confirmation"]["float32"] + doc["confirmation"]["any_precision"]
+        for t in tried:
+            m = t["mean"]
+            ok = (
+                "confirmed"
+                if t["within_noise"]["ok"]
+                else "not confirmed (" + "; ".join(t["within_noise"]["failed"]) + ")"
+            )
+            lines.append(
+                f"confirm {t['scheduler']} {t['steps']} on {t['backend']}: mean over {len(t['runs'])} seed sets "
+                f"FID {m['fid']:.4g} KID {m['kid']:.3g}  {ok}"
+            )
     rec = doc.get("recommended")
     lines.append(
         "recommended: none within the anchor's noise"

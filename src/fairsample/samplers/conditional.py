@@ -24,7 +24,7 @@ from fairsample.samplers.guidance import (
     guided_prediction,
     is_unguided,
 )
-from fairsample.samplers.schedulers import fresh_scheduler
+from fairsample.samplers.schedulers import fresh_scheduler, set_timesteps_checked
 
 _PREDICTION_MISMATCH = (
     "engine predicts {engine!r} but the scheduler is configured for prediction_type={scheduler!r}; build the "
@@ -158,7 +158,7 @@ def run_guided_loop(
         raise ConfigError(_UNSUPPORTED.format(n=n, h=h, w=wd, ranges=engine.spec.describe_ranges()))
 
     sched = fresh_scheduler(scheduler)
-    sched.set_timesteps(num_inference_steps, device=engine.device)
+    set_timesteps_checked(sched, num_inference_steps, device=engine.device)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
     x = latents.to(device=engine.device, dtype=torch.float32, copy=True)
     cond_plan = _on_device(plan, engine.device)

@@ -159,6 +159,46 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     return _from_template(SCHEDULERS[base], {**config, **overrides})
 
 
+_REPEATED = (
+    "`scheduler` {cls}{how} gives repeated timesteps at {n} steps on this model's noise schedule ({timesteps}); "
+    "diffusers cannot step it. Use the '-trailing' variant or the plain scheduler name, or another step count."
+)
+
+
+def set_timesteps_checked(scheduler: SchedulerMixin, num_inference_steps: int, device: Any = None) -> None:
+    """``scheduler.set_timesteps(num_inference_steps, device=device)``, refusing a Karras-σ schedule with repeated
+    timesteps.
+
+    Karras σ spacing over a schedule whose σ_max is huge (a cosine schedule: ᾱ ≈ 0 at t = 999, σ_max ≈ 10³) puts
+    most steps at the top and rounds several to the same integer timestep (``dpmsolver++-karras`` at 6 steps on
+    the embedded model: 998, 998, 998, 992, 837, 0); the multistep schedulers then index past their σ table. That is a
+    clear :class:`ConfigError` here instead of an ``IndexError`` mid-sampling.
+
+    Raises:
+        ConfigError: the timesteps have repeats (the message names the scheduler and the timesteps).
+
+    Example:
+        >>> s = make_scheduler("dpmsolver++-karras", {"beta_schedule": "squaredcos_cap_v2"})
+        >>> set_timesteps_checked(s, 6)
+        Traceback (most recent call last):
+        ...
+        fairsample.core.errors.ConfigError: `scheduler` DPMSolverMultistepScheduler with Karras sigmas gives ...
+    """
+    if device is None:
+        scheduler.set_timesteps(num_inference_steps)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    t = scheduler.timesteps
+    # PNDM repeats timesteps by design (its PLMS warm-up); only σ-spaced schedules break on repeats
+    if getattr(scheduler.config, "use_karras_sigmas", False) and len(set(t.tolist())) < len(t):
+        shown = [round(float(v), 2) for v in t.tolist()]
+        raise ConfigError(
+            _REPEATED.format(
+                cls=type(scheduler).__name__, how=" with Karras sigmas", n=num_inference_steps, timesteps=shown
+            )
+        )
+
+
 def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> float:
     """The factor x_T must be scaled by for ``num_inference_steps`` steps (the caller's scheduler is not touched).
 
@@ -173,7 +213,8 @@ def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> flo
         ``init_noise_sigma`` as a Python float.
 
     Raises:
-        ConfigError: ``num_inference_steps`` is not a positive int.
+        ConfigError: ``num_inference_steps`` is not a positive int, or the schedule repeats timesteps
+            (:func:`set_timesteps_checked`).
 
     Example:
         >>> init_noise_sigma(make_scheduler("ddim", {}), 10)
@@ -184,5 +225,5 @@ def init_noise_sigma(scheduler: SchedulerMixin, num_inference_steps: int) -> flo
     if num_inference_steps < 1:
         raise ConfigError(_BAD_STEPS.format(value=num_inference_steps))
     fresh = fresh_scheduler(scheduler)
-    fresh.set_timesteps(num_inference_steps)
+    set_timesteps_checked(fresh, num_inference_steps)
     return float(fresh.init_noise_sigma)

@@ -87,10 +87,10 @@ def switch_step(tau: float, scheduler: SchedulerMixin, num_inference_steps: int)
         >>> [switch_step(480, ddim, n) for n in (10, 25, 50, 100)]
         [5, 13, 26, 52]
     """
-    from fairsample.samplers.schedulers import fresh_scheduler
+    from fairsample.samplers.schedulers import fresh_scheduler, set_timesteps_checked
 
     sched = fresh_scheduler(scheduler)
-    sched.set_timesteps(int(num_inference_steps))
+    set_timesteps_checked(sched, int(num_inference_steps))
     return switch_index(tau, sched.timesteps)
 
 

@@ -362,14 +362,20 @@ def run_quality_bench(
     say(f"anchor speed: {time_anchor():.2f} images/s (torch eager, B={batch})")
 
     # 3-4. every setting
-    rows = []
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     c, s = _plan(cells, n_images, int(anchor_seed_sets[0]))
     for name in schedulers:
         if anchor_timings and name != schedulers[0]:
             time_anchor()
         for n_steps in steps:
             setting = QualitySetting(name, int(n_steps))
-            fidelity = _fidelity(_sample(pipes[fidelity_backend], c, s, setting, batch, guidance), c, ref, seed)
+            try:
+                fidelity = _fidelity(_sample(pipes[fidelity_backend], c, s, setting, batch, guidance), c, ref, seed)
+            except ConfigError as err:  # a setting this model cannot run (repeated timesteps): recorded, not fatal
+                skipped.append({"scheduler": name, "steps": int(n_steps), "error": str(err)})
+                say(f"{setting.key:18s} SKIPPED: {err}")
+                continue
             speed = {}
             for backend, pipe in pipes.items():  # interleaved per setting
                 ips = _images_per_s(pipe, cells, setting, batch, guidance, speed_images, repeats)
@@ -426,6 +432,7 @@ def run_quality_bench(
             "images_per_s_timings": anchor_timings,
         },
         "rows": rows,
+        "skipped": skipped,
         "recommended": None
         if fastest is None
         else {
