@@ -93,7 +93,7 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     torch.manual_seed(0)
     feats = DomainFeatures(SmallCNN(2, width=2), ["a", "b"])
     monkeypatch.setattr(qb, "_reference", lambda *a, **k: qb._Reference(test, feats, judges, 12))
-    lines = []
+    lines, streamed = [], []
     doc = qb.run_quality_bench(
         bundle,
         dataset=None,
@@ -107,8 +107,10 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
         anchor_steps=2,
         anchor_seed_sets=(0, 100),
         progress=lines.append,
+        on_row=streamed.append,
     )
     assert doc["schema"] == qb.SCHEMA and doc["config"]["fidelity_backend"] == "torch-eager"
+    assert [(r["scheduler"], r["steps"]) for r in streamed] == [(r["scheduler"], r["steps"]) for r in doc["rows"]]
     assert [(r["scheduler"], r["steps"]) for r in doc["rows"]] == [
         ("ddim", 1),
         ("ddim", 2),
@@ -281,3 +283,13 @@ def test_confirmation_takes_the_first_candidate_whose_mean_is_within_noise():
     assert tried[0]["mean"]["fid"] == pytest.approx((10.9 + 12.0 + 12.0) / 3) and not tried[0]["within_noise"]["ok"]
     assert tried[1]["within_noise"]["ok"] and len(tried) == 2
     assert qb._confirm(float32[:1], sample_fidelity, noise, [0, 10, 20], 4, lambda _l: None)[0] is None
+
+
+def test_row_log_appends_json_lines(tmp_path):
+    from fairsample.cli.bench import _row_log
+
+    append = _row_log(tmp_path / "q.json")
+    append({"scheduler": "ddim", "steps": 8})
+    append({"scheduler": "deis", "steps": 6, "error": "x"})
+    lines = (tmp_path / "q.rows.jsonl").read_text().splitlines()
+    assert [json.loads(x)["steps"] for x in lines] == [8, 6]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -177,6 +178,7 @@ def _quality(
             repeats=repeats,
             anchor_steps=anchor_steps,
             anchor_scheduler=anchor_scheduler,
+            on_row=None if output is None else _row_log(output),
             cache_dir=cache_dir,
             progress=say,
         )
@@ -194,7 +196,22 @@ def _quality(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(doc, indent=2) + "\n")
+        output.with_suffix(".rows.jsonl").unlink(missing_ok=True)  # the complete document replaces the row log
     _emit(fmt, doc, lambda: format_quality_table(doc))
+
+
+def _row_log(output: Path) -> Callable[[dict], None]:
+    """A callback appending each measured row to ``<output>.rows.jsonl`` (kept if the run dies; removed when the
+    complete JSON is written)."""
+    log = output.with_suffix(".rows.jsonl")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+
+    def append(row: dict) -> None:
+        with log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    return append
 
 
 def format_quality_table(doc: dict) -> str:

@@ -278,6 +278,7 @@ def run_quality_bench(
     progress: Callable[[str], None] | None = None,
     confirm: bool = True,
     confirm_tries: int = 4,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure images/s and fidelity of every (scheduler, steps) × backend setting against the 50-step anchor.
 
@@ -304,6 +305,8 @@ def run_quality_bench(
             precision are sampled again on the anchor's other seed sets and kept only if the mean over all seed sets
             is within noise; otherwise the next candidate is tried (at most ``confirm_tries`` each). The
             single-seed-set choice stays in ``unconfirmed``; every try is in ``confirmation``.
+        on_row: receives each finished row (and each skipped setting) as it is measured, so a long run that is
+            interrupted keeps what it measured (the CLI appends them to ``<output>.rows.jsonl``).
 
     Returns:
         JSON-safe ``{"schema", "machine", "config", "anchor": {...}, "rows": [{"scheduler", "steps", "fid", "kid",
@@ -374,6 +377,8 @@ def run_quality_bench(
                 fidelity = _fidelity(_sample(pipes[fidelity_backend], c, s, setting, batch, guidance), c, ref, seed)
             except ConfigError as err:  # a setting this model cannot run (repeated timesteps): recorded, not fatal
                 skipped.append({"scheduler": name, "steps": int(n_steps), "error": str(err)})
+                if on_row is not None:
+                    on_row(skipped[-1])
                 say(f"{setting.key:18s} SKIPPED: {err}")
                 continue
             speed = {}
@@ -386,6 +391,8 @@ def run_quality_bench(
                 own = _fidelity(_sample(pipes[backend], c, s, setting, batch, guidance), c, ref, seed)
                 row.setdefault("reduced_precision", {})[backend] = {**own, "within_noise": within_noise(own, noise)}
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             best = max(v["images_per_s"] for v in speed.values())
             anchor_ips = max(anchor_timings)
             say(
