@@ -761,6 +761,19 @@ def speed_record(doc: dict[str, Any], command: str | None = None) -> dict[str, A
         },
         "recommended": doc["recommended"],
         "best_speedup_within_noise": doc["best_speedup_within_noise"],
+        "fastest_within_noise_any_precision": doc.get("fastest_within_noise_any_precision"),
+        "confirmation": [
+            {
+                "scheduler": t["scheduler"],
+                "steps": t["steps"],
+                "backend": t["backend"],
+                "mean": t["mean"],
+                "confirmed": t["within_noise"]["ok"],
+            }
+            for part in ("float32", "any_precision")
+            for t in (doc.get("confirmation") or {}).get(part, [])
+        ],
+        "skipped": doc.get("skipped", []),
         "machine": doc["machine"],
         "table": table,
     }
