@@ -552,8 +552,9 @@ def _confirm(
             }
         )
         say(
-            f"confirm {setting.key} on {b}: mean over {len(runs)} seed sets FID {mean['fid']:.4g} "
-            f"KID {mean['kid']:.4g} -> " + ("confirmed" if verdict["ok"] else "OUT: " + "; ".join(verdict["failed"]))
+            f"confirm {setting.key} on {b}: mean over {len(runs)} seed sets {METRICS['fid'].name} {mean['fid']:.4g} "
+            f"{METRICS['kid'].name} {mean['kid']:.4g} -> "
+            + ("confirmed" if verdict["ok"] else "OUT: " + "; ".join(verdict["failed"]))
         )
         if verdict["ok"]:
             return (r, b), tried
