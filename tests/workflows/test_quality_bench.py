@@ -293,3 +293,30 @@ def test_row_log_appends_json_lines(tmp_path):
     append({"scheduler": "deis", "steps": 6, "error": "x"})
     lines = (tmp_path / "q.rows.jsonl").read_text().splitlines()
     assert [json.loads(x)["steps"] for x in lines] == [8, 6]
+
+
+def test_cli_apply_warns_when_the_model_lost_its_conditioning(tmp_path, monkeypatch):
+    """--apply on a bundle whose conditioning guard says 'collapsed' writes the setting and warns not to trust it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fairsample.cli import app
+    from fairsample.models.bundle import default_model_path, update_bundle_config
+
+    bundle_dir, data = tmp_path / "m", tmp_path / "data"
+    shutil.copytree(default_model_path(), bundle_dir)
+    data.mkdir()
+    update_bundle_config(bundle_dir, {"conditioning_guard": {"flag": "collapsed"}})
+    doc = {
+        "anchor": {"scheduler": "ddim", "steps": 50, "images_per_s": 3.0, "noise": {"fid": {"mean": 30.0, "sd": 1.0}}},
+        "rows": [],
+        "recommended": {"scheduler": "dpmsolver++-trailing", "steps": 6, "speed": {}},
+        "best_speedup_within_noise": 12.0,
+    }
+    monkeypatch.setattr(qb, "run_quality_bench", lambda *a, **k: doc)
+    monkeypatch.setattr("fairsample.data.folder.load_folder", lambda path: None)
+    monkeypatch.setattr(qb, "apply_recommendation", lambda *a, **k: {"scheduler": "dpmsolver++-trailing", "steps": 6})
+    res = CliRunner().invoke(app, ["bench", "--quality", "--model", str(bundle_dir), "--data", str(data), "--apply"])
+    assert res.exit_code == 0, res.output
+    assert "wrote sampling" in res.stderr and "conditioning guard says 'collapsed'" in res.stderr

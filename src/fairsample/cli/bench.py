@@ -191,6 +191,12 @@ def _quality(
 
         doc["applied"] = apply_recommendation(model, doc, command=" ".join(["fairsample", *sys.argv[1:]]))
         say(f"wrote sampling {doc['applied']} and the table (sampling_speed) into {model}")
+        flag = ((getattr(bundle, "config", None) or {}).get("conditioning_guard") or {}).get("flag")
+        if flag in ("collapsed", "degraded"):
+            say(
+                f"warning: {model}'s conditioning guard says {flag!r}: 'within noise' compares with an anchor that "
+                "has lost its conditioning too — fix the model (train longer) before trusting its speed settings"
+            )
     elif apply:
         say(f"--apply: no setting was within the anchor's noise; {model} keeps its sampling settings")
     if output is not None:
