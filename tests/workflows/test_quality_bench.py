@@ -94,20 +94,16 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     feats = DomainFeatures(SmallCNN(2, width=2), ["a", "b"])
     monkeypatch.setattr(qb, "_reference", lambda *a, **k: qb._Reference(test, feats, judges, 12))
     lines, streamed = [], []
+    small = {"backends": ["torch-eager"], "n_images": 6, "batch": 3, "speed_images": 3, "repeats": 1}
+    small |= {"anchor_steps": 2, "anchor_seed_sets": (0, 100)}
     doc = qb.run_quality_bench(
         bundle,
         dataset=None,
         schedulers=["ddim", "unipc"],
         steps=[1, 2],
-        backends=["torch-eager"],
-        n_images=6,
-        batch=3,
-        speed_images=3,
-        repeats=1,
-        anchor_steps=2,
-        anchor_seed_sets=(0, 100),
         progress=lines.append,
         on_row=streamed.append,
+        **small,
     )
     assert doc["schema"] == qb.SCHEMA and doc["config"]["fidelity_backend"] == "torch-eager"
     assert [(r["scheduler"], r["steps"]) for r in streamed] == [(r["scheduler"], r["steps"]) for r in doc["rows"]]
@@ -139,19 +135,7 @@ def test_run_document_and_plot(monkeypatch, tmp_path):
     json.dumps(doc)  # JSON-safe
 
     # a setting the model's schedule cannot run (Karras sigmas repeat timesteps at 6 steps) is recorded, not fatal
-    doc = qb.run_quality_bench(
-        bundle,
-        dataset=None,
-        schedulers=["dpmsolver++-karras"],
-        steps=[6],
-        backends=["torch-eager"],
-        n_images=6,
-        batch=3,
-        speed_images=3,
-        repeats=1,
-        anchor_steps=2,
-        anchor_seed_sets=(0, 100),
-    )
+    doc = qb.run_quality_bench(bundle, dataset=None, schedulers=["dpmsolver++-karras"], steps=[6], **small)
     assert doc["rows"] == [] and doc["recommended"] is None
     assert [(k["scheduler"], k["steps"]) for k in doc["skipped"]] == [("dpmsolver++-karras", 6)]
     assert "gives repeated timesteps at 6 steps" in doc["skipped"][0]["error"]

@@ -9,6 +9,7 @@ checked float32 CPU/CUDA tensors in, the prediction out), ``_is_open`` and ``clo
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def file_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files if f.exists())
 
 
-class OnnxGraphEngine(EngineLifetime):
+class OnnxGraphEngine(EngineLifetime, ABC):
     """Engine-protocol boundary over an exported U-Net graph; subclasses run it (module docstring).
 
     Subclass attributes: ``path``, ``spec``, ``device``, ``spatial_multiple``, ``check_finite``, ``_weights_bytes``
@@ -62,11 +63,13 @@ class OnnxGraphEngine(EngineLifetime):
     _no_refit_msg = "this engine cannot refit weights; load the new checkpoint with load_engine(bundle, backend=...)."
     _nonfinite_msg = "the engine produced NaN/Inf at timestep(s) {timesteps}; check the artifact."
 
+    @abstractmethod
     def _is_open(self) -> bool:
-        raise NotImplementedError
+        """False once :meth:`close` ran."""
 
+    @abstractmethod
     def _run(self, x: Tensor, t: Tensor, e: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The checked float32 batch on the engine's device -> the (N, C_out, H, W) float32 prediction."""
 
     def _require_open(self) -> None:
         if not self._is_open():
@@ -86,23 +89,9 @@ class OnnxGraphEngine(EngineLifetime):
         *,
         out: Tensor | None = None,
     ) -> Tensor:
-        """Run the U-Net graph.
-
-        Args:
-            sample: (N, C, H, W) noisy input; torch or numpy on the engine's device, any real dtype (cast to float32
-                once).
-            timestep: (N,), (1,), () or a Python number.
-            encoder_hidden_states: (N, S, D) conditioning rows (S static, as exported).
-            out: optional float32 (N, C_out, H, W) tensor on the engine's device; may alias ``sample``.
-
-        Returns:
-            (N, C_out, H, W) float32 prediction; ``out`` itself when given.
-
-        Raises:
-            ConfigError: wrong input type, device, dtype or shape (including H, W not multiples of the factor).
-            ValidationFailed: ``check_finite`` is on and the output has NaN/Inf.
-            EngineLoadError: the engine was closed.
-        """
+        """Run the U-Net graph, as :meth:`fairsample.engines.Engine.__call__` specifies; H and W must also be
+        multiples of the U-Net's downsampling factor (ConfigError), a closed engine raises EngineLoadError and
+        ``check_finite`` turns NaN/Inf outputs into ValidationFailed."""
         self._require_open()
         x, t, e = check_inputs(sample, timestep, encoder_hidden_states, spec=self.spec, device=self.device)
         n, _, h, w = x.shape
